@@ -1,0 +1,92 @@
+"""Model hyper-parameters for the Llama / Qwen2 / Qwen3 decoder family.
+
+One frozen dataclass describes every supported architecture; the differences are flags:
+
+| arch  | q/k/v bias | per-head q/k RMSNorm | typical tie |
+|-------|------------|----------------------|-------------|
+| llama | no         | no                   | either      |
+| qwen2 | yes        | no                   | small: yes  |
+| qwen3 | no         | yes                  | small: yes  |
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+import jax.numpy as jnp
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style frequency-dependent RoPE scaling (``rope_type == "llama3"``)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    max_position_embeddings: int = 2048
+    rope_scaling: Optional[RopeScaling] = None
+    eos_token_ids: Tuple[int, ...] = ()
+    pad_token_id: int = 0
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; supported: {ARCHITECTURES}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position_embeddings"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        for name in ("param_dtype", "compute_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.arch == "qwen2"
+
+    @property
+    def qk_norm(self) -> bool:
+        return self.arch == "qwen3"
+
+    @property
+    def dtype(self):
+        return DTYPES[self.compute_dtype]
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def param_count(self, count_tied_twice: bool = False) -> int:
+        """Number of scalar parameters d (tied embedding once unless ``count_tied_twice``)."""
+        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d
+        if self.qkv_bias:
+            layer += q + 2 * kv
+        if self.qk_norm:
+            layer += 2 * self.head_dim
+        head = v * d if (not self.tie_embeddings or count_tied_twice) else 0
+        return self.num_layers * layer + v * d + d + head

@@ -1,0 +1,248 @@
+"""Pure-JAX decoder for the Llama / Qwen2 / Qwen3 family.
+
+Parameters are a plain dict pytree; ``layers`` is a list with one dict per transformer block::
+
+    embed       (V, D)            final_norm (D,)          lm_head (D, V)   [untied only]
+    layers[i]/attn_norm (D,)      layers[i]/mlp_norm (D,)
+    layers[i]/wq (D, H·Dh)  wk, wv (D, K·Dh)  wo (H·Dh, D)
+    layers[i]/bq (H·Dh,)  bk, bv (K·Dh,)                       [qwen2 only]
+    layers[i]/q_norm, k_norm (Dh,)                             [qwen3 only]
+    layers[i]/w_gate, w_up (D, F)  w_down (F, D)
+
+The layer loop is unrolled at trace time rather than a ``lax.scan`` over stacked weights: on CPU a scan
+slices (copies) every layer's weights and KV cache at every decode step, which measured 30 % slower
+(see README, design notes). Each layer's leaves are separate pytree leaves, so per-leaf noise keys are
+automatically per-layer too.
+
+Each block computes  h = x + Attn(RMSNorm(x));  y = h + W_down(silu(W_gate n) ⊙ W_up n), n = RMSNorm(h),
+with rotary position embeddings (half-split / ``rotate_half`` convention) and grouped-query attention.
+``forward`` optionally reads and writes a preallocated KV cache so the same code serves training,
+prefill and one-token decode steps. An optional ``delta`` (see :mod:`esjax.models.delta`) perturbs any
+parameter inside the matmuls.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esjax.models.config import DTYPES, ModelConfig
+from esjax.models.delta import apply_dense, embed_lookup, linear, tied_logits
+
+LAYER_KEYS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """Shapes of every parameter leaf for ``cfg`` (the contract loaders are checked against)."""
+    D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    layer = {"attn_norm": (D,), "wq": (D, q), "wk": (D, kv), "wv": (D, kv), "wo": (q, D),
+             "mlp_norm": (D,), "w_gate": (D, F), "w_up": (D, F), "w_down": (F, D)}
+    if cfg.qkv_bias:
+        layer.update(bq=(q,), bk=(kv,), bv=(kv,))
+    if cfg.qk_norm:
+        layer.update(q_norm=(cfg.head_dim,), k_norm=(cfg.head_dim,))
+    shapes = {"embed": (V, D), "layers": [dict(layer) for _ in range(cfg.num_layers)], "final_norm": (D,)}
+    if not cfg.tie_embeddings:
+        shapes["lm_head"] = (D, V)
+    return shapes
+
+
+def init_params(cfg: ModelConfig, key, std: float = 0.02) -> dict:
+    """Random parameters (normal(0, std) matrices, unit norms, zero biases) in ``cfg.param_dtype``."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree.flatten_with_path(shapes, is_leaf=lambda s: isinstance(s, tuple))[0]]
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for path, shape, k in zip(paths, leaves, keys):
+        out.append(jnp.ones(shape) if "norm" in path else std * jax.random.normal(k, shape))
+    dtype = DTYPES[cfg.param_dtype]
+    return jax.tree.unflatten(treedef, [x.astype(dtype) for x in out])
+
+
+def check_params(params: dict, cfg: ModelConfig, source: str = "params") -> None:
+    """Raise ValueError naming every leaf whose presence or shape disagrees with ``cfg``."""
+    expected = param_shapes(cfg)
+    problems = []
+
+    def walk(exp, got, prefix):
+        if isinstance(exp, list):
+            if not isinstance(got, (list, tuple)) or len(got) != len(exp):
+                problems.append(f"{prefix}: expected a list of {len(exp)} layers")
+                return
+            for i, (e, g) in enumerate(zip(exp, got)):
+                walk(e, g, f"{prefix}{i}/")
+            return
+        for k, v in exp.items():
+            if k not in got:
+                problems.append(f"missing {prefix}{k}")
+            elif isinstance(v, (dict, list)):
+                walk(v, got[k], f"{prefix}{k}/")
+            elif tuple(got[k].shape) != tuple(v):
+                problems.append(f"{prefix}{k}: shape {tuple(got[k].shape)}, expected {tuple(v)}")
+        for k in got:
+            if k not in exp:
+                problems.append(f"unexpected {prefix}{k}")
+
+    walk(expected, params, "")
+    if problems:
+        raise ValueError(f"{source} do not match the model config: " + "; ".join(problems))
+
+
+class KVCache(NamedTuple):
+    """Preallocated cache. k, v: tuples of L arrays (B, K, S, Dh); valid: (B, S) slots holding real
+    tokens; length: () the next slot to write."""
+
+    k: tuple
+    v: tuple
+    valid: jax.Array
+    length: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int) -> KVCache:
+    shape = (batch, cfg.num_kv_heads, size, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers)),
+                   jnp.zeros((batch, size), bool), jnp.zeros((), jnp.int32))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+    """Inverse frequencies θ^(-2i/Dh), with Llama-3 wavelength-dependent scaling when configured."""
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, cfg.head_dim, 2, dtype=np.float64) / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is not None:
+        low_wl = s.original_max_position_embeddings / s.low_freq_factor
+        high_wl = s.original_max_position_embeddings / s.high_freq_factor
+        wl = 2 * np.pi / inv
+        smooth = (s.original_max_position_embeddings / wl - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+        scaled = np.where(wl > low_wl, inv / s.factor, inv)
+        mid = (wl <= low_wl) & (wl >= high_wl)
+        inv = np.where(mid, (1 - smooth) * inv / s.factor + smooth * inv, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x, positions, inv_freq):
+    """x: (B, T, n, Dh), positions: (B, T) → x·cos + rotate_half(x)·sin (computed in float32)."""
+    ang = positions[..., None].astype(jnp.float32) * inv_freq  # (B, T, Dh/2)
+    cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rot = jnp.concatenate([-xf[..., half:], xf[..., :half]], -1)
+    return (xf * cos + rot * sin).astype(x.dtype)
+
+
+def rms_norm(x, w, eps, d=None):
+    """w ⊙ x / sqrt(mean(x²) + eps), statistics in float32."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + eps)
+    return (apply_dense(w, d).astype(jnp.float32) * xf).astype(x.dtype)
+
+
+def attention(q, k, v, mask, cached=None):
+    """Grouped-query softmax attention of the T new queries over cached and new keys.
+
+    q: (B, T, H, Dh); k, v: (B, K, T, Dh) the new keys/values; mask: (B, T, T) over the new ones.
+    ``cached`` = (k_c, v_c, mask_c) with k_c, v_c: (B, K, S, Dh), mask_c: (B, T, S) adds earlier slots
+    (one softmax over S + T scores). Query head h reads kv head h // (H/K); K/V are never repeated and
+    the (B, K, S, Dh) layout lets the batched dots read the cache without transposing it.
+    Returns (B, T, H, Dh).
+    """
+    B, T, H, Dh = q.shape
+    K = k.shape[1]
+    G = H // K
+    q = q.reshape(B, T, K, G, Dh).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, Dh) / np.sqrt(Dh).astype(q.dtype)
+    neg = jnp.finfo(jnp.float32).min
+
+    def scores(keys, m):  # keys (B, K, S, Dh), m (B, T, S) → (B, K, G·T, S)
+        sc = jnp.einsum("bkqd,bksd->bkqs", q, keys).astype(jnp.float32)
+        m = jnp.broadcast_to(m[:, None, None], (B, 1, G, T, m.shape[-1])).reshape(B, 1, G * T, m.shape[-1])
+        return jnp.where(m, sc, neg)
+
+    s = scores(k, mask)
+    if cached is not None:
+        k_c, v_c, mask_c = cached
+        s = jnp.concatenate([scores(k_c, mask_c), s], -1)
+    p = jax.nn.softmax(s, -1).astype(v.dtype)
+    S = s.shape[-1] - T
+    out = jnp.einsum("bkqs,bksd->bkqd", p[..., S:], v)
+    if cached is not None:
+        out = out + jnp.einsum("bkqs,bksd->bkqd", p[..., :S], v_c)
+    return out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
+
+
+def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
+    """One transformer block; returns (x, (k, v)) with this chunk's keys/values (B, K, T, Dh).
+
+    ``cached`` = (k_c, v_c, mask_c): this layer's cache (B, K, S, Dh) and mask (B, T, S), or None."""
+    B, T, _ = x.shape
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    g = lambda n: ld.get(n)  # noqa: E731  (delta leaf or None)
+    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps, g("attn_norm"))
+    q, k, v = (linear(h, lp[w], g(w)) for w in ("wq", "wk", "wv"))
+    if cfg.qkv_bias:
+        q, k, v = (t + apply_dense(lp[b], g(b)).astype(t.dtype) for t, b in ((q, "bq"), (k, "bk"), (v, "bv")))
+    q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, K, Dh), v.reshape(B, T, K, Dh)
+    if cfg.qk_norm:
+        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps, g("q_norm"))
+        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, g("k_norm"))
+    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, Dh)
+    att = attention(q, k, v, mask, cached)
+    x = x + linear(att.reshape(B, T, H * Dh), lp["wo"], g("wo"))
+    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps, g("mlp_norm"))
+    m = jax.nn.silu(linear(h, lp["w_gate"], g("w_gate"))) * linear(h, lp["w_up"], g("w_up"))
+    return x + linear(m, lp["w_down"], g("w_down")), (k, v)
+
+
+def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
+            cache: Optional[KVCache] = None, delta: Optional[dict] = None, return_hidden: bool = False):
+    """Logits of the next token at every position.
+
+    tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
+    Without a cache the T tokens attend causally among themselves (training / scoring).
+    With a cache they are written at slots [cache.length, cache.length + T) and attend to every valid
+    earlier slot (prefill and decode). Returns (logits (B, T, V) float32, new cache or None).
+    """
+    delta = delta or {}
+    dt = cfg.dtype
+    x = embed_lookup(tokens, params["embed"], delta.get("embed")).astype(dt)
+    inv_freq = jnp.asarray(rope_inv_freq(cfg))
+    T = tokens.shape[1]
+    mask = jnp.tril(jnp.ones((T, T), bool))[None] & token_mask[:, None, :]
+    layer_deltas = delta.get("layers") or [{}] * cfg.num_layers
+    if cache is None:
+        for lp, ld in zip(params["layers"], layer_deltas):
+            x, _ = _block(cfg, inv_freq, x, positions, lp, ld, mask)
+    else:
+        # the new tokens also see every valid earlier slot
+        mask_c = jnp.broadcast_to(cache.valid[:, None, :], (tokens.shape[0], T, cache.valid.shape[1]))
+        at, ks, vs = cache.length, [], []
+        for lp, ld, kc, vc in zip(params["layers"], layer_deltas, cache.k, cache.v):
+            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, mask_c))
+            ks.append(jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, 0, at, 0)))
+            vs.append(jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, 0, at, 0)))
+        cache = KVCache(tuple(ks), tuple(vs), jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at)), at + T)
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
+    if return_hidden:
+        return x
+    if cfg.tie_embeddings:
+        logits = tied_logits(x, params["embed"], delta.get("embed"))
+    else:
+        logits = linear(x, params["lm_head"], delta.get("lm_head"))
+    return logits.astype(jnp.float32), cache
+
+
+def positions_from_mask(mask):
+    """Position ids for left-padded rows: 0 at each row's first real token. mask: (B, T) → (B, T)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None):
+    """log π(tokens[:, t] | tokens[:, :t]) for t ≥ 1. tokens, mask: (B, T) → (B, T-1) float32."""
+    logits, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta)
+    logp = jax.nn.log_softmax(logits[:, :-1], -1)
+    return jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]

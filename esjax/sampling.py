@@ -1,0 +1,162 @@
+"""Batched autoregressive generation: jit-compiled prefill + ``lax.while_loop`` decode with a KV cache.
+
+Prompts are left padded to a bucketed length (so repeated calls with similar prompts reuse the compiled
+program). Each row stops at its first EOS; the loop ends when every row has stopped or after
+``max_new_tokens``. Decoding is greedy (temperature 0) or sampled from softmax(logits / T) restricted to
+the top-k tokens and the top-p nucleus, from an explicit PRNG key.
+
+Returned log-probs are those of the *untempered* model distribution log softmax(logits)[token]: the
+quantity GRPO's importance ratios and the KL estimators need.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import forward, init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+GREEDY = SamplingConfig()
+
+
+class Generation(NamedTuple):
+    """tokens: (B, M) with pad after each row's end; logprobs: (B, M) (0 on padding); lengths: (B,)
+    number of generated tokens including the EOS if one was produced."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+
+
+def bucket(n: int, multiple: int = 16) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 16, length: Optional[int] = None):
+    """Left-pad token lists to a bucketed length → (tokens (B, P) int32, mask (B, P) bool) numpy."""
+    longest = max(len(p) for p in prompts)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt")
+    P = length or bucket(longest, multiple)
+    if longest > P:
+        raise ValueError(f"prompt of {longest} tokens exceeds the padded length {P}")
+    tokens = np.full((len(prompts), P), pad_id, np.int32)
+    mask = np.zeros((len(prompts), P), bool)
+    for i, p in enumerate(prompts):
+        tokens[i, P - len(p):] = p
+        mask[i, P - len(p):] = True
+    return tokens, mask
+
+
+def sample_logits(logits, key, sampling: SamplingConfig):
+    """Next token from (B, V) float32 logits under ``sampling``."""
+    if sampling.temperature == 0:
+        return jnp.argmax(logits, -1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    neg = jnp.finfo(logits.dtype).min
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, neg, logits)
+    if sampling.top_p < 1:
+        order = jnp.argsort(-logits, -1)
+        sorted_logits = jnp.take_along_axis(logits, order, -1)
+        probs = jax.nn.softmax(sorted_logits, -1)
+        drop_sorted = (jnp.cumsum(probs, -1) - probs) > sampling.top_p  # keep the smallest set reaching p
+        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+        logits = jnp.where(drop, neg, logits)
+    return jax.random.categorical(key, logits, -1).astype(jnp.int32)
+
+
+def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
+             sampling: SamplingConfig = GREEDY, delta=None) -> Generation:
+    """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
+
+    Pure and traceable: ``jax.jit``/``vmap`` it (see :func:`make_generate`). ``delta`` perturbs the
+    weights inside every matmul (low-rank ES members)."""
+    B, P = tokens.shape
+    if P + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(f"prompt length {P} + {max_new_tokens} new tokens exceeds the model context "
+                         f"of {cfg.max_position_embeddings}")
+    eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
+    cache = init_cache(cfg, B, P + max_new_tokens)
+    prompt_len = mask.sum(1).astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), 1) - 1, 0)
+    logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta)
+    out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
+    logps = jnp.zeros((B, max_new_tokens), jnp.float32)
+    state = (jnp.int32(0), cache, logits[:, -1], out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
+
+    def cond(s):
+        t, _, _, _, _, done, _, _ = s
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    def body(s):
+        t, cache, last, out, logps, done, lengths, key = s
+        key, sub = jax.random.split(key)
+        nxt = sample_logits(last, sub, sampling)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(last, -1), nxt[:, None], -1)[:, 0]
+        nxt = jnp.where(done, cfg.pad_token_id, nxt)
+        out = out.at[:, t].set(nxt)
+        logps = logps.at[:, t].set(jnp.where(done, 0.0, lp))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.any(nxt[:, None] == eos[None], -1)
+        logits, cache = forward(params, cfg, nxt[:, None], (prompt_len + t)[:, None], jnp.ones((B, 1), bool),
+                                cache=cache, delta=delta)
+        return t + 1, cache, logits[:, -1], out, logps, done, lengths, key
+
+    _, _, _, out, logps, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return Generation(out, logps, lengths)
+
+
+@functools.lru_cache(maxsize=None)
+def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY):
+    """A jitted ``(params, tokens, mask, key, delta=None) -> Generation`` for fixed static settings."""
+
+    @jax.jit
+    def fn(params, tokens, mask, key, delta=None):
+        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta)
+
+    return fn
+
+
+def generate_reference(params, cfg: ModelConfig, tokens, mask, max_new_tokens: int):
+    """Greedy generation by full re-forward of the growing sequence (no cache): the test oracle."""
+    from esjax.models.decoder import positions_from_mask
+
+    tokens, mask = np.asarray(tokens), np.asarray(mask)
+    done = np.zeros(tokens.shape[0], bool)
+    outs = []
+    fwd = jax.jit(lambda p, t, m: forward(p, cfg, t, positions_from_mask(m), m)[0][:, -1])
+    for _ in range(max_new_tokens):
+        nxt = np.asarray(jnp.argmax(fwd(params, tokens, mask), -1)).astype(np.int32)
+        nxt = np.where(done, cfg.pad_token_id, nxt)
+        outs.append(nxt)
+        done |= np.isin(nxt, cfg.eos_token_ids)
+        tokens = np.concatenate([tokens, nxt[:, None]], 1)
+        mask = np.concatenate([mask, np.ones((len(nxt), 1), bool)], 1)
+        if done.all():
+            break
+    return np.stack(outs, 1)
