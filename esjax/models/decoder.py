@@ -199,13 +199,15 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
 
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
-            cache: Optional[KVCache] = None, delta: Optional[dict] = None, return_hidden: bool = False):
+            cache: Optional[KVCache] = None, delta: Optional[dict] = None, return_hidden: bool = False,
+            fresh_cache: bool = False):
     """Logits of the next token at every position.
 
     tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
     Without a cache the T tokens attend causally among themselves (training / scoring).
     With a cache they are written at slots [cache.length, cache.length + T) and attend to every valid
-    earlier slot (prefill and decode). Returns (logits (B, T, V) float32, new cache or None).
+    earlier slot (prefill and decode); ``fresh_cache=True`` (static) says the cache is still empty, so
+    the prefill skips reading it. Returns (logits (B, T, V) float32, new cache or None).
     """
     delta = delta or {}
     dt = cfg.dtype
@@ -222,7 +224,7 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
         mask_c = jnp.broadcast_to(cache.valid[:, None, :], (tokens.shape[0], T, cache.valid.shape[1]))
         at, ks, vs = cache.length, [], []
         for lp, ld, kc, vc in zip(params["layers"], layer_deltas, cache.k, cache.v):
-            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, mask_c))
+            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, None if fresh_cache else (kc, vc, mask_c))
             ks.append(jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, 0, at, 0)))
             vs.append(jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, 0, at, 0)))
         cache = KVCache(tuple(ks), tuple(vs), jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at)), at + T)

@@ -1,0 +1,165 @@
+"""The ES update: a pure, jit-compiled ``es_update(state, fitness) -> (state, metrics)``.
+
+Member n of iteration t is scored at θ + σ·s_n·E_n (E_n from :mod:`esjax.es.noise`, s_n = ±1 with
+antithetic pairs, else +1). Given fitness f (higher is better) and shaped weights z = shape(f):
+
+    g_t = (1/N) Σ_n z_n s_n E_n          (noise regenerated from the seeds, never stored)
+    θ_{t+1} = θ_t + α g_t                (optimizer="sgd": exactly Qiu et al. Alg. 2)
+
+Scaling convention (references disagree, seeds brief §A.1): the textbook 1/σ is folded into α, there is
+no √N (unlike EGGROLL) and no weight decay. ``optimizer="adam"`` feeds −g to ``optax.adam(α)`` instead.
+The full-rank sum regenerates one member at a time (memory = one noise copy); the low-rank sum is
+Σ_n z_n s_n A_n B_nᵀ/√r = [A_1…A_N]·diag(z s)·[B_1…B_N]ᵀ/(√r N), one (n_in × N·r)·(N·r × n_out) matmul.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from esjax.es.noise import full_noise, leaf_paths, leaf_selection, lowrank_noise, member_key
+from esjax.es.shaping import SHAPING
+from esjax.models.delta import LowRank
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+    """Defaults: Qiu et al. 2025 / both seed papers' code (N 30, σ 1e-3, α 5e-4, z-score, no antithetic)."""
+
+    population_size: int = 30
+    sigma: float = 1e-3
+    alpha: float = 5e-4
+    antithetic: bool = False
+    shaping: str = "zscore"
+    noise: str = "full"  # "full" | "lowrank"
+    rank: int = 1  # low-rank noise rank r
+    chunk_size: int = 0  # members evaluated together (vmap) per device; 0 = automatic
+    correlated_noise: bool = False  # reproduce the seeds' same-seed-per-tensor noise (§A.3)
+    param_filter: Optional[str] = None  # regex on leaf paths: perturb/update only these (subset ES)
+    optimizer: str = "sgd"  # "sgd" (θ += α g) | "adam"
+    member_temperature: float = 0.0  # 0 = greedy member decoding (Qiu, paper 2); paper 1 samples at 1.0
+    member_top_p: float = 1.0
+    kl_penalty: float = 0.0  # fitness = reward − kl_penalty · KL(member ‖ base) on the batch
+
+    def __post_init__(self):
+        if self.population_size < 2:
+            raise ValueError(f"population_size must be >= 2, got {self.population_size}")
+        if self.antithetic and self.population_size % 2:
+            raise ValueError(f"antithetic sampling needs an even population_size, got {self.population_size}")
+        if self.sigma <= 0 or self.alpha <= 0:
+            raise ValueError(f"sigma and alpha must be positive, got sigma={self.sigma}, alpha={self.alpha}")
+        if self.shaping not in SHAPING:
+            raise ValueError(f"unknown shaping {self.shaping!r}; choose from {sorted(SHAPING)}")
+        if self.noise not in ("full", "lowrank"):
+            raise ValueError(f"noise must be 'full' or 'lowrank', got {self.noise!r}")
+        if self.rank < 1 or self.chunk_size < 0:
+            raise ValueError(f"rank must be >= 1 and chunk_size >= 0, got {self.rank}, {self.chunk_size}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.member_temperature < 0 or not 0 < self.member_top_p <= 1 or self.kl_penalty < 0:
+            raise ValueError("member_temperature >= 0, 0 < member_top_p <= 1 and kl_penalty >= 0 are required")
+
+
+@flax.struct.dataclass
+class ESState:
+    params: Any
+    opt_state: Any
+    key: jax.Array  # base noise key: member noise = f(key, iteration, member)
+    iteration: jax.Array
+
+
+def make_optimizer(cfg: ESConfig):
+    return optax.sgd(cfg.alpha) if cfg.optimizer == "sgd" else optax.adam(cfg.alpha)
+
+
+def init_state(params, key, cfg: ESConfig) -> ESState:
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)  # fp32 master weights
+    return ESState(params, make_optimizer(cfg).init(params), key, jnp.zeros((), jnp.int32))
+
+
+def member_perturbation(params, state_key, iteration, member, cfg: ESConfig, scale=1.0):
+    """Noise of one member times ``scale``·s_n: a dense pytree (full) or a delta pytree (lowrank)."""
+    key, sign = member_key(state_key, iteration, member, cfg.antithetic)
+    sel = leaf_selection(params, cfg.param_filter)
+    if cfg.noise == "lowrank":
+        return lowrank_noise(params, key, cfg.rank, scale * sign, sel, cfg.correlated_noise)
+    eps = full_noise(params, key, sel, cfg.correlated_noise)
+    return jax.tree.map(lambda e: scale * sign * e, eps)
+
+
+def perturbed_params(params, state_key, iteration, member, cfg: ESConfig):
+    """θ + σ s_n ε_n for full-rank noise (low-rank members use :func:`member_perturbation` as a delta)."""
+    eps = member_perturbation(params, state_key, iteration, member, cfg, cfg.sigma)
+    return jax.tree.map(lambda p, e: (p + e).astype(p.dtype), params, eps)
+
+
+def estimate_gradient(params, state_key, iteration, weights, cfg: ESConfig):
+    """g = (1/N) Σ_n w_n s_n E_n, regenerating each member's noise. weights: (N,)."""
+    N = weights.shape[0]
+    if cfg.noise == "full":
+        def body(n, acc):
+            e = member_perturbation(params, state_key, iteration, n, cfg)
+            return jax.tree.map(lambda a, x: a + weights[n] * x, acc, e)
+
+        zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        return jax.tree.map(lambda a: a / N, jax.lax.fori_loop(0, N, body, zero))
+    deltas = jax.vmap(lambda n: member_perturbation(params, state_key, iteration, n, cfg))(jnp.arange(N))
+
+    def combine(p, d):
+        if d is None:
+            return jnp.zeros(p.shape, jnp.float32)
+        if isinstance(d, LowRank):  # a: (N, n_in, r) already / √r, b: (N, n_out, r)
+            return jnp.einsum("n,nir,njr->ij", weights, d.a, d.b) / N
+        return jnp.einsum("n,n...->...", weights, d) / N
+
+    return jax.tree.map(combine, params, deltas, is_leaf=lambda d: d is None or isinstance(d, LowRank))
+
+
+def es_update(state: ESState, fitness, cfg: ESConfig):
+    """One ES step from the population's fitness (N,) (higher = better). Pure; jit with static cfg."""
+    fitness = jnp.asarray(fitness, jnp.float32)
+    if fitness.shape != (cfg.population_size,):
+        raise ValueError(f"fitness has shape {fitness.shape}, expected ({cfg.population_size},)")
+    z = SHAPING[cfg.shaping](fitness)
+    g = estimate_gradient(state.params, state.key, state.iteration, z, cfg)
+    tx = make_optimizer(cfg)
+    updates, opt_state = tx.update(jax.tree.map(jnp.negative, g), state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"fitness_mean": fitness.mean(), "fitness_std": fitness.std(), "fitness_max": fitness.max(),
+               "fitness_min": fitness.min(), "update_norm": optax.global_norm(updates),
+               **update_rms_by_module(updates)}
+    return ESState(params, opt_state, state.key, state.iteration + 1), metrics
+
+
+def module_type(path: str) -> str:
+    """Bucket of a leaf path: q, k, v, o, mlp, norm, embed, head, bias (analysis uses the same)."""
+    leaf = path.rsplit("/", 1)[-1]
+    return {"wq": "q", "wk": "k", "wv": "v", "wo": "o", "w_gate": "mlp", "w_up": "mlp", "w_down": "mlp",
+            "embed": "embed", "lm_head": "head", "bq": "bias", "bk": "bias", "bv": "bias"}.get(
+        leaf, "norm" if "norm" in leaf else "other")
+
+
+def update_rms_by_module(updates) -> dict:
+    """RMS of the update per module type: {'rms/q': …, 'rms/mlp': …}."""
+    sums, counts = {}, {}
+    for path, u in zip(leaf_paths(updates), jax.tree.leaves(updates)):
+        t = module_type(path)
+        sums[t] = sums.get(t, 0.0) + jnp.sum(jnp.square(u.astype(jnp.float32)))
+        counts[t] = counts.get(t, 0) + u.size
+    return {f"rms/{t}": jnp.sqrt(sums[t] / counts[t]) for t in sums}
+
+
+def auto_chunk_size(params, cfg: ESConfig, rows_per_member: int, budget_bytes: float = 2e9) -> int:
+    """Members evaluated at once: full-rank noise holds a params copy per member; low-rank members share
+    W and cost only activations/KV cache, bounded here by ~512 sequences per chunk."""
+    if cfg.chunk_size:
+        return cfg.chunk_size
+    if cfg.noise == "full":
+        nbytes = sum(x.size * 4 for x in jax.tree.leaves(params))
+        return max(1, min(cfg.population_size, int(budget_bytes // (2 * nbytes))))
+    return max(1, min(cfg.population_size, 512 // max(1, rows_per_member)))
+

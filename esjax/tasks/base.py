@@ -1,0 +1,169 @@
+"""The task protocol and registry shared by ES, GRPO and the analysis.
+
+A task gives deterministic examples, chat messages for an example and a reward for a completion::
+
+    task = get_task("countdown")
+    exs = task.examples("train", 64, seed=0)
+    reward = task.reward(completion_text, exs[0])   # Reward(value, parts)
+
+Rewards are pure functions of (text, example): they parse model output, never execute it.
+Higher reward is better everywhere in esjax (ES maximises fitness).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One task instance. ``answer`` is what the reward checks against; ``meta`` is free-form."""
+
+    uid: str
+    question: str
+    answer: Any
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reward:
+    """value = Σ weight·part; ``correct`` is the accuracy indicator used for evaluation."""
+
+    value: float
+    correct: bool
+    parts: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Task:
+    """Base class: subclasses set ``name``/``system_prompt`` and implement ``examples`` and ``reward``."""
+
+    name: str = ""
+    system_prompt: Optional[str] = None
+    assistant_prefix: str = ""  # text the prompt already opened (scored as part of the completion)
+    max_new_tokens: int = 64  # a sensible default generation budget for this task
+
+    def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
+        raise NotImplementedError
+
+    def user_message(self, example: Example) -> str:
+        return example.question
+
+    def messages(self, example: Example) -> List[Dict[str, str]]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": "user", "content": self.user_message(example)}]
+
+    def reward(self, completion: str, example: Example) -> Reward:
+        raise NotImplementedError
+
+
+_REGISTRY: Dict[str, Callable[..., Task]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def get_task(name: str, **kwargs) -> Task:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**kwargs)
+
+
+def task_names() -> List[str]:
+    return sorted(_REGISTRY)
+
+
+def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> List[List[int]]:
+    """Token ids of each example's chat-templated prompt (generation prompt and assistant prefix added)."""
+    out = []
+    for ex in examples:
+        text = tokenizer.apply_chat_template(task.messages(ex), add_generation_prompt=True, tokenize=False)
+        out.append(tokenizer(text + task.assistant_prefix, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def last_number(text: str) -> Optional[str]:
+    found = _NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+def parse_number(text: Optional[str]):
+    """A Fraction from '1,234', '-3.5', '7/2', '$12' … or None (no eval)."""
+    from fractions import Fraction
+
+    if text is None:
+        return None
+    t = text.strip().replace(",", "").replace("$", "").rstrip(".")
+    if not re.fullmatch(r"-?\d+(?:\.\d+)?(?:/\d+)?", t):
+        return None
+    try:
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+class DatasetError(ValueError):
+    """A malformed dataset row, with the file and line it came from."""
+
+
+def read_records(path: str, skip_malformed: bool = False, validate: Optional[Callable[[dict], None]] = None):
+    """Rows of a JSONL file, a JSON list, or a folder of JSON files (Hendrycks MATH layout).
+
+    Each row goes through ``validate`` (raise ValueError to reject). Malformed rows raise
+    :class:`DatasetError` naming file and line, or, with ``skip_malformed``, are counted:
+    returns (rows, skipped) where skipped is a list of "file:line: reason" strings.
+    """
+    import os
+
+    rows, skipped = [], []
+
+    def take(obj, where):
+        try:
+            if not isinstance(obj, dict):
+                raise ValueError("row is not a JSON object")
+            if validate:
+                validate(obj)
+            rows.append(obj)
+        except ValueError as e:
+            if not skip_malformed:
+                raise DatasetError(f"{where}: {e}") from None
+            skipped.append(f"{where}: {e}")
+
+    def parse(text, where):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            if not skip_malformed:
+                raise DatasetError(f"{where}: bad JSON ({e.msg})") from None
+            skipped.append(f"{where}: bad JSON ({e.msg})")
+            return None
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset not found: {path}")
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith((".json", ".jsonl")))
+        for f in files:
+            read = read_records(f, skip_malformed, validate)
+            rows.extend(read[0])
+            skipped.extend(read[1])
+        return rows, skipped
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".jsonl"):
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                obj = parse(line, f"{path}:{i}")
+                if obj is not None:
+                    take(obj, f"{path}:{i}")
+    else:
+        obj = parse(text, f"{path}:1")
+        for i, row in enumerate(obj if isinstance(obj, list) else ([obj] if obj is not None else []), 1):
+            take(row, f"{path}: item {i}" if isinstance(obj, list) else path)
+    return rows, skipped

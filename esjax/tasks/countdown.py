@@ -1,0 +1,123 @@
+"""Countdown (TinyZero format): reach a target from 3–4 numbers with + − × ÷, each number at most once.
+
+Prompt (seeds brief §C.1, paper 2 / Qiu et al.), sent as the chat *user* message; the assistant turn is
+opened with ``<think>`` so that prefix is scored with the completion::
+
+    reward = w_format · format + w_answer · answer        (defaults 0.1 and 1.0, as in ES-at-scale)
+    format = 1   if the text is  <think>…</think>\\n<answer>…</answer>
+           = 0.1·[has <think>…</think>] + 0.5·[has <answer>…</answer>]   otherwise
+    answer = 1   if the last <answer> uses only digits, + - * / ( ) and spaces, each given number at most
+                 once (``exact_use`` = exactly once, as the seeds' code), and equals the target exactly
+
+The equation is evaluated by :mod:`esjax.tasks.safe_arith` (exact rationals, bounded), never ``eval``.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from collections import Counter
+from fractions import Fraction
+from typing import List, Optional, Tuple
+
+from esjax.tasks.base import Example, Reward, Task, register
+from esjax.tasks.safe_arith import evaluate, integers_in
+
+PROMPT = ("Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
+          "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
+          "tags. And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 "
+          "</answer>. Let me solve this step by step.")
+SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
+          "provide the user with the answer.")
+_FULL = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_OPS = ("+", "-", "*", "/")
+
+
+def _combos(items):
+    """Every (value, expression) combining all ``items`` [(Fraction, str)] with + − × ÷."""
+    if len(items) == 1:
+        yield items[0]
+        return
+    for i, j in itertools.permutations(range(len(items)), 2):
+        (a, ea), (b, eb) = items[i], items[j]
+        rest = [x for k, x in enumerate(items) if k not in (i, j)]
+        for op in _OPS:
+            if op == "/" and b == 0:
+                continue
+            v = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b}[op]()
+            yield from _combos(rest + [(v, f"({ea} {op} {eb})")])
+
+
+def reachable(nums: List[int], use_all: bool = True) -> dict:
+    """Values reachable from ``nums`` (each number exactly once, or any sub-multiset) → one expression."""
+    out = {}
+    for k in ([len(nums)] if use_all else range(1, len(nums) + 1)):
+        for idx in itertools.combinations(range(len(nums)), k):
+            for v, e in _combos([(Fraction(nums[i]), str(nums[i])) for i in idx]):
+                out.setdefault(v, e)
+    return out
+
+
+@register("countdown")
+class Countdown(Task):
+    name = "countdown"
+    system_prompt = SYSTEM
+    assistant_prefix = "<think>"
+    max_new_tokens = 256
+
+    def __init__(self, min_numbers: int = 3, max_numbers: int = 4, max_value: int = 99,
+                 target_range: Tuple[int, int] = (10, 100), solvable_only: bool = True,
+                 format_weight: float = 0.1, answer_weight: float = 1.0, exact_use: bool = True):
+        if not 2 <= min_numbers <= max_numbers <= 6:
+            raise ValueError(f"need 2 <= min_numbers <= max_numbers <= 6, got {min_numbers}, {max_numbers}")
+        if max_value < 1 or target_range[0] > target_range[1]:
+            raise ValueError(f"bad max_value={max_value} or target_range={target_range}")
+        self.min_numbers, self.max_numbers, self.max_value = min_numbers, max_numbers, max_value
+        self.target_range, self.solvable_only = target_range, solvable_only
+        self.format_weight, self.answer_weight, self.exact_use = format_weight, answer_weight, exact_use
+
+    def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
+        rng = random.Random(f"countdown/{split}/{seed}")
+        out = []
+        while len(out) < n:
+            nums = [rng.randint(1, self.max_value) for _ in range(rng.randint(self.min_numbers, self.max_numbers))]
+            if self.solvable_only:
+                values = reachable(nums, use_all=self.exact_use)
+                lo, hi = self.target_range
+                cands = sorted(int(v) for v in values if v.denominator == 1 and lo <= v <= hi)
+                if not cands:
+                    continue
+                target = rng.choice(cands)
+                solution = values[Fraction(target)]
+            else:
+                target, solution = rng.randint(*self.target_range), None
+            out.append(Example(f"countdown/{split}/{seed}/{len(out)}", PROMPT.format(nums=nums, target=target),
+                               target, {"nums": nums, "solution": solution}))
+        return out
+
+    def reward(self, completion: str, example: Example) -> Reward:
+        text = self.assistant_prefix + completion
+        if _FULL.match(text):
+            fmt = 1.0
+        else:
+            fmt = 0.1 * ("<think>" in text and "</think>" in text) + 0.5 * bool(_ANSWER.search(text))
+        correct = self.check_equation(_last_answer(text), example.meta["nums"], example.answer)
+        value = self.format_weight * fmt + self.answer_weight * float(correct)
+        return Reward(value, correct, {"format": fmt, "answer": float(correct)})
+
+    def check_equation(self, equation: Optional[str], nums: List[int], target) -> bool:
+        if equation is None or len(equation) > 256 or not re.fullmatch(r"[0-9+\-*/() ]+", equation):
+            return False
+        used, avail = Counter(integers_in(equation)), Counter(nums)
+        if self.exact_use and used != avail:
+            return False
+        if any(used[k] > avail[k] for k in used):
+            return False
+        value = evaluate(equation)
+        return value is not None and abs(value - Fraction(target)) < Fraction(1, 10 ** 5)
+
+
+def _last_answer(text: str) -> Optional[str]:
+    found = _ANSWER.findall(text[-20000:])
+    return found[-1].strip() if found else None
