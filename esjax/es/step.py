@@ -130,7 +130,7 @@ def es_update(state: ESState, fitness, cfg: ESConfig):
     updates, opt_state = tx.update(jax.tree.map(jnp.negative, g), state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"fitness_mean": fitness.mean(), "fitness_std": fitness.std(), "fitness_max": fitness.max(),
-               "fitness_min": fitness.min(), "update_norm": optax.global_norm(updates),
+               "fitness_min": fitness.min(), "update_norm": optax.tree.norm(updates),
                **update_rms_by_module(updates)}
     return ESState(params, opt_state, state.key, state.iteration + 1), metrics
 

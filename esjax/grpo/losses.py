@@ -1,0 +1,83 @@
+"""GRPO building blocks as pure functions, registered by name (Tunix ``algo_core`` style).
+
+Advantages (rewards r: (P, G) for P prompts × G samples)::
+
+    A = (r − mean_g r) / (std_g r + eps)     scale_rewards="group" (std with ``std_ddof``: 1 in paper 1/TRL)
+    A = (r − mean_g r) / (std_batch r + eps) "batch";   A = r − mean_g r   "none" (Dr. GRPO)
+
+Per-token loss with ρ = exp(logp − logp_old) over completion tokens::
+
+    ℓ_t = −min(ρ A, clip(ρ, 1 − ε, 1 + ε_high) A) + β · KL_t(π_θ ‖ π_ref)
+
+KL estimators with δ = logp_ref − logp:  k1 = −δ;  k3 = e^δ − δ − 1 (Schulman);  low_var_kl = clip(k3, ±10)
+(verl). Aggregation → per-token weights w so that the loss is Σ_t w_t ℓ_t (exact under micro-batching):
+
+    seq_mean_token_mean  (paper 1, TRL "grpo"):  w = m / (n_b · B)
+    token_mean           (DAPO, TRL "dapo"/"bnpo"): w = m / Σ m
+    seq_mean_token_sum_norm (Dr. GRPO):          w = m / (B · L_max)
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def group_advantages(rewards, scale: str = "group", std_ddof: int = 1, eps: float = 1e-6):
+    """rewards: (P, G) → advantages (P, G)."""
+    r = jnp.asarray(rewards, jnp.float32)
+    centered = r - r.mean(1, keepdims=True)
+    if scale == "group":
+        return centered / (r.std(1, ddof=std_ddof, keepdims=True) + eps)
+    if scale == "batch":
+        return centered / (r.std(ddof=std_ddof) + eps)
+    if scale == "none":
+        return centered
+    raise ValueError(f"unknown advantage scale {scale!r} (group, batch, none)")
+
+
+def kl_k1(logp, ref_logp):
+    return logp - ref_logp
+
+
+def kl_k3(logp, ref_logp):
+    d = ref_logp - logp
+    return jnp.exp(d) - d - 1.0
+
+
+def kl_low_var(logp, ref_logp):
+    return jnp.clip(kl_k3(logp, ref_logp), -10.0, 10.0)
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3, "low_var_kl": kl_low_var}
+
+
+def weights_seq_mean_token_mean(mask):
+    n = jnp.maximum(mask.sum(1, keepdims=True), 1)
+    return mask / (n * mask.shape[0])
+
+
+def weights_token_mean(mask):
+    return mask / jnp.maximum(mask.sum(), 1)
+
+
+def weights_seq_mean_token_sum_norm(mask):
+    return mask / (mask.shape[0] * mask.shape[1])
+
+
+LOSS_AGGREGATION = {"seq_mean_token_mean": weights_seq_mean_token_mean, "token_mean": weights_token_mean,
+                    "seq_mean_token_sum_norm": weights_seq_mean_token_sum_norm}
+
+
+def clipped_surrogate(logp, old_logp, advantages, eps_low: float, eps_high: float):
+    """Per-token −min(ρA, clip(ρ)A) and whether clipping was active. logp, old_logp: (B, T); A: (B,)."""
+    ratio = jnp.exp(logp - old_logp)
+    a = advantages[:, None]
+    unclipped, clipped = ratio * a, jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * a
+    return -jnp.minimum(unclipped, clipped), (clipped < unclipped)
+
+
+def per_token_loss(logp, old_logp, ref_logp, advantages, clip_eps: float, clip_eps_high: float, beta: float,
+                   kl_estimator: str):
+    """(loss (B, T), kl (B, T) or zeros, clipped (B, T))."""
+    loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high)
+    kl = jnp.zeros_like(logp) if ref_logp is None else KL_ESTIMATORS[kl_estimator](logp, ref_logp)
+    return loss + beta * kl, kl, clipped

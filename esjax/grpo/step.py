@@ -1,0 +1,151 @@
+"""A pure, jit-compiled GRPO step: ``grpo_step(state, batch, ref_params) -> (state, metrics)``.
+
+The batch holds full sequences (left-padded prompt ++ completion) and everything precomputed at rollout
+time; the step scores the completion tokens with the current params, forms the loss of
+:mod:`esjax.grpo.losses` and applies one optax update. Gradients are accumulated over micro-batches with
+``lax.scan`` so memory is bounded by ``micro_batch_size`` sequences; per-token weights make the
+accumulated loss identical to the full-batch loss. With ``old_logp`` omitted (one update per rollout,
+as in paper 1) the ratio is exp(logp − stop_grad(logp)) ≡ 1 and the step is on-policy REINFORCE with
+group-normalised advantages.
+
+Batch (B sequences of length T; predictions are for positions 1..T−1):
+    tokens (B, T) int32, attn_mask (B, T) bool, loss_mask (B, T−1) float (1 on completion tokens),
+    advantages (B,), old_logp (B, T−1) optional.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from esjax.grpo.losses import KL_ESTIMATORS, LOSS_AGGREGATION, per_token_loss
+from esjax.models.decoder import token_logprobs
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """Defaults follow paper 1's code (seeds brief §B.1): G 8, β 0 (k3 KL tracked), clip 0.2, one update
+    per batch, ddof-1 std, per-sequence token-mean, AdamW lr 3e-6, no weight decay, grad clip 1.0."""
+
+    group_size: int = 8
+    prompts_per_step: int = 8
+    learning_rate: float = 3e-6
+    lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over total_steps)
+    total_steps: int = 100
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    clip_eps: float = 0.2
+    clip_eps_high: Optional[float] = None  # None = clip_eps (DAPO suggests 0.28)
+    loss_aggregation: str = "seq_mean_token_mean"
+    scale_rewards: str = "group"
+    std_ddof: int = 1
+    adv_eps: float = 1e-6
+    num_inner_updates: int = 1  # μ
+    micro_batch_size: int = 0  # sequences per gradient-accumulation slice; 0 = whole batch
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
+        if self.prompts_per_step < 1 or self.total_steps < 1 or self.num_inner_updates < 1:
+            raise ValueError("prompts_per_step, total_steps and num_inner_updates must be >= 1")
+        if self.learning_rate <= 0 or self.beta < 0 or self.clip_eps <= 0:
+            raise ValueError(f"need learning_rate > 0, beta >= 0, clip_eps > 0; got {self.learning_rate}, "
+                             f"{self.beta}, {self.clip_eps}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
+        if self.loss_aggregation not in LOSS_AGGREGATION:
+            raise ValueError(f"unknown loss_aggregation {self.loss_aggregation!r}; choose from {sorted(LOSS_AGGREGATION)}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"lr_schedule must be constant or linear, got {self.lr_schedule!r}")
+        if self.micro_batch_size and (self.group_size * self.prompts_per_step) % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide the batch of "
+                             f"{self.group_size * self.prompts_per_step} sequences")
+        if self.temperature <= 0:
+            raise ValueError(f"GRPO samples: temperature must be > 0, got {self.temperature}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.group_size * self.prompts_per_step
+
+
+@flax.struct.dataclass
+class GRPOState:
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+
+
+def make_optimizer(cfg: GRPOConfig):
+    if cfg.lr_schedule == "linear":
+        lr = optax.linear_schedule(cfg.learning_rate, 0.0, cfg.total_steps - cfg.warmup_steps)
+        if cfg.warmup_steps:
+            lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), lr],
+                                      [cfg.warmup_steps])
+    else:
+        lr = cfg.learning_rate
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
+                       optax.adamw(lr, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps, weight_decay=cfg.weight_decay))
+
+
+def init_state(params, key, cfg: GRPOConfig) -> GRPOState:
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)  # fp32 master weights
+    return GRPOState(params, make_optimizer(cfg).init(params), jnp.zeros((), jnp.int32), key)
+
+
+def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig):
+    """Σ_t w_t ℓ_t over one (micro-)batch, and summed metric numerators."""
+    logp = token_logprobs(params, model_cfg, batch["tokens"], batch["attn_mask"])
+    old = batch.get("old_logp")
+    old = jax.lax.stop_gradient(logp) if old is None else old
+    eps_high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
+    loss_t, kl_t, clipped = per_token_loss(logp, old, ref_logp, batch["advantages"], cfg.clip_eps, eps_high,
+                                           cfg.beta, cfg.kl_estimator)
+    m = batch["loss_mask"]
+    aux = {"kl_sum": (kl_t * m).sum(), "clip_sum": (clipped * m).sum(), "tokens": m.sum()}
+    return (loss_t * weights).sum(), aux
+
+
+def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOConfig):
+    """One optimizer update on a rollout batch (see module docstring). ``ref_params`` may be None when
+    no KL is wanted (β = 0 and nothing tracked). Pure: jit with static model_cfg and cfg."""
+    weights = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
+    ref_logp = None
+    if ref_params is not None:
+        ref_logp = jax.lax.stop_gradient(token_logprobs(ref_params, model_cfg, batch["tokens"], batch["attn_mask"]))
+    B = batch["tokens"].shape[0]
+    mb = cfg.micro_batch_size or B
+    n_micro = B // mb
+    split = lambda x: None if x is None else x.reshape(n_micro, mb, *x.shape[1:])  # noqa: E731
+    micro = {k: split(v) for k, v in batch.items()}
+    grad_fn = jax.value_and_grad(grpo_loss, has_aux=True)
+
+    def body(acc, xs):
+        mbatch, w, r = xs
+        (loss, aux), g = grad_fn(state.params, model_cfg, mbatch, w, r, cfg)
+        return jax.tree.map(jnp.add, acc, (loss, aux, g)), None
+
+    zero = (jnp.zeros(()), {"kl_sum": jnp.zeros(()), "clip_sum": jnp.zeros(()), "tokens": jnp.zeros(())},
+            jax.tree.map(jnp.zeros_like, state.params))
+    (loss, aux, grads), _ = jax.lax.scan(body, zero, (micro, split(weights), split(ref_logp)))
+    tx = make_optimizer(cfg)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    tokens = jnp.maximum(aux["tokens"], 1)
+    metrics = {"loss": loss, "kl": aux["kl_sum"] / tokens, "clip_frac": aux["clip_sum"] / tokens,
+               "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
+    return GRPOState(params, opt_state, state.step + 1, state.key), metrics

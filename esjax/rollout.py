@@ -1,0 +1,51 @@
+"""Shared by ES and GRPO: prompts → padded tokens, generations → text → rewards, and the
+prompt ++ completion batches the learners score. Host-side glue around the jitted sampler."""
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Sequence
+
+import numpy as np
+
+from esjax.sampling import pad_prompts
+from esjax.tasks.base import Example, Task, encode_prompts
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    examples: List[Example]
+    tokens: np.ndarray  # (B, P) int32, left padded
+    mask: np.ndarray  # (B, P) bool
+
+
+def prompt_batch(tokenizer, task: Task, examples: Sequence[Example], pad_id: int, repeat: int = 1,
+                 multiple: int = 16) -> PromptBatch:
+    """Chat-templated, left-padded prompts; ``repeat`` copies each prompt consecutively (GRPO groups)."""
+    ids = encode_prompts(tokenizer, task, examples)
+    ids = [p for p in ids for _ in range(repeat)]
+    tokens, mask = pad_prompts(ids, pad_id, multiple)
+    return PromptBatch([e for e in examples for _ in range(repeat)], tokens, mask)
+
+
+def decode(tokenizer, tokens, lengths) -> List[str]:
+    """Completions as text; tokens (..., M), lengths (...) → flat list in row-major order."""
+    tokens = np.asarray(tokens).reshape(-1, np.asarray(tokens).shape[-1])
+    lengths = np.asarray(lengths).reshape(-1)
+    return tokenizer.batch_decode([t[:n] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
+
+
+def score(task: Task, texts: Sequence[str], examples: Sequence[Example]):
+    """(rewards (n,), correct (n,)) with examples cycled to the length of ``texts``."""
+    rs = [task.reward(t, examples[i % len(examples)]) for i, t in enumerate(texts)]
+    return np.array([r.value for r in rs], np.float32), np.array([r.correct for r in rs], bool)
+
+
+def sequence_batch(prompt_tokens, prompt_mask, gen_tokens, lengths) -> dict:
+    """Prompt ++ completion: tokens, attn_mask (B, P+M) and loss_mask (B, P+M−1) over completion tokens."""
+    gen_tokens, lengths = np.asarray(gen_tokens), np.asarray(lengths)
+    M = gen_tokens.shape[1]
+    gen_mask = np.arange(M)[None, :] < lengths[:, None]
+    tokens = np.concatenate([prompt_tokens, gen_tokens], 1).astype(np.int32)
+    attn = np.concatenate([prompt_mask, gen_mask], 1)
+    loss_mask = np.concatenate([np.zeros_like(prompt_mask[:, 1:]), gen_mask], 1).astype(np.float32)
+    return {"tokens": tokens, "attn_mask": attn, "loss_mask": loss_mask}
