@@ -68,3 +68,11 @@ class Arithmetic(Task):
         correct = got is not None and got == example.answer
         fmt = float(got is not None)
         return Reward(self.format_weight * fmt + float(correct), correct, {"format": fmt, "answer": float(correct)})
+
+
+@register("arithmetic-word")
+class ArithmeticWord(Arithmetic):
+    """The two-step word-problem variant: a held-out neighbour task for forgetting probes."""
+
+    def __init__(self, kinds: Sequence[str] = ("word",), **kw):
+        super().__init__(kinds=kinds, **kw)

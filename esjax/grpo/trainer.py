@@ -1,0 +1,64 @@
+"""One GRPO iteration on a language model and a task: G samples per prompt → rewards → group advantages
+→ μ pure ``grpo_step`` updates. Shares the sampler and rollout helpers with ES."""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esjax.grpo.losses import group_advantages
+from esjax.grpo.step import GRPOConfig, grpo_step
+from esjax.models.decoder import token_logprobs
+from esjax.parallel import batch_sharding, replicated
+from esjax.rollout import decode, prompt_batch, score, sequence_batch
+from esjax.sampling import SamplingConfig, make_generate
+
+
+def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tokens: int, ref_params=None,
+                        mesh=None):
+    """``iterate(state, examples) -> (state, metrics)``; ``ref_params`` enables KL (penalty if β > 0,
+    tracked otherwise). With a mesh the rollout batch is sharded over all devices."""
+    gen = make_generate(model_cfg, max_new_tokens, SamplingConfig(cfg.temperature, 0, cfg.top_p))
+    step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg))
+    score_fn = jax.jit(lambda p, t, m: token_logprobs(p, model_cfg, t, m))
+    put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
+    if mesh is not None and ref_params is not None:
+        ref_params = jax.device_put(ref_params, replicated(mesh))
+
+    def iterate(state, examples):
+        if len(examples) != cfg.prompts_per_step:
+            raise ValueError(f"expected {cfg.prompts_per_step} prompts per step, got {len(examples)}")
+        pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id, repeat=cfg.group_size)
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(state.key, state.step)
+        out = jax.tree.map(np.asarray, gen(state.params, put(pb.tokens), put(pb.mask), key))
+        t1 = time.perf_counter()
+        rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
+        groups = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
+        adv = np.asarray(group_advantages(groups, cfg.scale_rewards, cfg.std_ddof, cfg.adv_eps)).reshape(-1)
+        batch = {k: put(v) for k, v in sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths).items()}
+        batch["advantages"] = put(adv.astype(np.float32))
+        if cfg.num_inner_updates > 1:
+            batch["old_logp"] = score_fn(state.params, batch["tokens"], batch["attn_mask"])
+        t2 = time.perf_counter()
+        for _ in range(cfg.num_inner_updates):
+            state, m = step(state, batch, ref_params)
+        jax.block_until_ready(state.params)
+        t3 = time.perf_counter()
+        n_tokens = int(out.lengths.sum())
+        metrics = {k: float(v) for k, v in m.items()}
+        metrics.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
+                       reward_max=float(rewards.max()), reward_min=float(rewards.min()),
+                       train_accuracy=float(correct.mean()),
+                       zero_variance=float((groups.std(1) == 0).mean()),
+                       completion_length=float(out.lengths.mean()), completions=int(rewards.size),
+                       tokens=n_tokens, forward_passes=int(rewards.size) * (1 + cfg.num_inner_updates),
+                       backward_passes=int(rewards.size) * cfg.num_inner_updates,
+                       time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
+                       tokens_per_s=n_tokens / max(t1 - t0, 1e-9))
+        return state, metrics
+
+    return iterate
