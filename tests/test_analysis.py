@@ -1,0 +1,87 @@
+"""Analysis functions on hand-made pytrees with known answers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from esjax.analysis import connectivity as lmc
+from esjax.analysis import geometry as geo
+
+
+def test_norms_count_tied_embedding_once_or_twice():
+    d = {"embed": jnp.full((2, 2), 1.0), "layers": [{"wq": jnp.full((3,), 2.0)}]}
+    assert geo.global_norm(d) == pytest.approx(np.sqrt(4 + 12))
+    assert geo.global_norm(d, count_tied_twice=True, tied=True) == pytest.approx(np.sqrt(8 + 12))
+    assert geo.relative_norm(d, d) == pytest.approx(1.0)
+
+
+def test_sparsity_in_fp32_and_after_bf16_cast():
+    base = {"layers": [{"wq": jnp.full((4,), 0.02)}], "embed": jnp.zeros((2, 2))}
+    ft = {"layers": [{"wq": jnp.array([0.02, 0.02 + 5e-5, 0.02 + 2e-3, 0.02])}], "embed": jnp.zeros((2, 2))}
+    t32 = geo.sparsity_table(ft, base, (1e-6,), ("float32", "bfloat16"))
+    # fp32: 2 of 4 entries changed in wq; embed unchanged
+    assert t32["float32"]["1e-06"]["layers"]["0"]["Q"] == pytest.approx(0.5)
+    # bf16 spacing at 0.02 is ≈1.2e-4: the 5e-5 change rounds away, the 2e-3 change survives
+    assert t32["bfloat16"]["1e-06"]["layers"]["0"]["Q"] == pytest.approx(0.75)
+    assert t32["float32"]["1e-06"]["global"] == pytest.approx(6 / 8)
+
+
+def test_buckets_layers_rank_and_cosine():
+    assert geo.bucket("layers/3/wk") == "K" and geo.bucket("layers/0/mlp_norm") == "norm"
+    assert geo.bucket("embed") == "other" and geo.layer_of("layers/12/wo") == 12
+    u, v = np.random.default_rng(0).normal(size=(2, 20, 3))
+    assert geo.numerical_rank(u @ v.T) == 3
+    a = {"x": jnp.array([1.0, 0.0]), "y": jnp.array([1.0])}
+    b = {"x": jnp.array([0.0, 1.0]), "y": jnp.array([1.0])}
+    assert geo.cosine(a, b) == pytest.approx(0.5)
+    assert geo.cosine(a, a) == pytest.approx(1.0)
+    lc = geo.layer_cosines({"layers": [{"w": jnp.array([1.0, 0.0])}]}, {"layers": [{"w": jnp.array([0.0, 2.0])}]})
+    assert lc["0"] == pytest.approx(0.0)
+
+
+def test_subspace_overlap_identical_and_orthogonal():
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(40, 40)))
+    w1 = q[:, :4] @ np.diag([4.0, 3.0, 2.0, 1.0]) @ q[:, 4:8].T
+    w2 = q[:, 8:12] @ q[:, 12:16].T
+    assert geo.subspace_overlap(w1, w1, 4) == pytest.approx(1.0)
+    assert geo.subspace_overlap(w1, w2, 4) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_barrier_on_a_constructed_1d_loss():
+    a, b = {"t": jnp.array(0.0)}, {"t": jnp.array(1.0)}
+    score = lambda p: 1.0 - 4 * float(p["t"]) * (1 - float(p["t"]))  # noqa: E731  dip of 1 at λ = ½
+    lams, vals = lmc.interpolation_curve(score, a, b, 11)
+    assert lmc.barrier(lams, vals) == pytest.approx(1.0)
+    flat = lambda p: 2.0 + float(p["t"])  # noqa: E731  linear: no barrier
+    assert lmc.barrier(*lmc.interpolation_curve(flat, a, b, 5)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_direction_probe_and_random_direction_are_unit():
+    base = {"w": jnp.zeros((3,))}
+    r = lmc.random_direction(base, jax.random.key(0))
+    assert geo.global_norm(r) == pytest.approx(1.0, rel=1e-5)
+    vals = lmc.direction_probe(lambda p: float(p["w"][0]), base, {"w": jnp.array([2.0, 0.0, 0.0])}, [0.0, 1.0, 3.0])
+    np.testing.assert_allclose(vals, [0.0, 1.0, 3.0], rtol=1e-6)
+
+
+def test_exact_and_k1_kl_against_numpy_on_known_distributions():
+    from esjax.analysis.drift import make_scorer
+    from esjax.models.config import ModelConfig
+    from esjax.models.decoder import forward, init_params, positions_from_mask
+
+    cfg = ModelConfig(arch="llama", vocab_size=16, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=4)
+    p, q = init_params(cfg, jax.random.key(0), 0.5), init_params(cfg, jax.random.key(1), 0.5)
+    tokens = jnp.array([[3, 5, 7, 9, 11]], jnp.int32)
+    attn = jnp.ones((1, 5), bool)
+    loss_mask = jnp.array([[0.0, 0.0, 1.0, 1.0]])
+    k1, exact, n = make_scorer(cfg)(p, q, tokens, attn, loss_mask)
+    lp = np.asarray(jax.nn.log_softmax(forward(p, cfg, tokens, positions_from_mask(attn), attn)[0][0, :-1]))
+    lq = np.asarray(jax.nn.log_softmax(forward(q, cfg, tokens, positions_from_mask(attn), attn)[0][0, :-1]))
+    ref_exact = sum(np.sum(np.exp(lp[t]) * (lp[t] - lq[t])) for t in (2, 3))
+    ref_k1 = sum(lp[t, tokens[0, t + 1]] - lq[t, tokens[0, t + 1]] for t in (2, 3))
+    assert float(exact[0]) == pytest.approx(ref_exact, rel=1e-5)
+    assert float(k1[0]) == pytest.approx(ref_k1, rel=1e-5)
+    assert float(n[0]) == 2.0 and ref_exact > 0
+    _, same, _ = make_scorer(cfg)(p, p, tokens, attn, loss_mask)
+    assert float(same[0]) == pytest.approx(0.0, abs=1e-6)
