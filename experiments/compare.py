@@ -1,0 +1,36 @@
+"""ES and GRPO from the same base model, then the whole analysis: one results folder with
+results.json, tables/*.csv, plots/*.png and report.md.
+
+    python -m experiments.compare --preset cpu-quick            # the README's main job
+"""
+from __future__ import annotations
+
+import time
+
+from experiments.cli import parser, setup
+from esjax.analysis.report import analyze, write_report
+from esjax.models.registry import load_model
+from esjax.runs import run_method
+
+
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--interp-points", type=int, default=5, help="points on each interpolation path (paper: 11)")
+    p.add_argument("--eval-size", type=int, default=0, help="test prompts for connectivity probes (0 = config eval_size)")
+    args = p.parse_args(argv)
+    cfg, out = setup(args, "compare")
+    t0 = time.perf_counter()
+    model = load_model(cfg.model, seed=cfg.seed)
+    summaries = {m: run_method(cfg, m, out, model, progress=not args.no_progress) for m in ("es", "grpo")}
+    res = analyze(out, cfg, model, n_interp=args.interp_points, n_eval=args.eval_size or cfg.eval_size)
+    path = write_report(out, res)
+    n = res["norms"]
+    acc = {m: (summaries[m]["before"][f"eval/{cfg.task}/accuracy"], summaries[m]["after"][f"eval/{cfg.task}/accuracy"])
+           for m in summaries}
+    print(f"done in {time.perf_counter() - t0:.0f}s — {cfg.task} accuracy ES {acc['es'][0]:.3f}→{acc['es'][1]:.3f}, "
+          f"GRPO {acc['grpo'][0]:.3f}→{acc['grpo'][1]:.3f}; ‖Δ‖ ES {n['es']['once']:.3g} vs GRPO {n['grpo']['once']:.3g} "
+          f"({n['ratio_es_over_grpo']:.3g}×), cos {res['cosine']['global']:.2g}; report: {path}")
+
+
+if __name__ == "__main__":
+    main()

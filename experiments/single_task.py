@@ -1,0 +1,27 @@
+"""Fine-tune the base model on one task with ES and/or GRPO (resumable).
+
+    python -m experiments.single_task --preset cpu-quick --method both --set es.alpha=0.003
+"""
+from __future__ import annotations
+
+import json
+
+from experiments.cli import parser, setup
+from esjax.models.registry import load_model
+from esjax.runs import run_method
+
+
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--method", default="both", choices=["es", "grpo", "both"])
+    args = p.parse_args(argv)
+    cfg, out = setup(args, "single_task")
+    model = load_model(cfg.model, seed=cfg.seed)
+    for m in (("es", "grpo") if args.method == "both" else (args.method,)):
+        s = run_method(cfg, m, out, model, progress=not args.no_progress)
+        print(json.dumps({"method": m, "before": s["before"], "after": s["after"], "update_norm": s["update_norm"],
+                          "wall_time": round(s["wall_time"], 1)}))
+
+
+if __name__ == "__main__":
+    main()
