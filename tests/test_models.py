@@ -1,0 +1,167 @@
+"""Model layer: logits parity with transformers (PyTorch) through our HF-directory loader, export round
+trip, generation with cache == re-forward without cache, sampling, and clear errors on bad inputs."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import forward, init_params, positions_from_mask
+from esjax.models.hf import load_hf_checkpoint, save_hf_checkpoint
+from esjax.sampling import SamplingConfig, generate_reference, make_generate, pad_prompts, sample_logits
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6)
+HF_CASES = {
+    "llama": lambda: transformers.LlamaConfig(**COMMON, tie_word_embeddings=False, rope_theta=10000.0),
+    "llama3-rope-scaling-tied": lambda: transformers.LlamaConfig(
+        **COMMON, tie_word_embeddings=True, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64}),
+    "qwen2": lambda: transformers.Qwen2Config(**COMMON, tie_word_embeddings=True, rope_theta=1e6),
+    "qwen3": lambda: transformers.Qwen3Config(**COMMON, head_dim=16, tie_word_embeddings=True, rope_theta=1e6),
+}
+
+
+def _save_random_hf(tmp_path, name, **save_kw):
+    torch.manual_seed(0)
+    cfg = HF_CASES[name]()
+    model = transformers.AutoModelForCausalLM.from_config(cfg).float().eval()
+    with torch.no_grad():  # non-trivial norms and biases so the parity test sees them
+        for n, p in model.named_parameters():
+            if "norm" in n or "bias" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    path = str(tmp_path / name)
+    model.save_pretrained(path, **save_kw)
+    return model, path
+
+
+def _hf_logits(model, ids, mask):
+    with torch.no_grad():
+        return model(torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
+
+
+def _our_logits(params, cfg, ids, mask):
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    return np.asarray(forward(params, cfg, ids, positions_from_mask(mask), mask)[0])
+
+
+@pytest.mark.parametrize("name", sorted(HF_CASES))
+def test_logits_parity_with_transformers(tmp_path, name):
+    model, path = _save_random_hf(tmp_path, name)
+    params, cfg = load_hf_checkpoint(path)
+    ids = np.random.default_rng(0).integers(0, 128, (2, 100)).astype(np.int32)
+    mask = np.ones_like(ids, bool)
+    err = np.abs(_our_logits(params, cfg, ids, mask) - _hf_logits(model, ids, mask)).max()
+    assert err < 1e-4, err
+
+
+def test_sharded_checkpoint_and_export_round_trip(tmp_path):
+    model, path = _save_random_hf(tmp_path, "qwen2", max_shard_size="40KB")
+    assert os.path.exists(os.path.join(path, "model.safetensors.index.json"))
+    params, cfg = load_hf_checkpoint(path)
+    out = str(tmp_path / "exported")
+    save_hf_checkpoint(params, cfg, out)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).float().eval()
+    ids = np.random.default_rng(1).integers(0, 128, (1, 40)).astype(np.int32)
+    mask = np.ones_like(ids, bool)
+    assert np.abs(_hf_logits(reloaded, ids, mask) - _our_logits(params, cfg, ids, mask)).max() < 1e-4
+
+
+def test_left_padding_does_not_change_logits():
+    cfg = ModelConfig(arch="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8)
+    params = init_params(cfg, jax.random.key(0), 0.2)
+    ids = np.random.default_rng(0).integers(1, 64, (1, 7)).astype(np.int32)
+    toks, mask = pad_prompts([list(ids[0])], 0, multiple=16)
+    padded = _our_logits(params, cfg, toks, mask)[0, -7:]
+    plain = _our_logits(params, cfg, ids, np.ones_like(ids, bool))[0]
+    np.testing.assert_allclose(padded, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_cached_generation_equals_full_reforward(arch):
+    cfg = ModelConfig(arch=arch, vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, eos_token_ids=(3,), pad_token_id=0)
+    params = init_params(cfg, jax.random.key(1), 0.3)
+    rng = np.random.default_rng(0)
+    toks, mask = pad_prompts([list(rng.integers(4, 64, n)) for n in (3, 9, 14)], cfg.pad_token_id)
+    out = make_generate(cfg, 12)(params, toks, mask, jax.random.key(0))
+    ref = generate_reference(params, cfg, toks, mask, 12)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:, :ref.shape[1]], ref)
+    lengths = np.asarray(out.lengths)
+    for row, n in zip(np.asarray(out.tokens), lengths):  # everything after a row's EOS is padding
+        assert (row[n:] == cfg.pad_token_id).all()
+        assert n == 12 or row[n - 1] == 3
+
+
+def test_greedy_generation_matches_transformers_generate(tmp_path):
+    model, path = _save_random_hf(tmp_path, "llama")
+    params, cfg = load_hf_checkpoint(path)
+    cfg = cfg.replace(eos_token_ids=(), pad_token_id=0)
+    ids = np.random.default_rng(2).integers(1, 128, (1, 9)).astype(np.int32)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor(ids), max_new_tokens=10, do_sample=False, eos_token_id=None,
+                             pad_token_id=0).numpy()[0, 9:]
+    toks, mask = pad_prompts([list(ids[0])], 0)
+    ours = np.asarray(make_generate(cfg, 10)(params, toks, mask, jax.random.key(0)).tokens)[0]
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_sampling_filters_and_determinism():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    draws = np.array([int(sample_logits(logits, jax.random.key(i), SamplingConfig(1.0, top_p=0.7))[0]) for i in range(200)])
+    assert set(draws) <= {0, 1} and {0, 1} <= set(draws)  # nucleus {0.5, 0.3} reaches 0.7
+    draws = np.array([int(sample_logits(logits, jax.random.key(i), SamplingConfig(1.0, top_k=1))[0]) for i in range(20)])
+    assert set(draws) == {0}
+    a = sample_logits(jnp.zeros((3, 50)), jax.random.key(5), SamplingConfig(1.0))
+    b = sample_logits(jnp.zeros((3, 50)), jax.random.key(5), SamplingConfig(1.0))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    _, path = _save_random_hf(tmp_path, "llama")
+    cfg_file = os.path.join(path, "config.json")
+    good = json.load(open(cfg_file))
+    # missing config key
+    json.dump({k: v for k, v in good.items() if k != "hidden_size"}, open(cfg_file, "w"))
+    with pytest.raises(ValueError, match="missing required key 'hidden_size'"):
+        load_hf_checkpoint(path)
+    # unknown architecture
+    json.dump(dict(good, model_type="mamba"), open(cfg_file, "w"))
+    with pytest.raises(ValueError, match="unknown architecture model_type='mamba'"):
+        load_hf_checkpoint(path)
+    # wrong tensor shape (config disagrees with weights)
+    json.dump(dict(good, intermediate_size=48), open(cfg_file, "w"))
+    with pytest.raises(ValueError, match="w_gate: shape"):
+        load_hf_checkpoint(path)
+    json.dump(good, open(cfg_file, "w"))
+    # truncated safetensors
+    st = os.path.join(path, "model.safetensors")
+    data = open(st, "rb").read()
+    open(st, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_hf_checkpoint(path)
+    os.remove(st)
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        load_hf_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        load_hf_checkpoint(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="unknown model"):
+        from esjax.models.registry import load_model
+        load_model("gpt-5")
+
+
+def test_prompt_longer_than_context_is_an_error():
+    cfg = ModelConfig(arch="llama", vocab_size=16, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                      num_kv_heads=1, head_dim=4, max_position_embeddings=32)
+    params = init_params(cfg, jax.random.key(0))
+    toks, mask = pad_prompts([[1] * 30], 0)
+    with pytest.raises(ValueError, match="exceeds the model context of 32"):
+        make_generate(cfg, 8)(params, toks, mask, jax.random.key(0))
