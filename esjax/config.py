@@ -64,10 +64,13 @@ PRESETS: Dict[str, dict] = {
     # The README's main job: SmolLM2-135M on 2 CPU cores, ES (low-rank, EGGROLL) and GRPO, minutes each.
     "cpu-quick": dict(
         task="arithmetic", task_kwargs={"kinds": ["add", "sub", "mul"], "digits": 2},
-        eval_tasks=("arithmetic-word",), train_pool=64, es_batch=16, es_iterations=12, grpo_steps=8, max_new_tokens=16,
-        eval_size=64, probe_size=12, checkpoint_every=4,
-        es=dict(population_size=8, sigma=2e-3, alpha=2e-3, noise="lowrank", rank=1),
-        grpo=dict(group_size=8, prompts_per_step=4, learning_rate=2e-5, total_steps=8, beta=0.0)),
+        eval_tasks=("arithmetic-word",), train_pool=64, es_batch=16, es_iterations=10, grpo_steps=10, max_new_tokens=16,
+        eval_size=64, probe_size=8, checkpoint_every=5,
+        # σ: below ~3e-3 no member's greedy answer changes (zero fitness variance), above ~1e-2 members
+        # collapse; embedding/head excluded as in EGGROLL (their noise shifts every logit by σ‖h‖).
+        es=dict(population_size=8, sigma=4e-3, alpha=2e-3, antithetic=True, noise="lowrank", rank=1,
+                param_filter="^layers/"),
+        grpo=dict(group_size=6, prompts_per_step=4, learning_rate=3e-5, total_steps=10, beta=0.0)),
     # Test preset: tiny random model, toy digit reward, seconds.
     "tiny": dict(
         model="tiny-random-llama", task="lowercase", eval_tasks=("arithmetic",), train_pool=8, es_batch=4,

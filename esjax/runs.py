@@ -49,14 +49,19 @@ def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
         kw = cfg.task_kwargs if name == cfg.task else cfg.eval_task_kwargs.get(name, {})
         task = get_task(name, **kw)
         ex = task.examples("test", cfg.eval_size, cfg.seed)
-        res = evaluate(params, model.cfg, model.tokenizer, task, ex, max_new if name == cfg.task else task.max_new_tokens)
+        n_new = (max_new or task.max_new_tokens) if name == cfg.task else task.max_new_tokens
+        res = evaluate(params, model.cfg, model.tokenizer, task, ex, n_new)
         out[f"eval/{name}/accuracy"] = res["accuracy"]
         out[f"eval/{name}/reward"] = res["reward"]
     return out
 
 
 def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model] = None, progress: bool = True,
-               log=print) -> dict:
+               log=print, base_eval: Optional[dict] = None, initial_state=None, return_state: bool = False):
+    """Train ``method`` from the base model (resuming if a checkpoint exists); returns the summary.
+    ``base_eval`` reuses an evaluation of the base model (identical for both methods);
+    ``initial_state`` continues from an earlier run's learner state (sequential training: params and
+    optimizer moments carry over, norms stay measured from ``model.params``)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     run_dir = os.path.join(out_dir, method)
@@ -71,7 +76,7 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     root = jax.random.key(cfg.seed)
     base = model.params
     if method == "es":
-        state = es_init(base, jax.random.fold_in(root, 1), cfg.es)
+        state = initial_state or es_init(base, jax.random.fold_in(root, 1), cfg.es)
         iterate = make_es_iteration(model.cfg, model.tokenizer, task, cfg.es, max_new, cfg.es_batch, mesh, base)
         n_steps, per_step = cfg.es_iterations, cfg.es_batch
 
@@ -79,7 +84,7 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
             exs = [pool[i] for i in batch_indices(len(pool), per_step, cfg.seed, t)]
             return iterate(state, exs, jax.random.fold_in(jax.random.fold_in(root, 2), t))
     else:
-        state = grpo_init(base, jax.random.fold_in(root, 3), cfg.grpo)
+        state = initial_state or grpo_init(base, jax.random.fold_in(root, 3), cfg.grpo)
         ref = base if cfg.grpo.beta > 0 or cfg.probe_size else None
         iterate = make_grpo_iteration(model.cfg, model.tokenizer, task, cfg.grpo, max_new, ref, mesh)
         n_steps, per_step = cfg.grpo_steps, cfg.grpo.prompts_per_step
@@ -94,7 +99,8 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
         history = record["history"]
         log(f"[{method}] resumed from iteration {start}")
     else:
-        start, history = 0, [{"iteration": 0, "wall_time": 0.0, **evaluate_all(base, model, cfg, max_new)}]
+        first = base_eval if base_eval is not None else evaluate_all(state.params, model, cfg, max_new)
+        start, history = 0, [{"iteration": 0, "wall_time": 0.0, **first}]
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(h) + "\n" for h in history)
     bar = None
@@ -132,7 +138,7 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
                "update_norm": history[-1].get("update_norm_from_base", 0.0)}
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    return summary
+    return (summary, state) if return_state else summary
 
 
 def read_metrics(run_dir: str):

@@ -104,7 +104,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     cache = init_cache(cfg, B, P + max_new_tokens)
     prompt_len = mask.sum(1).astype(jnp.int32)
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), 1) - 1, 0)
-    logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta, fresh_cache=True)
+    logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta, fresh_cache=True,
+                            last_only=True)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
     logps = jnp.zeros((B, max_new_tokens), jnp.float32)
     state = (jnp.int32(0), cache, logits[:, -1], out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)

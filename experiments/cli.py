@@ -19,6 +19,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args, script: str):
+    import jax
+
+    # compiled programs persist across runs (the first cpu-quick run spends minutes compiling)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "esjax", "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
     if args.distributed:
         from esjax.parallel import initialize_distributed
 

@@ -10,19 +10,21 @@ import time
 from experiments.cli import parser, setup
 from esjax.analysis.report import analyze, write_report
 from esjax.models.registry import load_model
-from esjax.runs import run_method
+from esjax.runs import evaluate_all, run_method
 
 
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--interp-points", type=int, default=5, help="points on each interpolation path (paper: 11)")
-    p.add_argument("--eval-size", type=int, default=0, help="test prompts for connectivity probes (0 = config eval_size)")
+    p.add_argument("--eval-size", type=int, default=32, help="test prompts per connectivity / direction probe point")
     args = p.parse_args(argv)
     cfg, out = setup(args, "compare")
     t0 = time.perf_counter()
     model = load_model(cfg.model, seed=cfg.seed)
-    summaries = {m: run_method(cfg, m, out, model, progress=not args.no_progress) for m in ("es", "grpo")}
-    res = analyze(out, cfg, model, n_interp=args.interp_points, n_eval=args.eval_size or cfg.eval_size)
+    base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
+    summaries = {m: run_method(cfg, m, out, model, progress=not args.no_progress, base_eval=base_eval)
+                 for m in ("es", "grpo")}
+    res = analyze(out, cfg, model, n_interp=args.interp_points, n_eval=args.eval_size)
     path = write_report(out, res)
     n = res["norms"]
     acc = {m: (summaries[m]["before"][f"eval/{cfg.task}/accuracy"], summaries[m]["after"][f"eval/{cfg.task}/accuracy"])

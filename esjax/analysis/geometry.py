@@ -106,10 +106,16 @@ def numerical_rank(matrix, rtol: float = 1e-5) -> int:
     return int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
 
 
-def matrix_ranks(delta, rtol: float = 1e-5, max_size: int = 5_000_000) -> Dict[str, float]:
-    """rank(ΔW)/min(m, n) for every 2-D leaf up to ``max_size`` entries (embeddings skipped by default)."""
-    return {p: numerical_rank(x, rtol) / min(x.shape) for p, x in named_leaves(delta).items()
-            if x.ndim == 2 and x.size <= max_size}
+def _svd_leaves(tree, max_size: int, layers: Optional[Sequence[int]]):
+    """2-D leaves up to ``max_size`` entries, optionally only in ``layers`` (SVDs are the costly part)."""
+    return {p: x for p, x in named_leaves(tree).items()
+            if x.ndim == 2 and x.size <= max_size and (layers is None or layer_of(p) in layers)}
+
+
+def matrix_ranks(delta, rtol: float = 1e-5, max_size: int = 5_000_000, layers: Optional[Sequence[int]] = None):
+    """{path: rank(ΔW)/min(m, n)} for 2-D leaves up to ``max_size`` entries (embeddings skipped by
+    default), optionally only in ``layers``."""
+    return {p: numerical_rank(x, rtol) / min(x.shape) for p, x in _svd_leaves(delta, max_size, layers).items()}
 
 
 def cosine(a, b) -> float:
@@ -137,6 +143,6 @@ def subspace_overlap(wa, wb, k: int = 8) -> float:
     return float((left + right) / 2)
 
 
-def subspace_overlaps(a, b, k: int = 8, max_size: int = 5_000_000) -> Dict[str, float]:
-    na, nb = named_leaves(a), named_leaves(b)
-    return {p: subspace_overlap(na[p], nb[p], k) for p, x in na.items() if x.ndim == 2 and x.size <= max_size}
+def subspace_overlaps(a, b, k: int = 8, max_size: int = 5_000_000, layers: Optional[Sequence[int]] = None):
+    nb = named_leaves(b)
+    return {p: subspace_overlap(x, nb[p], k) for p, x in _svd_leaves(a, max_size, layers).items()}

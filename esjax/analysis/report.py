@@ -56,8 +56,12 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
                        for m, p in (("es", es), ("grpo", grpo))}
     res["layer_norms"] = {"es": geo.layer_bucket_norms(d_es), "grpo": geo.layer_bucket_norms(d_grpo)}
     res["cosine"] = {"global": geo.cosine(d_es, d_grpo), "per_layer": geo.layer_cosines(d_es, d_grpo)}
-    res["subspace_overlap_top8"] = geo.subspace_overlaps(d_es, d_grpo, 8, max_size=2_000_000)
-    res["rank_fraction"] = {"es": geo.matrix_ranks(d_es, max_size=2_000_000), "grpo": geo.matrix_ranks(d_grpo, max_size=2_000_000)}
+    L = model.cfg.num_layers
+    svd_layers = sorted({0, L // 2, L - 1})  # SVD metrics on first / middle / last block (CPU cost)
+    res["svd_layers"] = svd_layers
+    res["subspace_overlap_top8"] = geo.subspace_overlaps(d_es, d_grpo, 8, 2_000_000, svd_layers)
+    res["rank_fraction"] = {m: geo.matrix_ranks(d, max_size=2_000_000, layers=svd_layers)
+                            for m, d in (("es", d_es), ("grpo", d_grpo))}
 
     # KL drift on off-task probes (general chat + held-out prompts of every task)
     task = get_task(cfg.task, **cfg.task_kwargs)
@@ -80,10 +84,12 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
         curves[name] = {"lambda": lams.tolist(), "accuracy": vals.tolist(), "barrier": lmc.barrier(lams, vals)}
     res["interpolation"] = curves
     t_max = max(norms["es"]["once"], norms["grpo"]["once"])
-    ts = np.linspace(0, t_max, 5)
+    ts = np.linspace(0, t_max, 4)[1:]
+    at_base = curves["base_to_es"]["accuracy"][0]
     rand = lmc.random_direction(base, jax.random.fold_in(key, 99))
-    res["direction_probes"] = {"t": ts.tolist(), **{name: lmc.direction_probe(score, base, d, ts).tolist()
-                                                   for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}
+    res["direction_probes"] = {"t": [0.0, *ts.tolist()], **{
+        name: [at_base, *lmc.direction_probe(score, base, d, ts).tolist()]
+        for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}
 
     # Theory vs measured
     es_rows = [r for r in read_metrics(os.path.join(out_dir, "es")) if r["iteration"] > 0]

@@ -200,14 +200,16 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             cache: Optional[KVCache] = None, delta: Optional[dict] = None, return_hidden: bool = False,
-            fresh_cache: bool = False):
+            fresh_cache: bool = False, last_only: bool = False):
     """Logits of the next token at every position.
 
     tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
     Without a cache the T tokens attend causally among themselves (training / scoring).
     With a cache they are written at slots [cache.length, cache.length + T) and attend to every valid
     earlier slot (prefill and decode); ``fresh_cache=True`` (static) says the cache is still empty, so
-    the prefill skips reading it. Returns (logits (B, T, V) float32, new cache or None).
+    the prefill skips reading it. ``last_only`` computes logits for the last position only (prefill
+    needs no others: the vocabulary projection is ~20 % of a 135M model's FLOPs).
+    Returns (logits (B, T or 1, V) float32, new cache or None).
     """
     delta = delta or {}
     dt = cfg.dtype
@@ -231,6 +233,8 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
     if return_hidden:
         return x
+    if last_only:
+        x = x[:, -1:]
     if cfg.tie_embeddings:
         logits = tied_logits(x, params["embed"], delta.get("embed"))
     else:

@@ -1,0 +1,43 @@
+"""Continual learning: each method trained in turn on a sequence of tasks (seeds brief §D).
+
+Stage s fine-tunes the previous stage's learner state on task s (params *and* optimizer state carry over,
+as in paper 1, unless ``reset_optimizer``). After every stage all tasks of the sequence are evaluated
+greedily, giving the accuracy matrix (rows = task, columns = base, after stage 1, …), and the
+incremental off-task KL(after ‖ before) is measured per stage and per task.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import jax
+
+from esjax.analysis.drift import incremental_kl_matrix
+from esjax.config import RunConfig
+from esjax.runs import evaluate_all, run_method
+from esjax.tasks.probes import probe_sets
+
+
+def run_sequence(cfg: RunConfig, tasks: Sequence[str], method: str, out_dir: str, model, progress: bool = True,
+                 reset_optimizer: bool = False) -> dict:
+    stage_cfgs = [dataclasses.replace(cfg, task=t, task_kwargs=cfg.eval_task_kwargs.get(t, {}),
+                                      eval_tasks=tuple(x for x in tasks if x != t)) for t in tasks]
+    evals = [evaluate_all(model.params, model, stage_cfgs[0], cfg.max_new_tokens)]
+    stages, state = [model.params], None
+    for s, scfg in enumerate(stage_cfgs):
+        if state is not None and reset_optimizer:
+            state = state.replace(opt_state=jax.tree.map(lambda x: x * 0, state.opt_state))
+        summary, state = run_method(scfg, method, os.path.join(out_dir, f"stage{s + 1}-{scfg.task}"), model,
+                                    progress=progress, initial_state=state, return_state=True)
+        stages.append(state.params)
+        evals.append(summary["after"])
+    acc = {t: [e[f"eval/{t}/accuracy"] for e in evals] for t in tasks}
+    probes = probe_sets(list(tasks), cfg.probe_size, cfg.eval_task_kwargs)
+    kl = incremental_kl_matrix(stages, model.cfg, model.tokenizer, probes, 0, jax.random.key(cfg.seed))
+    result = {"method": method, "tasks": list(tasks), "columns": ["base"] + [f"after {t}" for t in tasks],
+              "accuracy": acc, "incremental_kl": kl}
+    with open(os.path.join(out_dir, "sequential.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result

@@ -1,0 +1,60 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Geometry of ES vs GRPO updates, per layer
+# Per-layer update norms, sparsity (fp32 and 16-bit) and ES–GRPO cosines from a results folder written by
+# `python -m experiments.compare` (`ESJAX_RESULTS`, default `docs/cpu-quick`).
+
+# %%
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from esjax.analysis.geometry import BUCKETS  # noqa: E402
+
+RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(os.path.dirname(os.path.abspath("__file__")), "..", "docs", "cpu-quick"))
+res = json.load(open(os.path.join(RESULTS, "results.json")))
+layers = sorted((k for k in res["layer_norms"]["es"] if k != "None"), key=int)
+
+# %% [markdown]
+# ## Update norm per layer and bucket (log scale): ES moves every layer, GRPO barely
+
+# %%
+fig, ax = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
+for i, m in enumerate(("es", "grpo")):
+    for b in BUCKETS:
+        vals = [res["layer_norms"][m][l].get(b, np.nan) for l in layers]
+        ax[i].semilogy([int(l) for l in layers], vals, label=b)
+    ax[i].set_title(m.upper()), ax[i].set_xlabel("layer")
+ax[0].legend(fontsize=7)
+fig.tight_layout()
+out = os.path.join(RESULTS, "notebook_figures")
+os.makedirs(out, exist_ok=True)
+fig.savefig(os.path.join(out, "layer_norms.png"), dpi=100)
+
+# %% [markdown]
+# ## Sparsity at τ = 1e-6 by dtype, and per-layer cosine of the two updates
+
+# %%
+for m in ("es", "grpo"):
+    print(m, {dt: round(v["1e-06"]["global"], 4) for dt, v in res["sparsity"][m].items()})
+cos = res["cosine"]["per_layer"]
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.bar([int(l) for l in layers], [cos[l] for l in layers])
+ax.axhline(0, color="k", lw=0.5)
+ax.set_xlabel("layer"), ax.set_ylabel("cos(Δ_ES, Δ_GRPO)")
+fig.tight_layout()
+fig.savefig(os.path.join(out, "layer_cosine.png"), dpi=100)
+print("global cosine", res["cosine"]["global"])

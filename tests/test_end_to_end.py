@@ -1,0 +1,111 @@
+"""End to end on the tiny random model: compare (3 ES iterations + 3 GRPO steps + the whole analysis and
+report), exact resume after kill -9, the notebooks on the tiny results folder, and the preset CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from esjax.config import build_config
+from esjax.runs import read_metrics, strip_timing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    from experiments.compare import main
+
+    out = str(tmp_path_factory.mktemp("compare"))
+    main(["--preset", "tiny", "--out", out, "--no-progress", "--interp-points", "3"])
+    return out
+
+
+def test_compare_produces_every_measurement(tiny_results):
+    res = json.load(open(os.path.join(tiny_results, "results.json")))
+    for key in ("norms", "sparsity", "layer_norms", "cosine", "subspace_overlap_top8", "rank_fraction", "kl_drift",
+                "interpolation", "direction_probes", "theory", "summaries"):
+        assert key in res
+    assert res["norms"]["es"]["once"] > res["norms"]["grpo"]["once"] > 0
+    assert set(res["kl_drift"]["es"]["general"]) == {"sampled_token_k1", "greedy_sequence_sum", "sampled_token_exact"}
+    assert len(res["interpolation"]["es_to_grpo"]["accuracy"]) == 3
+    # fp32 ES on the tiny model follows the random-walk theory closely
+    assert abs(res["theory"]["final_ratio_measured_over_predicted"] - 1) < 0.05
+    report = open(os.path.join(tiny_results, "report.md")).read()
+    assert "Theory vs measured" in report and "ES/GRPO norm ratio" in report
+    assert len(os.listdir(os.path.join(tiny_results, "plots"))) == 4
+    for m in ("es", "grpo"):
+        rows = read_metrics(os.path.join(tiny_results, m))
+        assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+        assert json.load(open(os.path.join(tiny_results, m, "config.json")))["model"] == "tiny-random-llama"
+
+
+@pytest.mark.parametrize("name", ["theory_vs_measured_drift", "geometry_es_vs_grpo"])
+def test_notebooks_execute_on_tiny_results(tiny_results, name):
+    env = dict(os.environ, ESJAX_RESULTS=tiny_results, XLA_FLAGS="")
+    subprocess.run([sys.executable, os.path.join(ROOT, "notebooks", f"{name}.py")], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    assert os.listdir(os.path.join(tiny_results, "notebook_figures"))
+
+
+def _single_task(out, method, extra=()):
+    cmd = [sys.executable, "-m", "experiments.single_task", "--preset", "tiny", "--method", method, "--out", out,
+           "--no-progress", "--set", "es_iterations=5", "--set", "grpo_steps=4", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("method", ["es", "grpo"])
+def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tmp_path, method):
+    ref = _single_task(str(tmp_path / "ref"), method)
+    assert ref.wait(timeout=600) == 0, ref.stdout.read().decode()[-2000:]
+    victim = _single_task(str(tmp_path / "killed"), method)
+    log = tmp_path / "killed" / method / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill -9 once iteration 2 is logged (checkpoints every iteration)
+        if log.exists() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert len(log.read_text().splitlines()) < 5 + 1  # really interrupted
+    resumed = _single_task(str(tmp_path / "killed"), method)
+    out = resumed.communicate(timeout=600)[0].decode()
+    assert resumed.returncode == 0, out[-2000:]
+    assert "resumed from iteration" in out
+    a = strip_timing(read_metrics(str(tmp_path / "ref" / method)))
+    b = strip_timing(read_metrics(str(tmp_path / "killed" / method)))
+    assert a == b
+
+
+def test_config_overrides_and_errors():
+    cfg = build_config("tiny", ["es.sigma=0.01", "grpo.beta=0.02", "es_iterations=7", "eval_tasks=arithmetic,lowercase",
+                                "es.param_filter=layers/0/"])
+    assert cfg.es.sigma == 0.01 and cfg.grpo.beta == 0.02 and cfg.es_iterations == 7
+    assert cfg.eval_tasks == ("arithmetic", "lowercase") and cfg.es.param_filter == "layers/0/"
+    with pytest.raises(ValueError, match="unknown config key 'es.sgima'"):
+        build_config("tiny", ["es.sgima=1"])
+    with pytest.raises(ValueError, match="sigma and alpha must be positive"):
+        build_config("tiny", ["es.sigma=-1"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_config("nope")
+    with pytest.raises(ValueError, match="cannot exceed train_pool"):
+        build_config("tiny", ["es_batch=100"])
+
+
+def test_sequential_accuracy_and_kl_matrices(tmp_path):
+    from experiments.sequential import main
+
+    main(["--preset", "tiny", "--out", str(tmp_path), "--no-progress", "--tasks", "lowercase,arithmetic",
+          "--methods", "es", "--set", "es_iterations=2"])
+    res = json.load(open(tmp_path / "es" / "sequential.json"))
+    assert res["columns"] == ["base", "after lowercase", "after arithmetic"]
+    assert all(len(v) == 3 for v in res["accuracy"].values())
+    assert len(res["incremental_kl"]) == 2 and set(res["incremental_kl"][0]) == {"general", "lowercase", "arithmetic"}
+    # stage 2 continued from stage 1: its first logged norm already includes stage 1's movement
+    s2 = read_metrics(str(tmp_path / "es" / "stage2-arithmetic" / "es"))
+    s1 = read_metrics(str(tmp_path / "es" / "stage1-lowercase" / "es"))
+    assert s2[1]["update_norm_from_base"] > s1[1]["update_norm_from_base"]
