@@ -70,7 +70,7 @@ PRESETS: Dict[str, dict] = {
         # collapse; embedding/head excluded as in EGGROLL (their noise shifts every logit by σ‖h‖).
         es=dict(population_size=8, sigma=4e-3, alpha=2e-3, antithetic=True, noise="lowrank", rank=1,
                 param_filter="^layers/"),
-        grpo=dict(group_size=6, prompts_per_step=4, learning_rate=3e-5, total_steps=10, beta=0.0)),
+        grpo=dict(group_size=6, prompts_per_step=4, learning_rate=1.5e-5, total_steps=10, beta=0.0)),
     # Test preset: tiny random model, toy digit reward, seconds.
     "tiny": dict(
         model="tiny-random-llama", task="lowercase", eval_tasks=("arithmetic",), train_pool=8, es_batch=4,

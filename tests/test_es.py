@@ -171,3 +171,16 @@ def test_bad_config_values_are_named():
     with pytest.raises(ValueError, match="fitness has shape"):
         cfg = ESConfig(population_size=4)
         es_update(init_state({"x": jnp.zeros(2)}, jax.random.key(0), cfg), jnp.zeros(3), cfg)
+
+
+def test_noise_energy_factor_predicts_antithetic_update_norm():
+    """E‖g‖² = f·d/N with f = Σ_k (z_2k − z_2k+1)²/N for antithetic pairs (1 for i.i.d. z-scores)."""
+    d, N = 200_000, 8
+    for antithetic in (False, True):
+        cfg = ESConfig(population_size=N, sigma=1e-3, alpha=1.0, antithetic=antithetic)
+        state = init_state({"x": jnp.zeros((d,))}, jax.random.key(1), cfg)
+        new, m = es_update(state, jnp.array([3.0, -1.0, 0.5, 2.0, -2.0, 1.0, 0.0, 4.0]), cfg)
+        measured_sq = float(jnp.sum(new.params["x"] ** 2))
+        assert measured_sq == pytest.approx(float(m["noise_energy_factor"]) * d / N, rel=0.02)
+        if not antithetic:
+            assert float(m["noise_energy_factor"]) == pytest.approx(1.0, rel=1e-5)

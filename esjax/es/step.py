@@ -131,8 +131,19 @@ def es_update(state: ESState, fitness, cfg: ESConfig):
     params = optax.apply_updates(state.params, updates)
     metrics = {"fitness_mean": fitness.mean(), "fitness_std": fitness.std(), "fitness_max": fitness.max(),
                "fitness_min": fitness.min(), "update_norm": optax.tree.norm(updates),
+               "noise_energy_factor": noise_energy_factor(z, cfg.antithetic),
                **update_rms_by_module(updates)}
     return ESState(params, opt_state, state.key, state.iteration + 1), metrics
+
+
+def noise_energy_factor(z, antithetic: bool):
+    """f with E‖g‖² = f · d / N over the noise, given the shaped weights z (N,).
+
+    Independent members: f = Σ z² / N (= 1 for z-scores, 0 if all fitness is equal). Antithetic pairs
+    share ε with opposite signs, so g = (1/N) Σ_k (z_2k − z_2k+1) ε_k and f = Σ_k (z_2k − z_2k+1)² / N ∈ [0, 2]."""
+    if antithetic:
+        return jnp.sum((z[0::2] - z[1::2]) ** 2) / z.shape[0]
+    return jnp.sum(z ** 2) / z.shape[0]
 
 
 def module_type(path: str) -> str:
