@@ -33,7 +33,8 @@ def main(argv=None):
     prefill = jax.jit(lambda p, t, m: forward(p, cfg, t, jax.numpy.maximum(jax.numpy.cumsum(m, 1) - 1, 0), m,
                                                last_only=True)[0])
     _, t_pre = timed(prefill, model.params, toks, mask)
-    flops = 2 * cfg.param_count() * toks.size
+    table = cfg.vocab_size * cfg.hidden_size  # the input embedding is a lookup, the head runs on the last position
+    flops = 2 * (cfg.param_count() - table) * toks.size + 2 * table * toks.shape[0]
     peak = matmul_peak_gflops()
 
     import torch

@@ -7,7 +7,6 @@ Needs ``pip install trl`` (a benchmark-only dependency).
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -45,10 +44,12 @@ def main(argv=None):
     from trl import GRPOConfig as TRLConfig
     from trl import GRPOTrainer
 
-    from esjax.models.gguf_loader import smollm2_gguf_path
+    from esjax.models.hf import save_hf_checkpoint
 
-    path = smollm2_gguf_path()
-    hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+    # the same dequantised weights as a plain float32 HF checkpoint (transformers refuses to train a GGUF load)
+    hf_dir = "/tmp/esjax-bench-smollm2-hf"
+    save_hf_checkpoint(jax.tree.map(np.asarray, model.params), model.cfg, hf_dir)
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     data = Dataset.from_list([{"prompt": task.messages(e), "answer": e.answer} for e in exs])
 
     def reward(completions, answer, **_):
