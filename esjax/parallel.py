@@ -51,6 +51,3 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading axis split over every device of the mesh (GRPO data parallelism)."""
     return NamedSharding(mesh, P((POP, DATA)))
 
-
-def padded_size(n: int, shards: int) -> int:
-    return -(-n // shards) * shards

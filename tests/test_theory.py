@@ -71,6 +71,8 @@ def test_formulas_and_inverses_are_consistent():
     assert th.estimate_trace_fisher(kl, alpha, T, N) == pytest.approx(1e6)
     assert th.noise_energy_per_step(alpha, d, N) == pytest.approx(alpha ** 2 * d / N)
     assert th.reward_noise_correlation(1e-3, 100.0, 0.0) == pytest.approx(1.0)
+    assert th.reward_noise_correlation(1e-3, 100.0, 0.01) == pytest.approx(0.1 / np.sqrt(0.02))
+    assert th.signal_step(alpha, 0.5) == pytest.approx(alpha / 2)
     # at fixed progress P = α ρ ‖g‖ T the drift² equals the random-walk part α² T d / N
     rho, g = 0.2, 50.0
     P = alpha * rho * g * T

@@ -55,10 +55,6 @@ def relative_norm(delta, base) -> float:
     return global_norm(delta) / global_norm(base)
 
 
-def leaf_norms(delta) -> Dict[str, float]:
-    return {p: float(jnp.linalg.norm(x.ravel())) for p, x in named_leaves(delta).items()}
-
-
 def cast_delta(ft, base, dtype: str = "float32"):
     """Δ after casting both checkpoints to ``dtype`` (as if both were saved in it), in float32."""
     dt = _DTYPES[dtype]

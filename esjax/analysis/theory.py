@@ -99,8 +99,3 @@ def estimate_trace_fisher(kl, alpha, T, N):
     """tr(F_off) implied by a measured off-task KL: 2 N KL / (α² T)."""
     return 2 * N * kl / (alpha ** 2 * T)
 
-
-def no_barrier_bound(curvature_along_offset, offset_norm):
-    """Loss barrier from the off-manifold offset n (H n ≈ 0): ≈ ¼ · ½ λ ‖n‖² at λ = ½ — zero on flat
-    directions, so only the low-dimensional signal parts matter."""
-    return 0.125 * curvature_along_offset * offset_norm ** 2

@@ -31,7 +31,6 @@ import numpy as np
 from esjax.models.config import DTYPES, ModelConfig
 from esjax.models.delta import apply_dense, embed_lookup, linear, tied_logits
 
-LAYER_KEYS = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
@@ -199,8 +198,8 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
 
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
-            cache: Optional[KVCache] = None, delta: Optional[dict] = None, return_hidden: bool = False,
-            fresh_cache: bool = False, last_only: bool = False):
+            cache: Optional[KVCache] = None, delta: Optional[dict] = None, fresh_cache: bool = False,
+            last_only: bool = False):
     """Logits of the next token at every position.
 
     tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
@@ -231,8 +230,6 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             vs.append(jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, 0, at, 0)))
         cache = KVCache(tuple(ks), tuple(vs), jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at)), at + T)
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
-    if return_hidden:
-        return x
     if last_only:
         x = x[:, -1:]
     if cfg.tie_embeddings:
