@@ -100,6 +100,8 @@ def build_config(preset: Optional[str] = None, overrides=(), base: Optional[dict
     d = json.loads(json.dumps(base if base is not None else PRESETS.get(preset, {})))
     hints = {"": typing.get_type_hints(RunConfig), "es": typing.get_type_hints(ESConfig),
              "grpo": typing.get_type_hints(GRPOConfig)}
+    if any(o.split("=", 1)[0] == "task" for o in overrides):
+        d["task_kwargs"] = {}  # the preset's task kwargs belong to the preset's task
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")

@@ -86,6 +86,9 @@ def test_config_overrides_and_errors():
                                 "es.param_filter=layers/0/"])
     assert cfg.es.sigma == 0.01 and cfg.grpo.beta == 0.02 and cfg.es_iterations == 7
     assert cfg.eval_tasks == ("arithmetic", "lowercase") and cfg.es.param_filter == "layers/0/"
+    switched = build_config("cpu-quick", ["task=gsm8k", "task_kwargs.path=/data/gsm8k"])
+    assert switched.task_kwargs == {"path": "/data/gsm8k"}
+    assert build_config("cpu-quick", ["task=countdown"]).task_kwargs == {}
     with pytest.raises(ValueError, match="unknown config key 'es.sgima'"):
         build_config("tiny", ["es.sgima=1"])
     with pytest.raises(ValueError, match="sigma and alpha must be positive"):
