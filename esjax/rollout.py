@@ -40,6 +40,16 @@ def score(task: Task, texts: Sequence[str], examples: Sequence[Example]):
     return np.array([r.value for r in rs], np.float32), np.array([r.correct for r in rs], bool)
 
 
+def rollout_metrics(rewards, correct, lengths, t0: float, t1: float, t2: float, t3: float) -> dict:
+    """Metrics both learners log for one iteration: reward and accuracy means, completion lengths and
+    counts, and the time split generate [t0, t1) / reward [t1, t2) / update [t2, t3)."""
+    n_tokens = int(np.sum(lengths))
+    return dict(reward_mean=float(np.mean(rewards)), train_accuracy=float(np.mean(correct)),
+                completion_length=float(np.mean(lengths)), completions=int(np.size(rewards)), tokens=n_tokens,
+                time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
+                tokens_per_s=n_tokens / max(t1 - t0, 1e-9))
+
+
 def sequence_batch(prompt_tokens, prompt_mask, gen_tokens, lengths) -> dict:
     """Prompt ++ completion: tokens, attn_mask (B, P+M) and loss_mask (B, P+M−1) over completion tokens."""
     gen_tokens, lengths = np.asarray(gen_tokens), np.asarray(lengths)

@@ -77,7 +77,8 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     base = model.params
     if method == "es":
         state = initial_state or es_init(base, jax.random.fold_in(root, 1), cfg.es)
-        iterate = make_es_iteration(model.cfg, model.tokenizer, task, cfg.es, max_new, cfg.es_batch, mesh, base)
+        iterate = make_es_iteration(model.cfg, model.tokenizer, task, cfg.es, max_new, cfg.es_batch, mesh,
+                                    base_params=base)
         n_steps, per_step = cfg.es_iterations, cfg.es_batch
 
         def step(state, t):

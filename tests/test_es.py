@@ -184,3 +184,25 @@ def test_noise_energy_factor_predicts_antithetic_update_norm():
         assert measured_sq == pytest.approx(float(m["noise_energy_factor"]) * d / N, rel=0.02)
         if not antithetic:
             assert float(m["noise_energy_factor"]) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_kl_penalty_is_measured_against_the_base_model(tokenizer):
+    """The KL term compares members with the *base* params: as the centre drifts away (large α),
+    member-vs-base KL grows, and a missing base is a named error."""
+    from esjax.es.trainer import make_es_iteration
+    from esjax.models.registry import load_model
+    from esjax.tasks import get_task
+
+    model = load_model("tiny-random-llama", with_tokenizer=False)
+    task = get_task("lowercase")
+    cfg = ESConfig(population_size=4, sigma=0.02, alpha=2.0, kl_penalty=0.1)
+    with pytest.raises(ValueError, match="needs base_params"):
+        make_es_iteration(model.cfg, tokenizer, task, cfg, 6, 2)
+    it = make_es_iteration(model.cfg, tokenizer, task, cfg, 6, 2, base_params=model.params)
+    state = init_state(model.params, jax.random.key(0), cfg)
+    exs = task.examples("train", 2)
+    kls = []
+    for t in range(3):
+        state, m = it(state, exs, jax.random.key(t))
+        kls.append(m["member_kl"])
+    assert np.isfinite(kls).all() and kls[2] > 2 * abs(kls[0]), kls

@@ -15,18 +15,22 @@ import numpy as np
 
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, auto_chunk_size, es_update
-from esjax.models.decoder import token_logprobs
+from esjax.models.decoder import make_token_logprobs
 from esjax.parallel import POP
-from esjax.rollout import decode, prompt_batch, score, sequence_batch
+from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
-                      mesh=None, params_for_chunk=None):
+                      mesh=None, base_params=None):
+    """``base_params`` (the model before fine-tuning) sizes the member chunks automatically and is the
+    reference of the ``kl_penalty`` fitness term; without it the chunk is ``cfg.chunk_size or 1``."""
+    if cfg.kl_penalty and base_params is None:
+        raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     shards = 1 if mesh is None else mesh.shape[POP]
-    chunk = auto_chunk_size(params_for_chunk, cfg, batch_size) if params_for_chunk is not None else (cfg.chunk_size or 1)
+    chunk = auto_chunk_size(base_params, cfg, batch_size) if base_params is not None else (cfg.chunk_size or 1)
     pop = population_fn(lm_evaluator(model_cfg, max_new_tokens, cfg), cfg, chunk, mesh)
     update = jax.jit(functools.partial(es_update, cfg=cfg))
-    score_base = jax.jit(lambda p, t, m: token_logprobs(p, model_cfg, t, m))
+    score_base = make_token_logprobs(model_cfg)
     members = member_ids(cfg.population_size, shards)
     N = cfg.population_size
 
@@ -44,7 +48,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
             B = pb.tokens.shape[0]
             seq = sequence_batch(np.tile(pb.tokens, (N, 1)), np.tile(pb.mask, (N, 1)),
                                  gen.tokens.reshape(N * B, -1), gen.lengths.reshape(-1))
-            base = np.asarray(score_base(state.params, seq["tokens"], seq["attn_mask"]))[:, -gen.tokens.shape[-1]:]
+            base = np.asarray(score_base(base_params, seq["tokens"], seq["attn_mask"]))[:, -gen.tokens.shape[-1]:]
             lens = np.maximum(gen.lengths, 1)
             kl = ((gen.logprobs - base.reshape(gen.logprobs.shape)) * (np.arange(base.shape[-1]) < gen.lengths[..., None])).sum(-1) / lens
             metrics["member_kl"] = float(kl.mean())
@@ -53,15 +57,11 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         state, m = update(state, jnp.asarray(fitness))
         jax.block_until_ready(state.params)
         t3 = time.perf_counter()
-        n_tokens = int(gen.lengths.sum())
         metrics.update({k: float(v) for k, v in m.items()})
-        metrics.update(reward_mean=float(rewards.mean()), reward_std=float(fitness.std()),
-                       reward_max=float(fitness.max()), reward_min=float(fitness.min()),
-                       train_accuracy=float(correct.mean()), zero_variance=float(fitness.std() == 0),
-                       completion_length=float(gen.lengths.mean()), completions=int(rewards.size),
-                       tokens=n_tokens, forward_passes=int(rewards.size), backward_passes=0,
-                       time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
-                       tokens_per_s=n_tokens / max(t1 - t0, 1e-9))
+        metrics.update(rollout_metrics(rewards, correct, gen.lengths, t0, t1, t2, t3),
+                       reward_std=float(fitness.std()), reward_max=float(fitness.max()),
+                       reward_min=float(fitness.min()), zero_variance=float(fitness.std() == 0),
+                       forward_passes=int(rewards.size), backward_passes=0)
         return state, metrics
 
     return iterate

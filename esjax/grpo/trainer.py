@@ -11,9 +11,9 @@ import numpy as np
 
 from esjax.grpo.losses import group_advantages
 from esjax.grpo.step import GRPOConfig, grpo_step
-from esjax.models.decoder import token_logprobs
+from esjax.models.decoder import make_token_logprobs
 from esjax.parallel import batch_sharding, replicated
-from esjax.rollout import decode, prompt_batch, score, sequence_batch
+from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 from esjax.sampling import SamplingConfig, make_generate
 
 
@@ -23,7 +23,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     tracked otherwise). With a mesh the rollout batch is sharded over all devices."""
     gen = make_generate(model_cfg, max_new_tokens, SamplingConfig(cfg.temperature, 0, cfg.top_p))
     step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg))
-    score_fn = jax.jit(lambda p, t, m: token_logprobs(p, model_cfg, t, m))
+    score_fn = make_token_logprobs(model_cfg)
     put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
     if mesh is not None and ref_params is not None:
         ref_params = jax.device_put(ref_params, replicated(mesh))
@@ -48,17 +48,12 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
             state, m = step(state, batch, ref_params)
         jax.block_until_ready(state.params)
         t3 = time.perf_counter()
-        n_tokens = int(out.lengths.sum())
         metrics = {k: float(v) for k, v in m.items()}
-        metrics.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
-                       reward_max=float(rewards.max()), reward_min=float(rewards.min()),
-                       train_accuracy=float(correct.mean()),
-                       zero_variance=float((groups.std(1) == 0).mean()),
-                       completion_length=float(out.lengths.mean()), completions=int(rewards.size),
-                       tokens=n_tokens, forward_passes=int(rewards.size) * (1 + cfg.num_inner_updates),
-                       backward_passes=int(rewards.size) * cfg.num_inner_updates,
-                       time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
-                       tokens_per_s=n_tokens / max(t1 - t0, 1e-9))
+        metrics.update(rollout_metrics(rewards, correct, out.lengths, t0, t1, t2, t3),
+                       reward_std=float(rewards.std()), reward_max=float(rewards.max()),
+                       reward_min=float(rewards.min()), zero_variance=float((groups.std(1) == 0).mean()),
+                       forward_passes=int(rewards.size) * (1 + cfg.num_inner_updates),
+                       backward_passes=int(rewards.size) * cfg.num_inner_updates)
         return state, metrics
 
     return iterate

@@ -22,6 +22,7 @@ parameter inside the matmuls.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -242,6 +243,12 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
 def positions_from_mask(mask):
     """Position ids for left-padded rows: 0 at each row's first real token. mask: (B, T) → (B, T)."""
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def make_token_logprobs(cfg: ModelConfig):
+    """A jitted ``(params, tokens, mask) -> token_logprobs`` for ``cfg`` (one compiled scorer per config)."""
+    return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask))
 
 
 def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None):
