@@ -1,24 +1,60 @@
-"""Greedy evaluation of params on a task: accuracy and mean reward (the seeds' protocol)."""
+"""Evaluation of params on a task: accuracy and mean reward, by greedy decoding (the seeds' protocol) or,
+for multiple-choice probes (``task.choice_letters``, e.g. MMLU), by the argmax over the choice letters of
+the next-token log-probability, max(log p("A"), log p(" A")) (paper 2's MMLU rule, seeds brief §C.7)."""
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from esjax.models.decoder import forward, positions_from_mask
 from esjax.rollout import decode, prompt_batch, score
 from esjax.sampling import make_generate
 
 
+def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
+    """(L, 2) ids of "X" and " X" per letter (each must be a single token)."""
+    out = []
+    for letter in letters:
+        ids = [tokenizer.encode(v, add_special_tokens=False) for v in (letter, " " + letter)]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"choice letter {letter!r} is not a single token for this tokenizer: {ids}")
+        out.append([i[0] for i in ids])
+    return np.asarray(out, np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def make_choice_scorer(model_cfg):
+    """jit ``(params, tokens (B, P), mask (B, P), letter_ids (L, 2)) -> (B,) index of the best letter``."""
+    def best(params, tokens, mask, letter_ids):
+        logits, _ = forward(params, model_cfg, tokens, positions_from_mask(mask), mask, last_only=True)
+        logp = jax.nn.log_softmax(logits[:, 0], -1)  # (B, V)
+        return jnp.argmax(logp[:, letter_ids].max(-1), -1)
+    return jax.jit(best)
+
+
 def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 64) -> dict:
-    """{'accuracy', 'reward', 'completion_length'} over ``examples``, decoding greedily in batches."""
-    gen = make_generate(model_cfg, max_new_tokens)
+    """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches."""
+    choices = task.choice_letters
+    if choices:
+        pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
+    else:
+        gen = make_generate(model_cfg, max_new_tokens)
     rewards, correct, lengths = [], [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         pb = prompt_batch(tokenizer, task, chunk, model_cfg.pad_token_id)
-        out = gen(params, pb.tokens, pb.mask, jax.random.key(0))
-        r, c = score(task, decode(tokenizer, out.tokens, out.lengths), chunk)
+        if choices:
+            texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
+            n_tokens = np.ones(len(chunk))
+        else:
+            out = gen(params, pb.tokens, pb.mask, jax.random.key(0))
+            texts, n_tokens = decode(tokenizer, out.tokens, out.lengths), np.asarray(out.lengths)
+        r, c = score(task, texts, chunk)
         rewards.append(r)
         correct.append(c)
-        lengths.append(np.asarray(out.lengths))
+        lengths.append(n_tokens)
     return {"accuracy": float(np.concatenate(correct).mean()), "reward": float(np.concatenate(rewards).mean()),
             "completion_length": float(np.concatenate(lengths).mean())}

@@ -44,7 +44,9 @@ class Task:
     name: str = ""
     system_prompt: Optional[str] = None
     assistant_prefix: str = ""  # text the prompt already opened (scored as part of the completion)
+    chat_template: bool = True  # False: the prompt is raw text (Qiu et al.'s Countdown), no template
     max_new_tokens: int = 64  # a sensible default generation budget for this task
+    choice_letters: Optional[str] = None  # e.g. "ABCD": evaluate by next-token log-probs, not generation
 
     def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
         raise NotImplementedError
@@ -84,8 +86,12 @@ def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> List[L
     """Token ids of each example's chat-templated prompt (generation prompt and assistant prefix added)."""
     out = []
     for ex in examples:
-        text = tokenizer.apply_chat_template(task.messages(ex), add_generation_prompt=True, tokenize=False)
-        out.append(tokenizer(text + task.assistant_prefix, add_special_tokens=False)["input_ids"])
+        if task.chat_template:
+            text = tokenizer.apply_chat_template(task.messages(ex), add_generation_prompt=True, tokenize=False)
+        else:  # raw text, tokenised as Qiu et al.'s script does (the tokenizer's own BOS, if any)
+            text = task.user_message(ex)
+        ids = tokenizer(text + task.assistant_prefix, add_special_tokens=not task.chat_template)["input_ids"]
+        out.append(ids)
     return out
 
 
@@ -113,19 +119,20 @@ class DatasetError(ValueError):
     """A malformed dataset row, with the file and line it came from."""
 
 
-def read_records(path: str, skip_malformed: bool = False, validate: Optional[Callable[[dict], None]] = None):
-    """Rows of a JSONL file, a JSON list, or a folder of JSON files (Hendrycks MATH layout).
+class _BadJSON:
+    def __init__(self, msg: str):
+        self.msg = msg
 
-    Each row goes through ``validate`` (raise ValueError to reject). Malformed rows raise
-    :class:`DatasetError` naming file and line, or, with ``skip_malformed``, are counted:
-    returns (rows, skipped) where skipped is a list of "file:line: reason" strings.
-    """
-    import os
 
+def collect_rows(items, validate: Optional[Callable[[dict], None]] = None, skip_malformed: bool = False):
+    """(where, row) pairs → (rows, skipped). Each row goes through ``validate`` (raise ValueError to
+    reject); a rejected row raises :class:`DatasetError` naming ``where``, or with ``skip_malformed`` is
+    recorded in ``skipped`` as "where: reason"."""
     rows, skipped = [], []
-
-    def take(obj, where):
+    for where, obj in items:
         try:
+            if isinstance(obj, _BadJSON):
+                raise ValueError(f"bad JSON ({obj.msg})")
             if not isinstance(obj, dict):
                 raise ValueError("row is not a JSON object")
             if validate:
@@ -135,35 +142,46 @@ def read_records(path: str, skip_malformed: bool = False, validate: Optional[Cal
             if not skip_malformed:
                 raise DatasetError(f"{where}: {e}") from None
             skipped.append(f"{where}: {e}")
+    return rows, skipped
 
-    def parse(text, where):
+
+def _json_items(path: str):
+    def parse(text):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            if not skip_malformed:
-                raise DatasetError(f"{where}: bad JSON ({e.msg})") from None
-            skipped.append(f"{where}: bad JSON ({e.msg})")
-            return None
+            return _BadJSON(e.msg)
 
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"dataset not found: {path}")
-    if os.path.isdir(path):
-        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith((".json", ".jsonl")))
-        for f in files:
-            read = read_records(f, skip_malformed, validate)
-            rows.extend(read[0])
-            skipped.extend(read[1])
-        return rows, skipped
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith(".jsonl"):
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                obj = parse(line, f"{path}:{i}")
-                if obj is not None:
-                    take(obj, f"{path}:{i}")
+                yield f"{path}:{i}", parse(line)
+        return
+    obj = parse(text)
+    if isinstance(obj, list):
+        for i, row in enumerate(obj, 1):
+            yield f"{path}: item {i}", row
     else:
-        obj = parse(text, f"{path}:1")
-        for i, row in enumerate(obj if isinstance(obj, list) else ([obj] if obj is not None else []), 1):
-            take(row, f"{path}: item {i}" if isinstance(obj, list) else path)
-    return rows, skipped
+        yield (f"{path}:1" if isinstance(obj, _BadJSON) else path), obj
+
+
+def read_records(path: str, skip_malformed: bool = False, validate: Optional[Callable[[dict], None]] = None):
+    """Rows of a JSONL file, a JSON list, or a folder of JSON files (Hendrycks MATH layout).
+
+    Returns (rows, skipped); see :func:`collect_rows` for validation and ``skip_malformed``.
+    """
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset not found: {path}")
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith((".json", ".jsonl")))
+        rows, skipped = [], []
+        for f in files:
+            r, s = collect_rows(_json_items(f), validate, skip_malformed)
+            rows += r
+            skipped += s
+        return rows, skipped
+    return collect_rows(_json_items(path), validate, skip_malformed)

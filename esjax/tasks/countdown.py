@@ -1,7 +1,18 @@
-"""Countdown (TinyZero format): reach a target from 3–4 numbers with + − × ÷, each number at most once.
+"""Countdown: reach a target from 3–4 numbers with + − × ÷, each number used once (seeds brief §C.1).
 
-Prompt (seeds brief §C.1, paper 2 / Qiu et al.), sent as the chat *user* message; the assistant turn is
-opened with ``<think>`` so that prefix is scored with the completion::
+Examples are generated procedurally (default) or read from local data (``path=``: rows with
+``nums``/``numbers`` and ``target``, e.g. ``Jiayi-Pan/Countdown-Tasks-3to4`` or the seeds'
+``countdown.json`` / verl parquet; see :mod:`esjax.tasks.sources`). Prompt styles:
+
+- ``"esjax"`` (default): Qiu's instruction split into system + user message, assistant opened with
+  ``<think>``;
+- ``"paper2"``: Qiu's whole raw string (numbers as ``[44 19 35]``, ending ``\n<think>``) as the single
+  user message, the scored text being ``"<think>" + completion`` (paper 2's ``countdown_reward.py``);
+- ``"qiu"``: the same raw string without any chat template (Qiu et al.'s script);
+- ``"boxed"``: paper 1 (system + ``Numbers: [44, 19, 35]\nTarget: 98``), binary reward on the last
+  ``\boxed{}`` without nested braces whose integers are exactly the numbers (sorted multisets equal).
+
+TinyZero reward (all styles but ``boxed``)::
 
     reward = w_format · format + w_answer · answer        (defaults 0.1 and 1.0, as in ES-at-scale)
     format = 1   if the text is  <think>…</think>\\n<answer>…</answer>
@@ -20,8 +31,9 @@ from collections import Counter
 from fractions import Fraction
 from typing import List, Optional, Tuple
 
-from esjax.tasks.base import Example, Reward, Task, register
+from esjax.tasks.base import Example, Reward, register
 from esjax.tasks.safe_arith import evaluate, integers_in
+from esjax.tasks.sources import DataTask
 
 PROMPT = ("Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
           "operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
@@ -29,6 +41,13 @@ PROMPT = ("Using the numbers {nums}, create an equation that equals {target}. Yo
           "</answer>. Let me solve this step by step.")
 SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
           "provide the user with the answer.")
+QIU_TEXT = SYSTEM + PROMPT.replace(". Let me", ".Let me") + "\n<think>"  # nums formatted as "[44 19 35]"
+BOXED_SYSTEM = ("You are a math assistant. Using the given numbers, create an arithmetic expression that equals the "
+                "target.\n\nRules:\n- Use each number exactly once\n- Use +, -, *, / operations\n\nPlease reason step "
+                "by step, and put your final answer within \\boxed{}.")
+BOXED_USER = "Numbers: {nums}\nTarget: {target}"
+STYLES = ("esjax", "paper2", "qiu", "boxed")
+_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 _FULL = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _OPS = ("+", "-", "*", "/")
@@ -59,16 +78,38 @@ def reachable(nums: List[int], use_all: bool = True) -> dict:
     return out
 
 
-@register("countdown")
-class Countdown(Task):
-    name = "countdown"
-    system_prompt = SYSTEM
-    assistant_prefix = "<think>"
-    max_new_tokens = 256
+def _row_numbers_target(row: dict):
+    src = row.get("reward_model", {}).get("ground_truth", row) if isinstance(row.get("reward_model"), dict) else row
+    nums = src.get("nums", src.get("numbers"))
+    if not isinstance(nums, (list, tuple)) or not nums or not all(isinstance(x, int) or str(x).isdigit() for x in nums):
+        raise ValueError("missing integer list field 'nums' (or 'numbers')")
+    target = src.get("target")
+    if target is None or not re.fullmatch(r"-?\d+(?:\.\d+)?", str(target).strip()):
+        raise ValueError(f"missing or non-numeric field 'target' ({target!r})")
+    return [int(x) for x in nums], Fraction(str(target).strip())
 
-    def __init__(self, min_numbers: int = 3, max_numbers: int = 4, max_value: int = 99,
-                 target_range: Tuple[int, int] = (10, 100), solvable_only: bool = True,
-                 format_weight: float = 0.1, answer_weight: float = 1.0, exact_use: bool = True):
+
+@register("countdown")
+class Countdown(DataTask):
+    name = "countdown"
+    max_new_tokens = 256
+    default_splits = {"train": "train", "test": "test"}
+
+    def __init__(self, style: str = "esjax", path: Optional[str] = None, min_numbers: int = 3, max_numbers: int = 4,
+                 max_value: int = 99, target_range: Tuple[int, int] = (10, 100), solvable_only: bool = True,
+                 format_weight: float = 0.1, answer_weight: float = 1.0, exact_use: bool = True, **source):
+        if style not in STYLES:
+            raise ValueError(f"countdown style must be one of {STYLES}, got {style!r}")
+        self.style = style
+        self.system_prompt = {"esjax": SYSTEM, "boxed": BOXED_SYSTEM}.get(style)
+        self.assistant_prefix = "<think>" if style == "esjax" else ""
+        self.score_prefix = "" if style == "boxed" else "<think>"
+        self.chat_template = style != "qiu"
+        if path is not None or source.get("source") == "tfds":
+            super().__init__(path, **source)
+        elif source:
+            raise ValueError(f"countdown data options {sorted(source)} need path=")
+        self.path = path
         if not 2 <= min_numbers <= max_numbers <= 6:
             raise ValueError(f"need 2 <= min_numbers <= max_numbers <= 6, got {min_numbers}, {max_numbers}")
         if max_value < 1 or target_range[0] > target_range[1]:
@@ -77,7 +118,25 @@ class Countdown(Task):
         self.target_range, self.solvable_only = target_range, solvable_only
         self.format_weight, self.answer_weight, self.exact_use = format_weight, answer_weight, exact_use
 
+    def validate(self, row: dict) -> None:
+        _row_numbers_target(row)
+
+    def to_example(self, row: dict, uid: str) -> Example:
+        nums, target = _row_numbers_target(row)
+        target = int(target) if target.denominator == 1 else target
+        return Example(uid, PROMPT.format(nums=nums, target=target), target, {"nums": nums, "solution": row.get("solution")})
+
+    def user_message(self, example: Example) -> str:
+        nums, target = example.meta["nums"], example.answer
+        if self.style == "boxed":
+            return BOXED_USER.format(nums=list(nums), target=target)
+        if self.style == "esjax":
+            return PROMPT.format(nums=list(nums), target=target)
+        return QIU_TEXT.format(nums="[" + " ".join(map(str, nums)) + "]", target=target)
+
     def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
+        if self.path is not None or getattr(self, "source", None) == "tfds":
+            return super().examples(split, n, seed)
         rng = random.Random(f"countdown/{split}/{seed}")
         out = []
         while len(out) < n:
@@ -92,12 +151,16 @@ class Countdown(Task):
                 solution = values[Fraction(target)]
             else:
                 target, solution = rng.randint(*self.target_range), None
-            out.append(Example(f"countdown/{split}/{seed}/{len(out)}", PROMPT.format(nums=nums, target=target),
-                               target, {"nums": nums, "solution": solution}))
+            out.append(Example(f"countdown/{split}/{seed}/{len(out)}", PROMPT.format(nums=nums, target=target), target,
+                               {"nums": nums, "solution": solution}))
         return out
 
     def reward(self, completion: str, example: Example) -> Reward:
-        text = self.assistant_prefix + completion
+        if self.style == "boxed":
+            found = _BOXED.findall(completion[-20000:])
+            correct = bool(found) and self.check_equation(found[-1].strip(), example.meta["nums"], example.answer)
+            return Reward(float(correct), correct, {"answer": float(correct)})
+        text = self.score_prefix + completion
         if _FULL.match(text):
             fmt = 1.0
         else:

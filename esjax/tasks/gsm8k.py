@@ -1,21 +1,21 @@
-"""GSM8K from local files in the official JSONL format (``question``, ``answer`` ending in ``#### N``).
+"""GSM8K from local data: the official JSONL (``question``, ``answer`` ending in ``#### N``), verl parquet
+(paper 2), a ``save_to_disk`` folder, or tensorflow-datasets ``gsm8k`` from a local ``data_dir``
+(see :mod:`esjax.tasks.sources`).
 
-Sources: ``path=`` a JSONL/JSON file or folder (``train.jsonl`` / ``test.jsonl`` inside), or
-``source="tfds"`` (tensorflow-datasets ``gsm8k``, imported lazily, from a local ``data_dir``) or
-``source="hf"`` (a ``datasets`` dataset saved with ``save_to_disk``). Answer extraction from the
-completion, in order: ``#### N``, the last ``\\boxed{N}``, the last ``<answer>N</answer>``, else the last
-number. Correct iff numerically equal to the reference (exact rationals).
+``reward="numeric"`` (default): the answer is, in order, ``#### N``, the last ``\\boxed{N}``, the last
+``<answer>N</answer>``, else the last number; correct iff numerically equal (exact rationals).
+``reward="string_match"``: paper 2's exact-string rule (:mod:`esjax.tasks.hashmark`, seeds brief §C.2).
 """
 from __future__ import annotations
 
-import os
-import random
 import re
-from typing import List, Optional
+from typing import Optional
 
-from esjax.tasks.base import DatasetError, Example, Reward, Task, last_number, parse_number, read_records, register
+from esjax.tasks.base import Example, Reward, last_number, parse_number, register
+from esjax.tasks.hashmark import SUFFIX, is_verl_row, string_match, verl_question_answer
+from esjax.tasks.sources import DataTask
 
-SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
+REWARDS = ("numeric", "string_match")
 
 
 def reference_answer(solution: str) -> str:
@@ -27,11 +27,14 @@ def reference_answer(solution: str) -> str:
     return final
 
 
-def _validate(row: dict) -> None:
+def question_answer(row: dict):
+    """(question, reference) of an official or verl row; ValueError names what is missing."""
+    if is_verl_row(row):
+        return verl_question_answer(row)
     for key in ("question", "answer"):
         if not isinstance(row.get(key), str):
             raise ValueError(f"missing string field {key!r}")
-    reference_answer(row["answer"])
+    return row["question"], reference_answer(row["answer"])
 
 
 def extract_answer(text: str) -> Optional[str]:
@@ -44,53 +47,30 @@ def extract_answer(text: str) -> Optional[str]:
 
 
 @register("gsm8k")
-class GSM8K(Task):
+class GSM8K(DataTask):
     name = "gsm8k"
+    tfds_name = "gsm8k"
     max_new_tokens = 256
 
-    def __init__(self, path: Optional[str] = None, source: str = "local", data_dir: Optional[str] = None,
-                 skip_malformed: bool = False, suffix: str = SUFFIX):
-        if source not in ("local", "tfds", "hf"):
-            raise ValueError(f"source must be local, tfds or hf, got {source!r}")
-        if source == "local" and path is None:
-            raise ValueError("GSM8K needs path= to the official JSONL files (or source='tfds'/'hf')")
-        self.path, self.source, self.data_dir, self.skip_malformed, self.suffix = path, source, data_dir, skip_malformed, suffix
-        self.skipped: List[str] = []
+    def __init__(self, path: Optional[str] = None, reward: str = "numeric", suffix: str = SUFFIX, **source):
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        super().__init__(path, **source)
+        self.reward_mode, self.suffix = reward, suffix
 
-    def _rows(self, split: str):
-        if self.source == "tfds":
-            import tensorflow_datasets as tfds  # optional extra
+    def validate(self, row: dict) -> None:
+        question_answer(row)
 
-            ds = tfds.load("gsm8k", split=split, data_dir=self.data_dir, download=False)
-            return [{k: v.decode() for k, v in r.items()} for r in tfds.as_numpy(ds)]
-        if self.source == "hf":
-            import datasets
-
-            return list(datasets.load_from_disk(os.path.join(self.path, split) if os.path.isdir(os.path.join(self.path, split)) else self.path))
-        path = self.path
-        if os.path.isdir(path):
-            path = os.path.join(path, f"{split}.jsonl")
-        rows, skipped = read_records(path, self.skip_malformed, _validate)
-        self.skipped += skipped
-        return rows
-
-    def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
-        rows = self._rows(split)
-        for i, r in enumerate(rows):
-            if self.source != "local":
-                try:
-                    _validate(r)
-                except ValueError as e:
-                    raise DatasetError(f"{self.source} gsm8k/{split} row {i}: {e}") from None
-        order = list(range(len(rows)))
-        random.Random(f"gsm8k/{split}/{seed}").shuffle(order)
-        return [Example(f"gsm8k/{split}/{i}", rows[i]["question"], reference_answer(rows[i]["answer"]))
-                for i in order[:n]]
+    def to_example(self, row: dict, uid: str) -> Example:
+        return Example(uid, *question_answer(row))
 
     def user_message(self, example: Example) -> str:
         return example.question + self.suffix
 
     def reward(self, completion: str, example: Example) -> Reward:
-        got = parse_number(extract_answer(completion))
-        correct = got is not None and got == parse_number(example.answer)
+        if self.reward_mode == "string_match":
+            correct = string_match(completion, example.answer)
+        else:
+            got = parse_number(extract_answer(completion))
+            correct = got is not None and got == parse_number(example.answer)
         return Reward(float(correct), correct, {"answer": float(correct)})

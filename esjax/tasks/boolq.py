@@ -1,0 +1,50 @@
+"""BoolQ yes/no reading comprehension (paper 1, ``tasks/boolq.py``; seeds brief §C.6).
+
+Rows of ``google/boolq``: ``question``, ``passage``, ``answer`` (bool). Paper 1 trains on the first 200 of
+``train`` and tests on the first 2,000 of ``validation`` (``order="file"``). Reward: the last
+``\\boxed{}`` (no nested braces), lower-cased, punctuation stripped; correct if in {yes, true, 1,
+correct, right} for a True gold and in {no, false, 0, incorrect, wrong} for a False one.
+"""
+from __future__ import annotations
+
+import re
+import string
+from typing import Optional
+
+from esjax.tasks.base import Example, Reward, register
+from esjax.tasks.sources import DataTask
+
+SYSTEM = ("You are a reading assistant. Answer yes or no based on the passage.\n\nPlease reason step by step, "
+          "and put your final answer within \\boxed{}.")
+YES = frozenset({"yes", "true", "1", "correct", "right"})
+NO = frozenset({"no", "false", "0", "incorrect", "wrong"})
+_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
+
+
+@register("boolq")
+class BoolQ(DataTask):
+    name = "boolq"
+    system_prompt = SYSTEM
+    max_new_tokens = 512
+    default_splits = {"train": "train", "test": "validation"}
+
+    def __init__(self, path: Optional[str] = None, **source):
+        super().__init__(path, **source)
+
+    def validate(self, row: dict) -> None:
+        if not isinstance(row.get("question"), str) or not isinstance(row.get("passage"), str):
+            raise ValueError("need string fields 'question' and 'passage'")
+        if not isinstance(row.get("answer"), bool):
+            raise ValueError(f"'answer' must be a boolean, got {row.get('answer')!r}")
+
+    def to_example(self, row: dict, uid: str) -> Example:
+        return Example(uid, row["question"], row["answer"], {"passage": row["passage"]})
+
+    def user_message(self, example: Example) -> str:
+        return f"Passage: {example.meta['passage']}\n\nQuestion: {example.question}"
+
+    def reward(self, completion: str, example: Example) -> Reward:
+        found = _BOXED.findall(completion[-20000:])
+        said = found[-1].lower().translate(str.maketrans("", "", string.punctuation)).strip() if found else None
+        correct = said in (YES if example.answer else NO)
+        return Reward(float(correct), correct, {"answer": float(correct)})

@@ -1,0 +1,46 @@
+"""Paper 2's "####" protocol for GSM8K, MATH and OlympiadBench (seeds brief §C.2–C.4), and verl rows.
+
+Prompt: the question + ``SUFFIX`` as the single user message. Reward (``gsm8k_reward.py``, binary):
+take the last 300 characters; the last ``####\\s*([\\-0-9\\.,]+)``, else the last
+``oxed\\s*\\{\\s*([^}]*)\\s*\\}`` (no nested braces: ``\\boxed{\\frac{1}{2}}`` is cut at the first ``}``, a
+documented quirk that biases MATH/OlympiadBench low); strip whitespace, drop ``,`` and ``$``; correct iff
+the string equals ``str(ground_truth)``. No numeric equivalence.
+
+verl parquet rows (paper 2's data files) hold ``prompt`` (chat messages whose last content is question +
+suffix) and ``reward_model.ground_truth``; :func:`verl_question_answer` reads them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional, Tuple
+
+SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
+_HASH = re.compile(r"####\s*([\-0-9\.,]+)")
+_BOXED = re.compile(r"oxed\s*\{\s*([^}]*)\s*\}")
+
+
+def string_match_extract(text: str) -> Optional[str]:
+    tail = text[-300:]
+    found = _HASH.findall(tail) or _BOXED.findall(tail)
+    return found[-1].strip().replace(",", "").replace("$", "") if found else None
+
+
+def string_match(text: str, ground_truth) -> bool:
+    got = string_match_extract(text)
+    return got is not None and got == str(ground_truth)
+
+
+def is_verl_row(row: dict) -> bool:
+    return isinstance(row.get("prompt"), (list, tuple)) and isinstance(row.get("reward_model"), dict)
+
+
+def verl_question_answer(row: dict) -> Tuple[str, str]:
+    """(question without the "####" suffix, ground truth) of a verl row; ValueError if malformed."""
+    msgs = row["prompt"]
+    if not msgs or not isinstance(msgs[-1], dict) or not isinstance(msgs[-1].get("content"), str):
+        raise ValueError("verl row: prompt has no message content")
+    truth = row["reward_model"].get("ground_truth")
+    if truth is None:
+        raise ValueError("verl row: reward_model has no ground_truth")
+    question = msgs[-1]["content"]
+    return (question[:-len(SUFFIX)] if question.endswith(SUFFIX) else question), str(truth)
