@@ -4,16 +4,21 @@
 writes the resolved config next to its results. Override any field with dotted keys::
 
     --set es.sigma=0.002 --set grpo.learning_rate=1e-5 --set task_kwargs.digits=1 --set es_iterations=20
+    --set eval_task_kwargs.mmlu.path=/data/mmlu --set data_root=/data/esjax
+
+Presets live in :mod:`esjax.presets`, one module each, every value cited to its source.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from typing import Any, Dict, Optional, Tuple
 
 from esjax.es.step import ESConfig
 from esjax.grpo.step import GRPOConfig
+from esjax.presets import load_presets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +27,10 @@ class RunConfig:
     task: str = "arithmetic"
     task_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     eval_tasks: Tuple[str, ...] = ()  # other tasks whose accuracy tracks forgetting
-    eval_task_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval_task_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)  # {task name: kwargs}
+    sequence: Tuple[str, ...] = ()  # the continual-learning task order of experiments.sequential
+    data_root: str = ""  # relative task ``path`` values are resolved against it
+    model_root: str = ""  # relative ``hf:`` / ``gguf:`` model paths are resolved against it
     seed: int = 0
     train_pool: int = 200  # training examples (the seeds use a fixed 200)
     es_batch: int = 200  # prompts per ES iteration (fitness = mean reward over them)
@@ -51,33 +59,32 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def model_spec(self) -> str:
+        """``model`` with a relative ``hf:``/``gguf:`` path resolved against ``model_root``."""
+        kind, _, path = self.model.partition(":")
+        if path and self.model_root and not os.path.isabs(path):
+            return f"{kind}:{os.path.abspath(os.path.join(self.model_root, path))}"
+        return self.model
+
+    def kwargs_for(self, name: str) -> dict:
+        """Task kwargs of ``name`` (``task_kwargs`` for the trained task, else ``eval_task_kwargs[name]``),
+        with a relative ``path`` resolved against ``data_root``."""
+        kw = dict(self.task_kwargs if name == self.task else self.eval_task_kwargs.get(name, {}))
+        if self.data_root and isinstance(kw.get("path"), str) and not os.path.isabs(kw["path"]):
+            kw["path"] = os.path.abspath(os.path.join(self.data_root, kw["path"]))
+        return kw
+
 
 def from_dict(d: dict) -> RunConfig:
     d = dict(d)
     d["es"] = ESConfig(**d.get("es", {}))
     d["grpo"] = GRPOConfig(**d.get("grpo", {}))
     d["eval_tasks"] = tuple(d.get("eval_tasks", ()))
+    d["sequence"] = tuple(d.get("sequence", ()))
     return RunConfig(**d)
 
 
-PRESETS: Dict[str, dict] = {
-    # The README's main job: SmolLM2-135M on 2 CPU cores, ES (low-rank, EGGROLL) and GRPO, minutes each.
-    "cpu-quick": dict(
-        task="arithmetic", task_kwargs={"kinds": ["add", "sub", "mul"], "digits": 2},
-        eval_tasks=("arithmetic-word",), train_pool=64, es_batch=16, es_iterations=10, grpo_steps=10, max_new_tokens=16,
-        eval_size=64, probe_size=8, checkpoint_every=5,
-        # σ: below ~3e-3 no member's greedy answer changes (zero fitness variance), above ~1e-2 members
-        # collapse; embedding/head excluded as in EGGROLL (their noise shifts every logit by σ‖h‖).
-        es=dict(population_size=8, sigma=4e-3, alpha=2e-3, antithetic=True, noise="lowrank", rank=1,
-                param_filter="^layers/"),
-        grpo=dict(group_size=6, prompts_per_step=4, learning_rate=1.5e-5, total_steps=10, beta=0.0)),
-    # Test preset: tiny random model, toy digit reward, seconds.
-    "tiny": dict(
-        model="tiny-random-llama", task="lowercase", eval_tasks=("arithmetic",), train_pool=8, es_batch=4,
-        es_iterations=3, grpo_steps=3, max_new_tokens=6, eval_size=8, probe_size=4, checkpoint_every=1,
-        es=dict(population_size=4, sigma=0.05, alpha=0.05, noise="full"),
-        grpo=dict(group_size=4, prompts_per_step=2, learning_rate=1e-3, total_steps=3, beta=0.0)),
-}
+PRESETS: Dict[str, dict] = load_presets()
 
 
 def _coerce(value: str, typ):
@@ -100,8 +107,9 @@ def build_config(preset: Optional[str] = None, overrides=(), base: Optional[dict
     d = json.loads(json.dumps(base if base is not None else PRESETS.get(preset, {})))
     hints = {"": typing.get_type_hints(RunConfig), "es": typing.get_type_hints(ESConfig),
              "grpo": typing.get_type_hints(GRPOConfig)}
-    if any(o.split("=", 1)[0] == "task" for o in overrides):
-        d["task_kwargs"] = {}  # the preset's task kwargs belong to the preset's task
+    new_task = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "task"]
+    if new_task:  # the preset's task kwargs belong to the preset's task; a sequence preset knows the others
+        d["task_kwargs"] = dict(d.get("eval_task_kwargs", {}).get(new_task[-1], {}))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
@@ -111,8 +119,10 @@ def build_config(preset: Optional[str] = None, overrides=(), base: Optional[dict
             if parts[1] not in hints[parts[0]]:
                 raise ValueError(f"unknown config key {key!r}")
             d.setdefault(parts[0], {})[parts[1]] = _coerce(value, hints[parts[0]][parts[1]])
-        elif parts[0] in ("task_kwargs", "eval_task_kwargs") and len(parts) >= 2:
-            d.setdefault(parts[0], {})[".".join(parts[1:])] = _coerce(value, Any)
+        elif parts[0] == "task_kwargs" and len(parts) == 2:
+            d.setdefault("task_kwargs", {})[parts[1]] = _coerce(value, Any)
+        elif parts[0] == "eval_task_kwargs" and len(parts) == 3:  # eval_task_kwargs.<task>.<key>=value
+            d.setdefault("eval_task_kwargs", {}).setdefault(parts[1], {})[parts[2]] = _coerce(value, Any)
         elif len(parts) == 1 and key in hints[""]:
             typ = hints[""][key]
             d[key] = tuple(value.split(",")) if typing.get_origin(typ) is tuple else _coerce(value, typ)

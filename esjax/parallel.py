@@ -51,3 +51,30 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading axis split over every device of the mesh (GRPO data parallelism)."""
     return NamedSharding(mesh, P((POP, DATA)))
 
+
+
+def put_global(tree, sharding: NamedSharding):
+    """Host values that are identical on every process → arrays laid out by ``sharding`` over the global
+    mesh (``jax.device_put`` alone only reaches this process's devices). Typed PRNG keys included."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree):
+    """Global arrays → numpy on every process (gathering shards that live on other hosts)."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)

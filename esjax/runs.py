@@ -46,9 +46,10 @@ def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
     """Greedy accuracy on the training task's test split and on every eval task."""
     out = {}
     for name in (cfg.task, *cfg.eval_tasks):
-        kw = cfg.task_kwargs if name == cfg.task else cfg.eval_task_kwargs.get(name, {})
-        task = get_task(name, **kw)
+        task = get_task(name, **cfg.kwargs_for(name))
         ex = task.examples("test", cfg.eval_size, cfg.seed)
+        if not ex:
+            raise ValueError(f"task {name!r} has no test examples: check its data path and splits ({cfg.kwargs_for(name)})")
         n_new = (max_new or task.max_new_tokens) if name == cfg.task else task.max_new_tokens
         res = evaluate(params, model.cfg, model.tokenizer, task, ex, n_new)
         out[f"eval/{name}/accuracy"] = res["accuracy"]
@@ -68,8 +69,8 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(cfg.to_dict(), f, indent=2)
-    model = model or load_model(cfg.model, seed=cfg.seed)
-    task = get_task(cfg.task, **cfg.task_kwargs)
+    model = model or load_model(cfg.model_spec(), seed=cfg.seed)
+    task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
     max_new = cfg.max_new_tokens or task.max_new_tokens
     pool = task.examples("train", cfg.train_pool, cfg.seed)
     mesh = make_mesh() if cfg.use_mesh and jax.device_count() > 1 else None

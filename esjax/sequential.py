@@ -1,7 +1,8 @@
 """Continual learning: each method trained in turn on a sequence of tasks (seeds brief §D).
 
-Stage s fine-tunes the previous stage's learner state on task s (params *and* optimizer state carry over,
-as in paper 1, unless ``reset_optimizer``). After every stage all tasks of the sequence are evaluated
+Stage s fine-tunes the previous stage's learner state on task s (params *and* optimizer moments carry over,
+as in paper 1, unless ``reset_optimizer``; the learning-rate schedule restarts per task, as paper 1 builds
+a fresh scheduler per task). After every stage all tasks of the sequence are evaluated
 greedily, giving the accuracy matrix (rows = task, columns = base, after stage 1, …), and the
 incremental off-task KL(after ‖ before) is measured per stage and per task.
 """
@@ -16,25 +17,28 @@ import jax
 
 from esjax.analysis.drift import incremental_kl_matrix
 from esjax.config import RunConfig
+from esjax.grpo.step import restart_schedule
 from esjax.runs import evaluate_all, run_method
 from esjax.tasks.probes import probe_sets
 
 
 def run_sequence(cfg: RunConfig, tasks: Sequence[str], method: str, out_dir: str, model, progress: bool = True,
                  reset_optimizer: bool = False) -> dict:
-    stage_cfgs = [dataclasses.replace(cfg, task=t, task_kwargs=cfg.eval_task_kwargs.get(t, {}),
+    kwargs = {t: cfg.kwargs_for(t) for t in tasks}
+    stage_cfgs = [dataclasses.replace(cfg, task=t, task_kwargs=kwargs[t], eval_task_kwargs=kwargs,
                                       eval_tasks=tuple(x for x in tasks if x != t)) for t in tasks]
     evals = [evaluate_all(model.params, model, stage_cfgs[0], cfg.max_new_tokens)]
     stages, state = [model.params], None
     for s, scfg in enumerate(stage_cfgs):
-        if state is not None and reset_optimizer:
-            state = state.replace(opt_state=jax.tree.map(lambda x: x * 0, state.opt_state))
+        if state is not None:
+            opt = jax.tree.map(lambda x: x * 0, state.opt_state) if reset_optimizer else restart_schedule(state.opt_state)
+            state = state.replace(opt_state=opt)
         summary, state = run_method(scfg, method, os.path.join(out_dir, f"stage{s + 1}-{scfg.task}"), model,
                                     progress=progress, initial_state=state, return_state=True)
         stages.append(state.params)
         evals.append(summary["after"])
     acc = {t: [e[f"eval/{t}/accuracy"] for e in evals] for t in tasks}
-    probes = probe_sets(list(tasks), cfg.probe_size, cfg.eval_task_kwargs)
+    probes = probe_sets(list(tasks), cfg.probe_size, kwargs)
     kl = incremental_kl_matrix(stages, model.cfg, model.tokenizer, probes, 0, jax.random.key(cfg.seed))
     result = {"method": method, "tasks": list(tasks), "columns": ["base"] + [f"after {t}" for t in tasks],
               "accuracy": acc, "incremental_kl": kl}

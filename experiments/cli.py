@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 
 from esjax.config import PRESETS, build_config
@@ -15,7 +16,36 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (default runs/<script>-<preset>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what the run will cost (counts, memory per device, wall time from a probe) and exit")
+    p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip loading the model for the timing probe")
     return p
+
+
+def dry_run(cfg, tasks, probe: bool = True) -> dict:
+    """Costs of each task of the run (see :mod:`esjax.cost`); loads the tokenizer, the data and, with
+    ``probe``, the model for a short timing probe."""
+    import jax
+    import numpy as np
+
+    from esjax.cost import estimate_wall_time, format_cost, probe_throughput, run_cost
+    from esjax.models.registry import load_model, model_config
+    from esjax.tasks import encode_prompts, get_task
+
+    model = load_model(cfg.model_spec(), seed=cfg.seed) if probe else None
+    mcfg = model.cfg if model else model_config(cfg.model_spec())
+    report = {}
+    for name in tasks:
+        task = get_task(name, **cfg.kwargs_for(name))
+        tok = model.tokenizer if model else None
+        exs = task.examples("train", min(16, cfg.train_pool), cfg.seed)
+        prompt = int(np.mean([len(p) for p in encode_prompts(tok, task, exs)])) if tok else 256
+        c = run_cost(dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens),
+                     mcfg, prompt, jax.device_count())
+        wall = estimate_wall_time(c, probe_throughput(model, prompt)) if model else None
+        print(f"== {name}\n{format_cost(c, wall)}")
+        report[name] = {"cost": c, "wall": wall}
+    return report
 
 
 def setup(args, script: str):

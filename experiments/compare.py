@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from experiments.cli import parser, setup
+from experiments.cli import dry_run, parser, setup
 from esjax.analysis.report import analyze, write_report
 from esjax.models.registry import load_model
 from esjax.runs import evaluate_all, run_method
@@ -19,8 +19,10 @@ def main(argv=None):
     p.add_argument("--eval-size", type=int, default=32, help="test prompts per connectivity / direction probe point")
     args = p.parse_args(argv)
     cfg, out = setup(args, "compare")
+    if args.dry_run:
+        return dry_run(cfg, (cfg.task,), not args.no_probe)
     t0 = time.perf_counter()
-    model = load_model(cfg.model, seed=cfg.seed)
+    model = load_model(cfg.model_spec(), seed=cfg.seed)
     base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
     summaries = {m: run_method(cfg, m, out, model, progress=not args.no_progress, base_eval=base_eval)
                  for m in ("es", "grpo")}

@@ -10,19 +10,23 @@ import os
 
 from esjax.models.registry import load_model
 from esjax.sequential import run_sequence
-from experiments.cli import parser, setup
+from experiments.cli import dry_run, parser, setup
 
 
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--tasks", default="arithmetic,arithmetic-word", help="comma-separated task sequence")
+    p.add_argument("--tasks", default=None, help="comma-separated task sequence (default: the preset's "
+                   "sequence, else arithmetic,arithmetic-word)")
     p.add_argument("--methods", default="es,grpo")
     p.add_argument("--reset-optimizer", action="store_true", help="fresh optimizer moments at every stage")
     args = p.parse_args(argv)
     cfg, out = setup(args, "sequential")
-    model = load_model(cfg.model, seed=cfg.seed)
+    tasks = args.tasks.split(",") if args.tasks else list(cfg.sequence or ("arithmetic", "arithmetic-word"))
+    if args.dry_run:
+        return dry_run(cfg, tasks, not args.no_probe)
+    model = load_model(cfg.model_spec(), seed=cfg.seed)
     for m in args.methods.split(","):
-        res = run_sequence(cfg, args.tasks.split(","), m, os.path.join(out, m), model, not args.no_progress,
+        res = run_sequence(cfg, tasks, m, os.path.join(out, m), model, not args.no_progress,
                            args.reset_optimizer)
         print(json.dumps({"method": m, "accuracy": res["accuracy"]}))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from experiments.cli import parser, setup
+from experiments.cli import dry_run, parser, setup
 from esjax.models.registry import load_model
 from esjax.runs import run_method
 
@@ -16,7 +16,9 @@ def main(argv=None):
     p.add_argument("--method", default="both", choices=["es", "grpo", "both"])
     args = p.parse_args(argv)
     cfg, out = setup(args, "single_task")
-    model = load_model(cfg.model, seed=cfg.seed)
+    if args.dry_run:
+        return dry_run(cfg, (cfg.task,), not args.no_probe)
+    model = load_model(cfg.model_spec(), seed=cfg.seed)
     for m in (("es", "grpo") if args.method == "both" else (args.method,)):
         s = run_method(cfg, m, out, model, progress=not args.no_progress)
         print(json.dumps({"method": m, "before": s["before"], "after": s["after"], "update_norm": s["update_norm"],

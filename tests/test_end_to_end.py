@@ -112,3 +112,15 @@ def test_sequential_accuracy_and_kl_matrices(tmp_path):
     s2 = read_metrics(str(tmp_path / "es" / "stage2-arithmetic" / "es"))
     s1 = read_metrics(str(tmp_path / "es" / "stage1-lowercase" / "es"))
     assert s2[1]["update_norm_from_base"] > s1[1]["update_norm_from_base"]
+
+
+def test_sweep_reports_theory_beside_each_variant(tmp_path):
+    from experiments.sweep import main
+
+    rows = main(["--preset", "tiny", "--out", str(tmp_path), "--no-progress", "--populations", "4,8",
+                 "--variants", "plain,kl", "--set", "es.antithetic=false", "--probe-size", "2"])
+    assert [r["run"] for r in rows] == ["es-N4-a0.05-plain", "es-N4-a0.05-kl", "es-N8-a0.05-plain", "es-N8-a0.05-kl"]
+    for r in rows:  # the tiny preset's noise is pure drift: measured ≈ α√(T d f / N) within a few percent
+        assert r["update_norm"] == pytest.approx(r["predicted_norm"], rel=0.02) and r["offtask_kl"] >= 0
+    assert rows[2]["predicted_norm"] < rows[0]["predicted_norm"]  # larger N, smaller predicted drift
+    assert os.path.exists(tmp_path / "sweep.png") and "predicted_norm" in open(tmp_path / "sweep.csv").readline()

@@ -64,9 +64,9 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
                             for m, d in (("es", d_es), ("grpo", d_grpo))}
 
     # KL drift on off-task probes (general chat + held-out prompts of every task)
-    task = get_task(cfg.task, **cfg.task_kwargs)
+    task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
     n_probe = probe_size or cfg.probe_size
-    probes = probe_sets([cfg.task, *cfg.eval_tasks], n_probe, {cfg.task: cfg.task_kwargs, **cfg.eval_task_kwargs})
+    probes = probe_sets([cfg.task, *cfg.eval_tasks], n_probe, {t: cfg.kwargs_for(t) for t in (cfg.task, *cfg.eval_tasks)})
     key = jax.random.key(seed)
     max_new = cfg.max_new_tokens or task.max_new_tokens
     kl = {}

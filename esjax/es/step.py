@@ -44,6 +44,7 @@ class ESConfig:
     member_temperature: float = 0.0  # 0 = greedy member decoding (Qiu, paper 2); paper 1 samples at 1.0
     member_top_p: float = 1.0
     kl_penalty: float = 0.0  # fitness = reward − kl_penalty · KL(member ‖ base) on the batch
+    inplace_dtype: Optional[str] = None  # "bfloat16" | "float16": simulate the seeds' in-place 16-bit arithmetic
 
     def __post_init__(self):
         if self.population_size < 2:
@@ -62,6 +63,10 @@ class ESConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.member_temperature < 0 or not 0 < self.member_top_p <= 1 or self.kl_penalty < 0:
             raise ValueError("member_temperature >= 0, 0 < member_top_p <= 1 and kl_penalty >= 0 are required")
+        if self.inplace_dtype is not None and (self.inplace_dtype not in ("bfloat16", "float16")
+                                               or self.noise != "full" or self.optimizer != "sgd"):
+            raise ValueError(f"inplace_dtype must be bfloat16 or float16 and needs noise='full', optimizer='sgd' "
+                             f"(the seeds' setting); got {self.inplace_dtype!r}, {self.noise!r}, {self.optimizer!r}")
 
 
 @flax.struct.dataclass
@@ -119,16 +124,42 @@ def estimate_gradient(params, state_key, iteration, weights, cfg: ESConfig):
     return jax.tree.map(combine, params, deltas, is_leaf=lambda d: d is None or isinstance(d, LowRank))
 
 
+def inplace_update(params, state_key, iteration, z, cfg: ESConfig):
+    """The seeds' 16-bit in-place arithmetic (seeds brief §A.4), for measuring its effect on norms and
+    sparsity. With rd(·) rounding to ``cfg.inplace_dtype`` and the weights held at 16-bit values:
+    every member's perturb/restore leaves its rounding residue, θ ← rd(rd(θ + rd(σ s_n ε_n)) − rd(σ s_n ε_n)),
+    then the update is N sequential adds θ ← rd(θ + rd((α/N) z_n s_n ε_n)) (paper 1 / Qiu-accelerated).
+    The noise is drawn in fp32 and rounded (the seeds draw it directly in 16 bits)."""
+    dt = jnp.dtype(cfg.inplace_dtype)
+    rd = lambda x: x.astype(dt)  # noqa: E731
+    N = z.shape[0]
+
+    def restore(n, p):
+        e = member_perturbation(params, state_key, iteration, n, cfg, cfg.sigma)
+        return jax.tree.map(lambda w, x: rd(rd(w + rd(x)) - rd(x)), p, e)
+
+    def add(n, p):
+        e = member_perturbation(params, state_key, iteration, n, cfg, cfg.alpha / N)
+        return jax.tree.map(lambda w, x: rd(w + rd(z[n] * x)), p, e)
+
+    p16 = jax.lax.fori_loop(0, N, restore, jax.tree.map(rd, params))
+    return jax.tree.map(lambda w: w.astype(jnp.float32), jax.lax.fori_loop(0, N, add, p16))
+
+
 def es_update(state: ESState, fitness, cfg: ESConfig):
     """One ES step from the population's fitness (N,) (higher = better). Pure; jit with static cfg."""
     fitness = jnp.asarray(fitness, jnp.float32)
     if fitness.shape != (cfg.population_size,):
         raise ValueError(f"fitness has shape {fitness.shape}, expected ({cfg.population_size},)")
     z = SHAPING[cfg.shaping](fitness)
-    g = estimate_gradient(state.params, state.key, state.iteration, z, cfg)
-    tx = make_optimizer(cfg)
-    updates, opt_state = tx.update(jax.tree.map(jnp.negative, g), state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if cfg.inplace_dtype is not None:
+        params, opt_state = inplace_update(state.params, state.key, state.iteration, z, cfg), state.opt_state
+        updates = jax.tree.map(jnp.subtract, params, state.params)
+    else:
+        g = estimate_gradient(state.params, state.key, state.iteration, z, cfg)
+        tx = make_optimizer(cfg)
+        updates, opt_state = tx.update(jax.tree.map(jnp.negative, g), state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
     metrics = {"fitness_mean": fitness.mean(), "fitness_std": fitness.std(), "fitness_max": fitness.max(),
                "fitness_min": fitness.min(), "update_norm": optax.tree.norm(updates),
                "noise_energy_factor": noise_energy_factor(z, cfg.antithetic),
@@ -164,13 +195,12 @@ def update_rms_by_module(updates) -> dict:
     return {f"rms/{t}": jnp.sqrt(sums[t] / counts[t]) for t in sums}
 
 
-def auto_chunk_size(params, cfg: ESConfig, rows_per_member: int, budget_bytes: float = 2e9) -> int:
+def auto_chunk_size(n_params: int, cfg: ESConfig, rows_per_member: int, budget_bytes: float = 2e9) -> int:
     """Members evaluated at once: full-rank noise holds a params copy per member; low-rank members share
     W and cost only activations/KV cache, bounded here by ~512 sequences per chunk."""
     if cfg.chunk_size:
         return cfg.chunk_size
     if cfg.noise == "full":
-        nbytes = sum(x.size * 4 for x in jax.tree.leaves(params))
-        return max(1, min(cfg.population_size, int(budget_bytes // (2 * nbytes))))
+        return max(1, min(cfg.population_size, int(budget_bytes // (2 * 4 * n_params))))
     return max(1, min(cfg.population_size, 512 // max(1, rows_per_member)))
 

@@ -16,7 +16,7 @@ import numpy as np
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, auto_chunk_size, es_update
 from esjax.models.decoder import make_token_logprobs
-from esjax.parallel import POP
+from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 
 
@@ -27,7 +27,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     shards = 1 if mesh is None else mesh.shape[POP]
-    chunk = auto_chunk_size(base_params, cfg, batch_size) if base_params is not None else (cfg.chunk_size or 1)
+    chunk = auto_chunk_size(sum(x.size for x in jax.tree.leaves(base_params)), cfg, batch_size) if base_params is not None else (cfg.chunk_size or 1)
     pop = population_fn(lm_evaluator(model_cfg, max_new_tokens, cfg), cfg, chunk, mesh)
     update = jax.jit(functools.partial(es_update, cfg=cfg))
     score_base = make_token_logprobs(model_cfg)
@@ -37,7 +37,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
-        gen = jax.tree.map(lambda x: np.asarray(x)[:N], pop(state, members, pb.tokens, pb.mask, key))
+        gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
         t1 = time.perf_counter()
         texts = decode(tokenizer, gen.tokens, gen.lengths)
         rewards, correct = score(task, texts, pb.examples)

@@ -50,7 +50,8 @@ class GRPOConfig:
     scale_rewards: str = "group"
     std_ddof: int = 1
     adv_eps: float = 1e-6
-    num_inner_updates: int = 1  # μ
+    num_inner_updates: int = 1  # μ: passes over each rollout batch
+    mini_batch_prompts: int = 0  # prompts (groups) per optimizer update, verl's ppo_mini_batch_size; 0 = all
     micro_batch_size: int = 0  # sequences per gradient-accumulation slice; 0 = whole batch
     temperature: float = 1.0
     top_p: float = 1.0
@@ -71,15 +72,24 @@ class GRPOConfig:
             raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(f"lr_schedule must be constant or linear, got {self.lr_schedule!r}")
-        if self.micro_batch_size and (self.group_size * self.prompts_per_step) % self.micro_batch_size:
-            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide the batch of "
-                             f"{self.group_size * self.prompts_per_step} sequences")
+        if self.mini_batch_prompts < 0 or self.mini_batch_prompts > self.prompts_per_step:
+            raise ValueError(f"mini_batch_prompts must be in [0, prompts_per_step={self.prompts_per_step}], "
+                             f"got {self.mini_batch_prompts}")
+        if self.micro_batch_size and (self.group_size * (self.mini_batch_prompts or self.prompts_per_step)) % self.micro_batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide the (mini-)batch of "
+                             f"{self.group_size * (self.mini_batch_prompts or self.prompts_per_step)} sequences")
         if self.temperature <= 0:
             raise ValueError(f"GRPO samples: temperature must be > 0, got {self.temperature}")
 
     @property
     def batch_size(self) -> int:
         return self.group_size * self.prompts_per_step
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per rollout batch: μ × ⌈prompts / mini-batch⌉ (verl keeps the last, smaller one)."""
+        mb = self.mini_batch_prompts or self.prompts_per_step
+        return self.num_inner_updates * -(-self.prompts_per_step // mb)
 
 
 @flax.struct.dataclass
@@ -88,6 +98,13 @@ class GRPOState:
     opt_state: Any
     step: jax.Array
     key: jax.Array
+
+
+def restart_schedule(opt_state):
+    """A fresh learning-rate schedule with the AdamW moments (and their bias-correction count) kept: what
+    paper 1 does at every new task of a sequence (new LambdaLR, same torch AdamW state; seeds brief §B.1)."""
+    return jax.tree.map(lambda s: s._replace(count=jnp.zeros_like(s.count)) if isinstance(s, optax.ScaleByScheduleState) else s,
+                        opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
 
 
 def make_optimizer(cfg: GRPOConfig):

@@ -12,7 +12,7 @@ import numpy as np
 from esjax.grpo.losses import group_advantages
 from esjax.grpo.step import GRPOConfig, grpo_step
 from esjax.models.decoder import make_token_logprobs
-from esjax.parallel import batch_sharding, replicated
+from esjax.parallel import batch_sharding, put_global, replicated, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 from esjax.sampling import SamplingConfig, make_generate
 
@@ -24,9 +24,12 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     gen = make_generate(model_cfg, max_new_tokens, SamplingConfig(cfg.temperature, 0, cfg.top_p))
     step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg))
     score_fn = make_token_logprobs(model_cfg)
-    put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, batch_sharding(mesh)))
+    if mesh is not None and cfg.batch_size % mesh.size:
+        raise ValueError(f"GRPO batch of {cfg.batch_size} sequences (group_size × prompts_per_step) must divide "
+                         f"evenly over the {mesh.size} devices of the mesh (or set use_mesh=false)")
+    put = (lambda x: x) if mesh is None else (lambda x: put_global(x, batch_sharding(mesh)))
     if mesh is not None and ref_params is not None:
-        ref_params = jax.device_put(ref_params, replicated(mesh))
+        ref_params = put_global(ref_params, replicated(mesh))
 
     def iterate(state, examples):
         if len(examples) != cfg.prompts_per_step:
@@ -34,25 +37,30 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id, repeat=cfg.group_size)
         t0 = time.perf_counter()
         key = jax.random.fold_in(state.key, state.step)
-        out = jax.tree.map(np.asarray, gen(state.params, put(pb.tokens), put(pb.mask), key))
+        out = to_host(gen(state.params, put(pb.tokens), put(pb.mask), key))
         t1 = time.perf_counter()
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
         groups = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
         adv = np.asarray(group_advantages(groups, cfg.scale_rewards, cfg.std_ddof, cfg.adv_eps)).reshape(-1)
         batch = {k: put(v) for k, v in sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths).items()}
         batch["advantages"] = put(adv.astype(np.float32))
-        if cfg.num_inner_updates > 1:
+        if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
             batch["old_logp"] = score_fn(state.params, batch["tokens"], batch["attn_mask"])
         t2 = time.perf_counter()
+        mb = (cfg.mini_batch_prompts or cfg.prompts_per_step) * cfg.group_size
+        ms = []
         for _ in range(cfg.num_inner_updates):
-            state, m = step(state, batch, ref_params)
+            for s in range(0, len(adv), mb):
+                state, m = step(state, {k: v[s:s + mb] for k, v in batch.items()}, ref_params)
+                ms.append(m)
         jax.block_until_ready(state.params)
         t3 = time.perf_counter()
-        metrics = {k: float(v) for k, v in m.items()}
+        metrics = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+        metrics["optimizer_updates"] = len(ms)
         metrics.update(rollout_metrics(rewards, correct, out.lengths, t0, t1, t2, t3),
                        reward_std=float(rewards.std()), reward_max=float(rewards.max()),
                        reward_min=float(rewards.min()), zero_variance=float((groups.std(1) == 0).mean()),
-                       forward_passes=int(rewards.size) * (1 + cfg.num_inner_updates),
+                       forward_passes=int(rewards.size) * (1 + cfg.num_inner_updates + (len(ms) > 1)),
                        backward_passes=int(rewards.size) * cfg.num_inner_updates)
         return state, metrics
 

@@ -166,8 +166,8 @@ def params_from_hf_tensors(tensors: Dict[str, np.ndarray], cfg: ModelConfig, sou
     return params
 
 
-def load_hf_checkpoint(path: str, **config_overrides):
-    """Load (params, cfg) from a local HF directory. Params are numpy float32 (cast later)."""
+def read_hf_config(path: str, **config_overrides) -> ModelConfig:
+    """The ModelConfig of a local HF directory, from its config.json alone (no weights read)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     cfg_file = os.path.join(path, "config.json")
@@ -178,9 +178,13 @@ def load_hf_checkpoint(path: str, **config_overrides):
             hf = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file}: invalid JSON ({e})") from e
-    cfg = config_from_hf(hf, cfg_file, **config_overrides)
-    params = params_from_hf_tensors(read_safetensors(path), cfg, path)
-    return params, cfg
+    return config_from_hf(hf, cfg_file, **config_overrides)
+
+
+def load_hf_checkpoint(path: str, **config_overrides):
+    """Load (params, cfg) from a local HF directory. Params are numpy float32 (cast later)."""
+    cfg = read_hf_config(path, **config_overrides)
+    return params_from_hf_tensors(read_safetensors(path), cfg, path), cfg
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:

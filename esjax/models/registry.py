@@ -53,6 +53,17 @@ def smollm2_tokenizer():
     return tok
 
 
+def model_config(name: str = DEFAULT_MODEL) -> ModelConfig:
+    """The architecture of a model without loading its weights where the format allows (cost estimates)."""
+    if name in TINY_PRESETS:
+        return ModelConfig(**TINY_PRESETS[name])
+    if name.startswith("hf:"):
+        from esjax.models.hf import read_hf_config
+
+        return read_hf_config(name[3:])
+    return load_model(name, with_tokenizer=False).cfg
+
+
 def load_model(name: str = DEFAULT_MODEL, param_dtype: str = "float32", compute_dtype: str = "float32",
                seed: int = 0, with_tokenizer: bool = True) -> Model:
     """Load a preset, ``hf:<dir>`` or ``gguf:<file>``; parameters are cast to ``param_dtype``."""

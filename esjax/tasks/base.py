@@ -37,6 +37,12 @@ class Reward:
     correct: bool
     parts: Dict[str, float] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def binary(cls, correct: bool) -> "Reward":
+        """1 if correct else 0 (the seeds' rule for every task but TinyZero Countdown)."""
+        correct = bool(correct)
+        return cls(float(correct), correct, {"answer": float(correct)})
+
 
 class Task:
     """Base class: subclasses set ``name``/``system_prompt`` and implement ``examples`` and ``reward``."""

@@ -47,4 +47,4 @@ class BoolQ(DataTask):
         found = _BOXED.findall(completion[-20000:])
         said = found[-1].lower().translate(str.maketrans("", "", string.punctuation)).strip() if found else None
         correct = said in (YES if example.answer else NO)
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)

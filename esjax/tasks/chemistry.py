@@ -74,4 +74,4 @@ class Chemistry(DataTask):
 
     def reward(self, completion: str, example: Example) -> Reward:
         correct = extract_choice(completion, self.lenient) == example.answer
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)

@@ -159,7 +159,7 @@ class Countdown(DataTask):
         if self.style == "boxed":
             found = _BOXED.findall(completion[-20000:])
             correct = bool(found) and self.check_equation(found[-1].strip(), example.meta["nums"], example.answer)
-            return Reward(float(correct), correct, {"answer": float(correct)})
+            return Reward.binary(correct)
         text = self.score_prefix + completion
         if _FULL.match(text):
             fmt = 1.0

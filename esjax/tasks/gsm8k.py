@@ -73,4 +73,4 @@ class GSM8K(DataTask):
         else:
             got = parse_number(extract_answer(completion))
             correct = got is not None and got == parse_number(example.answer)
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)

@@ -67,4 +67,4 @@ class HellaSwag(DataTask):
     def reward(self, completion: str, example: Example) -> Reward:
         m = re.search(r"[1-4]", completion)
         correct = m is not None and int(m.group()) == example.answer
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)

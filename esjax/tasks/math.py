@@ -180,7 +180,7 @@ class MATH(DataTask):
         else:
             pred = last_boxed(completion[-20000:])
             correct = (paper1_equal if self.reward_mode == "paper1" else equivalent)(pred, example.answer)
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)
 
 
 def _level(row) -> Optional[int]:

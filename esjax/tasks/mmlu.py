@@ -61,4 +61,4 @@ class MMLU(DataTask):
     def reward(self, completion: str, example: Example) -> Reward:
         said = completion.strip()[:1].upper()
         correct = said == example.answer
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)

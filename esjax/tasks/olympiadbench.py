@@ -39,4 +39,4 @@ class OlympiadBench(DataTask):
 
     def reward(self, completion: str, example: Example) -> Reward:
         correct = string_match(completion, example.answer)
-        return Reward(float(correct), correct, {"answer": float(correct)})
+        return Reward.binary(correct)

@@ -9,7 +9,7 @@ Users hold data locally (no downloads at run time). :func:`read_split` reads one
 
 A *split spec* ``"name[a:b]"`` takes rows a..b of split ``name`` in file order: paper 1 carves its train
 and test sets out of one HF split (seeds brief §C.1, §C.5), e.g. ``{"train": "train[0:200]",
-"test": "train[200:2200]"}``. Rows are validated as they are read; a malformed row raises
+"test": "train[200:2200]"}``; ``name`` may also be a file inside the folder (``"countdown.json[-2000:]"``). Rows are validated as they are read; a malformed row raises
 :class:`~esjax.tasks.base.DatasetError` naming the file and row, or, with ``skip_malformed``, is counted
 in ``task.skipped`` (never silently dropped).
 """
@@ -23,11 +23,12 @@ from typing import Dict, List, Optional, Tuple
 
 from esjax.tasks.base import DatasetError, Example, Task, collect_rows, read_records
 
-_SPEC = re.compile(r"^([A-Za-z0-9_\-]+)(?:\[(\d*):(\d*)\])?$")
+_SPEC = re.compile(r"^([A-Za-z0-9_.\-]+)(?:\[(-?\d*):(-?\d*)\])?$")
 
 
 def parse_split(spec: str) -> Tuple[str, Optional[int], Optional[int]]:
-    """``"train[200:2200]"`` → ("train", 200, 2200); ``"test"`` → ("test", None, None)."""
+    """``"train[200:2200]"`` → ("train", 200, 2200); ``"test"`` → ("test", None, None); ``"x.json[-2000:]"``
+    → the last 2,000 rows of the file ``x.json`` inside the task's folder."""
     m = _SPEC.match(spec)
     if not m:
         raise ValueError(f"bad split spec {spec!r}; expected NAME or NAME[start:stop]")
@@ -75,7 +76,7 @@ def _locate(path: str, split: str):
         return ("parquet", [path]) if path.endswith(".parquet") else ("json", path)
     if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(os.path.join(path, "state.json")):
         return "hf", path
-    for cand in (f"{split}.parquet", f"{split}.jsonl", f"{split}.json"):
+    for cand in (split, f"{split}.parquet", f"{split}.jsonl", f"{split}.json"):
         if os.path.isfile(os.path.join(path, cand)):
             return _locate(os.path.join(path, cand), split)
     if os.path.isdir(os.path.join(path, split)):
@@ -140,6 +141,8 @@ class DataTask(Task):
         raise NotImplementedError
 
     def rows(self, split: str) -> List[dict]:
+        if split == "probe" and split not in self.splits:
+            split = "test"  # off-task KL probes: held-out prompts
         if split not in self.splits:
             raise ValueError(f"task {self.name!r} has no split {split!r} (has {sorted(self.splits)})")
         rows, skipped = read_split(self.path, self.splits[split], self.source, self.data_dir, self.tfds_name,

@@ -1,0 +1,45 @@
+"""``paper2``: "ES lead to catastrophic forgetting" (code akshat57/es-catastrophic @565029a), seeds brief
+§A.2, §B.2, §C.1–C.4, §C.7, §D.2.
+
+Qwen2.5-1.5B-Instruct fine-tuned on Countdown only (Llama-3.2-1B-Instruct: ``--set
+model=hf:Llama-3.2-1B-Instruct``), forgetting read off HellaSwag along the run (checkpoints every 50 ES
+iterations). GSM8K / MATH / OlympiadBench runs: ``--set task=gsm8k`` etc. (their "####" prompt and
+exact-string reward are preset below). Text vs code (§J): the reward is 0.1·format + **1.0**·answer
+(code; the text says 0.9: ``--set task_kwargs.answer_weight=0.9``). MMLU (optional flag in the seed):
+``--set eval_tasks=hellaswag,mmlu --set eval_task_kwargs.mmlu.path=mmlu``.
+"""
+HASHMARK = {"reward": "string_match", "order": "file"}
+TASK_KWARGS = {
+    # §C.1: countdown.json (first 200 train) and verl test.parquet (500 rows); Qiu's string as the user message
+    "countdown": {"style": "paper2", "path": "countdown", "order": "file",
+                  "splits": {"train": "countdown.json[0:200]", "test": "test.parquet"},
+                  "format_weight": 0.1, "answer_weight": 1.0},
+    # §C.2–C.4: verl parquet train (200) / test, "####" suffix, exact string match
+    "gsm8k": {"path": "gsm8k", **HASHMARK},
+    "math": {"path": "math", "prompt": "hashmark", **HASHMARK},
+    "olympiadbench": {"path": "olympiadbench", "order": "file"},
+    # §C.7: every 10th validation item (1,005), endings shuffled with seed 42, greedy 10 tokens
+    "hellaswag": {"path": "hellaswag", "stride": 10, "shuffle_seed": 42},
+    # §C.7: 500 random test items, 5-shot from the subject's dev set, argmax over letter log-probs
+    "mmlu": {"path": "mmlu", "shots": 5, "order": "shuffle"},
+}
+PRESET = dict(
+    model="hf:Qwen2.5-1.5B-Instruct",
+    task="countdown", task_kwargs=TASK_KWARGS["countdown"],
+    eval_tasks=("hellaswag",), eval_task_kwargs=TASK_KWARGS,
+    train_pool=200, es_batch=200,  # all 200 training prompts every iteration (§A.2)
+    es_iterations=500,  # --num_iterations 500
+    grpo_steps=500,  # total_epochs 500, one step per epoch; the paper stops at a plateau (§B.2)
+    max_new_tokens=1024, eval_size=500,  # Countdown test 500, greedy 1024 (§D.2)
+    eval_every=50, checkpoint_every=50,  # --save_model_every 50 (§D.2)
+    probe_size=16,
+    es=dict(population_size=30, sigma=1e-3, alpha=5e-4,  # hard-coded (l.841-842)
+            shaping="zscore", antithetic=False, noise="full",
+            member_temperature=0.0),  # temperature 0.0: greedy members
+    grpo=dict(group_size=30,  # rollout.n 30, "to mimic the 30 mutations"
+              prompts_per_step=200, mini_batch_prompts=32,  # train_batch 200, ppo_mini_batch 32 → 7 updates
+              learning_rate=1e-6, lr_schedule="constant", total_steps=500,
+              beta=0.001, kl_estimator="low_var_kl",  # use_kl_loss, kl_loss_coef 0.001, low_var_kl
+              clip_eps=0.2, loss_aggregation="token_mean",  # verl defaults (clip 0.2, token-mean)
+              std_ddof=1, adv_eps=1e-6, weight_decay=0.0, max_grad_norm=1.0, temperature=1.0, top_p=1.0),
+)

@@ -1,0 +1,21 @@
+"""``qiu``: "Evolution Strategies at Scale" (Qiu et al. 2025, VsonicV/es-fine-tuning-paper @523afc8), the
+common ancestor, seeds brief §A.1–A.2, §B.3, §C.1, §G.3.
+
+Countdown with the raw TinyZero string (no chat template, ending ``<think>``), the first 200 items of
+``countdown.json`` for training and the last 2,000 for test (``--eval_offset -2000``); N 30, σ 1e-3,
+α 5e-4, greedy members, 500 iterations, 0.1·format + 1.0·answer. Qiu reports many models; the preset
+names Qwen2.5-1.5B-Instruct (``--set model=hf:...`` for the others). The RL baselines' (β, lr) were
+grid-searched per model (their Table 3, not recovered): the GRPO block is a group-30 starting point.
+"""
+PRESET = dict(
+    model="hf:Qwen2.5-1.5B-Instruct",
+    task="countdown",
+    task_kwargs={"style": "qiu", "path": "countdown", "order": "file",
+                 "splits": {"train": "countdown.json[0:200]", "test": "countdown.json[-2000:]"}},
+    train_pool=200, es_batch=200, es_iterations=500, grpo_steps=500, max_new_tokens=1024, eval_size=2000,
+    eval_every=50, checkpoint_every=50, probe_size=16,
+    es=dict(population_size=30, sigma=1e-3, alpha=5e-4, shaping="zscore", antithetic=False, noise="full",
+            member_temperature=0.0),
+    grpo=dict(group_size=30, prompts_per_step=200, mini_batch_prompts=32, learning_rate=5e-6, total_steps=500,
+              beta=0.0, loss_aggregation="token_mean"),
+)
