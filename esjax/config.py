@@ -37,6 +37,7 @@ class RunConfig:
     es_iterations: int = 100
     grpo_steps: int = 80
     max_new_tokens: int = 0  # 0 = the task's default
+    eval_max_new_tokens: int = 0  # generation budget of the other (eval) tasks; 0 = each task's default
     eval_size: int = 200
     eval_every: int = 0  # 0 = only before and after training
     probe_size: int = 16  # off-task prompts per probe set for KL drift
@@ -49,7 +50,7 @@ class RunConfig:
         for name in ("train_pool", "es_batch", "eval_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens"):
+        for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens", "eval_max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RunConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.es_batch > self.train_pool or self.grpo.prompts_per_step > self.train_pool:

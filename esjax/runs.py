@@ -50,7 +50,7 @@ def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
         ex = task.examples("test", cfg.eval_size, cfg.seed)
         if not ex:
             raise ValueError(f"task {name!r} has no test examples: check its data path and splits ({cfg.kwargs_for(name)})")
-        n_new = (max_new or task.max_new_tokens) if name == cfg.task else task.max_new_tokens
+        n_new = (max_new or task.max_new_tokens) if name == cfg.task else (cfg.eval_max_new_tokens or task.max_new_tokens)
         res = evaluate(params, model.cfg, model.tokenizer, task, ex, n_new)
         out[f"eval/{name}/accuracy"] = res["accuracy"]
         out[f"eval/{name}/reward"] = res["reward"]

@@ -18,7 +18,7 @@ from esjax.runs import run_method
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 LAYOUT = {"countdown-tasks-3to4": "countdown", "hendrycks-math-benchmark": "math_nlile", "sciknoweval": "chemistry",
           "boolq": "boolq", "countdown": "countdown", "hellaswag": "hellaswag"}
-TINY = ["model=tiny-random-llama", "train_pool=4", "es_batch=2", "es_iterations=1", "grpo_steps=1", "max_new_tokens=4",
+TINY = ["model=tiny-random-llama", "train_pool=4", "es_batch=2", "es_iterations=1", "grpo_steps=1", "max_new_tokens=4", "eval_max_new_tokens=4",
         "eval_size=4", "probe_size=2", "checkpoint_every=1", "eval_every=0", "es.population_size=4", "es.sigma=0.05",
         "es.alpha=0.05", "grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.total_steps=1"]
 DATA = {"paper1": ['task_kwargs.splits={"train": "train[0:3]", "test": "train[3:6]"}',

@@ -31,7 +31,7 @@ PRESET = dict(
     es_batch=200,  # batch_size 200 = the whole train set every iteration (§A.2)
     es_iterations=100,  # num_iterations 100 per task (§D.1); ES(300) as an override
     grpo_steps=80,  # ⌊40000/504⌋ = 79 scheduled steps, the loop runs an 80th at lr 0 (§B.1)
-    max_new_tokens=1024,  # max_tokens 1024 for members, rollouts and eval (§A.2, §B.1, §D.1)
+    max_new_tokens=1024, eval_max_new_tokens=1024,  # max_tokens 1024 for members, rollouts and eval (§A.2, §B.1, §D.1)
     eval_size=2000,  # test cap 2,000 (MATH: its split holds 500) (§D.1)
     probe_size=16, checkpoint_every=10,
     es=dict(population_size=30,  # §A.2
