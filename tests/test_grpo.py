@@ -109,6 +109,19 @@ def test_micro_batching_gives_the_same_update():
     assert float(out[0][1]["loss"]) == pytest.approx(float(out[1][1]["loss"]), rel=1e-5)
 
 
+def test_scoring_only_the_completion_gives_the_same_update():
+    """A loss mask over the last L predictions skips the prompt's vocabulary projection, same step."""
+    params = init_params(TINY, jax.random.key(0), 0.3)
+    full = _batch()
+    short = dict(full, loss_mask=full["loss_mask"][:, 5:])  # the prompt ends at position 5
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0)
+    step = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg))
+    (a, ma), (b, mb) = (step(init_state(params, jax.random.key(0), cfg), x, params) for x in (full, short))
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-5) and float(ma["kl"]) == pytest.approx(float(mb["kl"]), rel=1e-5)
+
+
 def test_sharded_step_equals_single_device_step():
     params = init_params(TINY, jax.random.key(0), 0.3)
     cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0)

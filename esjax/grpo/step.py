@@ -8,9 +8,10 @@ accumulated loss identical to the full-batch loss. With ``old_logp`` omitted (on
 as in paper 1) the ratio is exp(logp − stop_grad(logp)) ≡ 1 and the step is on-policy REINFORCE with
 group-normalised advantages.
 
-Batch (B sequences of length T; predictions are for positions 1..T−1):
-    tokens (B, T) int32, attn_mask (B, T) bool, loss_mask (B, T−1) float (1 on completion tokens),
-    advantages (B,), old_logp (B, T−1) optional.
+Batch (B sequences of length T; predictions are for the last L positions, L ≤ T − 1):
+    tokens (B, T) int32, attn_mask (B, T) bool, loss_mask (B, L) float (1 on completion tokens),
+    advantages (B,), old_logp (B, L) optional. L = T − 1 scores every position; L = T − P (P the padded
+    prompt width) skips the vocabulary projection over the prompt, which the loss never reads.
 """
 from __future__ import annotations
 
@@ -124,9 +125,14 @@ def init_state(params, key, cfg: GRPOConfig) -> GRPOState:
     return GRPOState(params, make_optimizer(cfg).init(params), jnp.zeros((), jnp.int32), key)
 
 
+def scored_from(batch: dict) -> int:
+    """First scored position: the loss mask covers the last L of the T − 1 predictions (static)."""
+    return batch["tokens"].shape[1] - batch["loss_mask"].shape[1]
+
+
 def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig):
     """Σ_t w_t ℓ_t over one (micro-)batch, and summed metric numerators."""
-    logp = token_logprobs(params, model_cfg, batch["tokens"], batch["attn_mask"])
+    logp = token_logprobs(params, model_cfg, batch["tokens"], batch["attn_mask"], start=scored_from(batch))
     old = batch.get("old_logp")
     old = jax.lax.stop_gradient(logp) if old is None else old
     eps_high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
@@ -143,7 +149,8 @@ def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOCon
     weights = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
     ref_logp = None
     if ref_params is not None:
-        ref_logp = jax.lax.stop_gradient(token_logprobs(ref_params, model_cfg, batch["tokens"], batch["attn_mask"]))
+        ref_logp = jax.lax.stop_gradient(token_logprobs(ref_params, model_cfg, batch["tokens"], batch["attn_mask"],
+                                                        start=scored_from(batch)))
     B = batch["tokens"].shape[0]
     mb = cfg.micro_batch_size or B
     n_micro = B // mb

@@ -23,7 +23,6 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     tracked otherwise). With a mesh the rollout batch is sharded over all devices."""
     gen = make_generate(model_cfg, max_new_tokens, SamplingConfig(cfg.temperature, 0, cfg.top_p))
     step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg))
-    score_fn = make_token_logprobs(model_cfg)
     if mesh is not None and cfg.batch_size % mesh.size:
         raise ValueError(f"GRPO batch of {cfg.batch_size} sequences (group_size × prompts_per_step) must divide "
                          f"evenly over the {mesh.size} devices of the mesh (or set use_mesh=false)")
@@ -42,10 +41,13 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
         groups = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
         adv = np.asarray(group_advantages(groups, cfg.scale_rewards, cfg.std_ddof, cfg.adv_eps)).reshape(-1)
-        batch = {k: put(v) for k, v in sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths).items()}
+        seq = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
+        P = pb.tokens.shape[1]
+        seq["loss_mask"] = seq["loss_mask"][:, P - 1:]  # completion predictions only: no logits over the prompt
+        batch = {k: put(v) for k, v in seq.items()}
         batch["advantages"] = put(adv.astype(np.float32))
         if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
-            batch["old_logp"] = score_fn(state.params, batch["tokens"], batch["attn_mask"])
+            batch["old_logp"] = make_token_logprobs(model_cfg, P)(state.params, batch["tokens"], batch["attn_mask"])
         t2 = time.perf_counter()
         mb = (cfg.mini_batch_prompts or cfg.prompts_per_step) * cfg.group_size
         ms = []

@@ -200,7 +200,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             cache: Optional[KVCache] = None, delta: Optional[dict] = None, fresh_cache: bool = False,
-            last_only: bool = False):
+            last_only: bool = False, logits_from: int = 0):
     """Logits of the next token at every position.
 
     tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
@@ -208,8 +208,9 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
     With a cache they are written at slots [cache.length, cache.length + T) and attend to every valid
     earlier slot (prefill and decode); ``fresh_cache=True`` (static) says the cache is still empty, so
     the prefill skips reading it. ``last_only`` computes logits for the last position only (prefill
-    needs no others: the vocabulary projection is ~20 % of a 135M model's FLOPs).
-    Returns (logits (B, T or 1, V) float32, new cache or None).
+    needs no others: the vocabulary projection is ~20 % of a 135M model's FLOPs); ``logits_from`` (static)
+    computes them for positions [logits_from, T) only (a learner needs no logits over the prompt).
+    Returns (logits (B, T − logits_from or 1, V) float32, new cache or None).
     """
     delta = delta or {}
     dt = cfg.dtype
@@ -231,8 +232,7 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             vs.append(jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, 0, at, 0)))
         cache = KVCache(tuple(ks), tuple(vs), jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at)), at + T)
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
-    if last_only:
-        x = x[:, -1:]
+    x = x[:, -1:] if last_only else x[:, logits_from:]
     if cfg.tie_embeddings:
         logits = tied_logits(x, params["embed"], delta.get("embed"))
     else:
@@ -246,13 +246,14 @@ def positions_from_mask(mask):
 
 
 @functools.lru_cache(maxsize=None)
-def make_token_logprobs(cfg: ModelConfig):
+def make_token_logprobs(cfg: ModelConfig, start: int = 1):
     """A jitted ``(params, tokens, mask) -> token_logprobs`` for ``cfg`` (one compiled scorer per config)."""
-    return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask))
+    return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask, start=start))
 
 
-def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None):
-    """log π(tokens[:, t] | tokens[:, :t]) for t ≥ 1. tokens, mask: (B, T) → (B, T-1) float32."""
-    logits, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta)
+def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1):
+    """log π(tokens[:, t] | tokens[:, :t]) for start ≤ t < T. tokens, mask: (B, T) → (B, T − start) float32.
+    ``start`` (static, ≥ 1) skips the vocabulary projection over earlier positions (e.g. the prompt)."""
+    logits, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta, logits_from=start - 1)
     logp = jax.nn.log_softmax(logits[:, :-1], -1)
-    return jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    return jnp.take_along_axis(logp, tokens[:, start:, None], -1)[..., 0]
