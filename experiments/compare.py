@@ -24,13 +24,20 @@ def main(argv=None):
     t0 = time.perf_counter()
     model = load_model(cfg.model_spec(), seed=cfg.seed)
     base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
-    summaries = {m: run_method(cfg, m, out, model, progress=not args.no_progress, base_eval=base_eval)
-                 for m in ("es", "grpo")}
+    phases = {"load_and_base_eval": time.perf_counter() - t0}
+    summaries = {}
+    for m in ("es", "grpo"):
+        t1 = time.perf_counter()
+        summaries[m] = run_method(cfg, m, out, model, progress=not args.no_progress, base_eval=base_eval)
+        phases[f"train_{m}"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     res = analyze(out, cfg, model, n_interp=args.interp_points, n_eval=args.eval_size)
+    phases["analysis"] = time.perf_counter() - t1
     path = write_report(out, res)
     n = res["norms"]
     acc = {m: (summaries[m]["before"][f"eval/{cfg.task}/accuracy"], summaries[m]["after"][f"eval/{cfg.task}/accuracy"])
            for m in summaries}
+    print("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     print(f"done in {time.perf_counter() - t0:.0f}s — {cfg.task} accuracy ES {acc['es'][0]:.3f}→{acc['es'][1]:.3f}, "
           f"GRPO {acc['grpo'][0]:.3f}→{acc['grpo'][1]:.3f}; ‖Δ‖ ES {n['es']['once']:.3g} vs GRPO {n['grpo']['once']:.3g} "
           f"({n['ratio_es_over_grpo']:.3g}×), cos {res['cosine']['global']:.2g}; report: {path}")
