@@ -21,14 +21,13 @@ import jax
 import numpy as np
 
 from esjax.models.config import DTYPES
+from esjax.models.decoder import param_shapes
 
 
 def matrix_dims(model_cfg):
-    """Σ (n_in + n_out) over the perturbed matrices (low-rank noise size per rank)."""
-    c = model_cfg
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    per_layer = (c.hidden_size + q) * 2 + (c.hidden_size + kv) * 2 + (c.hidden_size + c.intermediate_size) * 3
-    return c.num_layers * per_layer + c.vocab_size + c.hidden_size
+    """Σ (n_in + n_out) over the model's matrices (low-rank noise size per rank)."""
+    shapes = jax.tree.leaves(param_shapes(model_cfg), is_leaf=lambda s: isinstance(s, tuple))
+    return sum(sum(s) for s in shapes if len(s) == 2)
 
 
 def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1) -> dict:

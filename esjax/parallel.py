@@ -52,7 +52,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P((POP, DATA)))
 
 
-
 def put_global(tree, sharding: NamedSharding):
     """Host values that are identical on every process → arrays laid out by ``sharding`` over the global
     mesh (``jax.device_put`` alone only reaches this process's devices). Typed PRNG keys included."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import forward, init_cache
+from esjax.models.decoder import forward, init_cache, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
     cache = init_cache(cfg, B, P + max_new_tokens)
     prompt_len = mask.sum(1).astype(jnp.int32)
-    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), 1) - 1, 0)
+    positions = positions_from_mask(mask)
     logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta, fresh_cache=True,
                             last_only=True)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
@@ -145,8 +145,6 @@ def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfi
 
 def generate_reference(params, cfg: ModelConfig, tokens, mask, max_new_tokens: int):
     """Greedy generation by full re-forward of the growing sequence (no cache): the test oracle."""
-    from esjax.models.decoder import positions_from_mask
-
     tokens, mask = np.asarray(tokens), np.asarray(mask)
     done = np.zeros(tokens.shape[0], bool)
     outs = []

@@ -29,9 +29,8 @@ def main(argv=None):
     _, t_ours = timed(lambda: gen(model.params, toks, mask, jax.random.key(0)).tokens)
     ours = args.batch * args.new / t_ours
 
-    from esjax.models.decoder import forward
-    prefill = jax.jit(lambda p, t, m: forward(p, cfg, t, jax.numpy.maximum(jax.numpy.cumsum(m, 1) - 1, 0), m,
-                                               last_only=True)[0])
+    from esjax.models.decoder import forward, positions_from_mask
+    prefill = jax.jit(lambda p, t, m: forward(p, cfg, t, positions_from_mask(m), m, last_only=True)[0])
     _, t_pre = timed(prefill, model.params, toks, mask)
     table = cfg.vocab_size * cfg.hidden_size  # the input embedding is a lookup, the head runs on the last position
     flops = 2 * (cfg.param_count() - table) * toks.size + 2 * table * toks.shape[0]

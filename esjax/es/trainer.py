@@ -30,7 +30,6 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     chunk = auto_chunk_size(sum(x.size for x in jax.tree.leaves(base_params)), cfg, batch_size) if base_params is not None else (cfg.chunk_size or 1)
     pop = population_fn(lm_evaluator(model_cfg, max_new_tokens, cfg), cfg, chunk, mesh)
     update = jax.jit(functools.partial(es_update, cfg=cfg))
-    score_base = make_token_logprobs(model_cfg)
     members = member_ids(cfg.population_size, shards)
     N = cfg.population_size
 
@@ -48,7 +47,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
             B = pb.tokens.shape[0]
             seq = sequence_batch(np.tile(pb.tokens, (N, 1)), np.tile(pb.mask, (N, 1)),
                                  gen.tokens.reshape(N * B, -1), gen.lengths.reshape(-1))
-            base = np.asarray(score_base(base_params, seq["tokens"], seq["attn_mask"]))[:, -gen.tokens.shape[-1]:]
+            score_completion = make_token_logprobs(model_cfg, pb.tokens.shape[1])  # no logits over the prompt
+            base = np.asarray(score_completion(base_params, seq["tokens"], seq["attn_mask"]))
             lens = np.maximum(gen.lengths, 1)
             kl = ((gen.logprobs - base.reshape(gen.logprobs.shape)) * (np.arange(base.shape[-1]) < gen.lengths[..., None])).sum(-1) / lens
             metrics["member_kl"] = float(kl.mean())

@@ -33,7 +33,6 @@ from esjax.models.config import DTYPES, ModelConfig
 from esjax.models.delta import apply_dense, embed_lookup, linear, tied_logits
 
 
-
 def param_shapes(cfg: ModelConfig) -> dict:
     """Shapes of every parameter leaf for ``cfg`` (the contract loaders are checked against)."""
     D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
