@@ -17,6 +17,7 @@ import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_FLAT_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,13 @@ def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> List[L
         ids = tokenizer(text + task.assistant_prefix, add_special_tokens=not task.chat_template)["input_ids"]
         out.append(ids)
     return out
+
+
+def last_flat_boxed(text: str) -> Optional[str]:
+    r"""Content of the last ``\boxed{...}`` matched as paper 1's extractors do, ``\boxed\{([^}]*)\}``: no
+    nested braces (brace-matched extraction is :func:`esjax.tasks.math.last_boxed`)."""
+    found = _FLAT_BOXED.findall(text[-20000:])
+    return found[-1] if found else None
 
 
 def last_number(text: str) -> Optional[str]:

@@ -7,18 +7,16 @@ correct, right} for a True gold and in {no, false, 0, incorrect, wrong} for a Fa
 """
 from __future__ import annotations
 
-import re
 import string
 from typing import Optional
 
-from esjax.tasks.base import Example, Reward, register
+from esjax.tasks.base import Example, Reward, last_flat_boxed, register
 from esjax.tasks.sources import DataTask
 
 SYSTEM = ("You are a reading assistant. Answer yes or no based on the passage.\n\nPlease reason step by step, "
           "and put your final answer within \\boxed{}.")
 YES = frozenset({"yes", "true", "1", "correct", "right"})
 NO = frozenset({"no", "false", "0", "incorrect", "wrong"})
-_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
 @register("boolq")
@@ -44,7 +42,7 @@ class BoolQ(DataTask):
         return f"Passage: {example.meta['passage']}\n\nQuestion: {example.question}"
 
     def reward(self, completion: str, example: Example) -> Reward:
-        found = _BOXED.findall(completion[-20000:])
-        said = found[-1].lower().translate(str.maketrans("", "", string.punctuation)).strip() if found else None
+        boxed = last_flat_boxed(completion)
+        said = boxed.lower().translate(str.maketrans("", "", string.punctuation)).strip() if boxed is not None else None
         correct = said in (YES if example.answer else NO)
         return Reward.binary(correct)

@@ -31,7 +31,7 @@ from collections import Counter
 from fractions import Fraction
 from typing import List, Optional, Tuple
 
-from esjax.tasks.base import Example, Reward, register
+from esjax.tasks.base import Example, Reward, last_flat_boxed, register
 from esjax.tasks.safe_arith import evaluate, integers_in
 from esjax.tasks.sources import DataTask
 
@@ -47,7 +47,6 @@ BOXED_SYSTEM = ("You are a math assistant. Using the given numbers, create an ar
                 "by step, and put your final answer within \\boxed{}.")
 BOXED_USER = "Numbers: {nums}\nTarget: {target}"
 STYLES = ("esjax", "paper2", "qiu", "boxed")
-_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 _FULL = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _OPS = ("+", "-", "*", "/")
@@ -105,11 +104,11 @@ class Countdown(DataTask):
         self.assistant_prefix = "<think>" if style == "esjax" else ""
         self.score_prefix = "" if style == "boxed" else "<think>"
         self.chat_template = style != "qiu"
-        if path is not None or source.get("source") == "tfds":
+        self.from_data = path is not None or source.get("source") == "tfds"  # else generated procedurally
+        if self.from_data:
             super().__init__(path, **source)
         elif source:
             raise ValueError(f"countdown data options {sorted(source)} need path=")
-        self.path = path
         if not 2 <= min_numbers <= max_numbers <= 6:
             raise ValueError(f"need 2 <= min_numbers <= max_numbers <= 6, got {min_numbers}, {max_numbers}")
         if max_value < 1 or target_range[0] > target_range[1]:
@@ -135,7 +134,7 @@ class Countdown(DataTask):
         return QIU_TEXT.format(nums="[" + " ".join(map(str, nums)) + "]", target=target)
 
     def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
-        if self.path is not None or getattr(self, "source", None) == "tfds":
+        if self.from_data:
             return super().examples(split, n, seed)
         rng = random.Random(f"countdown/{split}/{seed}")
         out = []
@@ -157,8 +156,8 @@ class Countdown(DataTask):
 
     def reward(self, completion: str, example: Example) -> Reward:
         if self.style == "boxed":
-            found = _BOXED.findall(completion[-20000:])
-            correct = bool(found) and self.check_equation(found[-1].strip(), example.meta["nums"], example.answer)
+            boxed = last_flat_boxed(completion)
+            correct = boxed is not None and self.check_equation(boxed.strip(), example.meta["nums"], example.answer)
             return Reward.binary(correct)
         text = self.score_prefix + completion
         if _FULL.match(text):

@@ -133,6 +133,7 @@ class DataTask(Task):
             parse_split(spec)
         self.path, self.source, self.data_dir, self.order, self.skip_malformed = path, source, data_dir, order, skip_malformed
         self.skipped: List[str] = []
+        self._rows: Dict[str, List[dict]] = {}  # split → validated rows, read once per task instance
 
     def validate(self, row: dict) -> None:
         raise NotImplementedError
@@ -145,10 +146,11 @@ class DataTask(Task):
             split = "test"  # off-task KL probes: held-out prompts
         if split not in self.splits:
             raise ValueError(f"task {self.name!r} has no split {split!r} (has {sorted(self.splits)})")
-        rows, skipped = read_split(self.path, self.splits[split], self.source, self.data_dir, self.tfds_name,
-                                   self.validate, self.skip_malformed)
-        self.skipped += skipped
-        return rows
+        if split not in self._rows:
+            self._rows[split], skipped = read_split(self.path, self.splits[split], self.source, self.data_dir,
+                                                    self.tfds_name, self.validate, self.skip_malformed)
+            self.skipped += skipped
+        return self._rows[split]
 
     def select(self, rows: List[dict], split: str, n: int, seed: int) -> List[int]:
         order = list(range(len(rows)))
