@@ -40,8 +40,6 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
     choices = task.choice_letters
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
-    else:
-        gen = make_generate(model_cfg, max_new_tokens)
     rewards, correct, lengths = [], [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
@@ -50,7 +48,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
-            out = gen(params, pb.tokens, pb.mask, jax.random.key(0))
+            out = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len)(params, pb.tokens, pb.mask,
+                                                                                   jax.random.key(0))
             texts, n_tokens = decode(tokenizer, out.tokens, out.lengths), np.asarray(out.lengths)
         r, c = score(task, texts, chunk)
         rewards.append(r)

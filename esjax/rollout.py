@@ -7,24 +7,27 @@ from typing import List, Sequence
 
 import numpy as np
 
-from esjax.sampling import pad_prompts
+from esjax.sampling import pad_prompts, shared_prefix_len
 from esjax.tasks.base import Example, Task, encode_prompts
 
 
 @dataclasses.dataclass
 class PromptBatch:
     examples: List[Example]
-    tokens: np.ndarray  # (B, P) int32, left padded
+    tokens: np.ndarray  # (B, P) int32: [shared prefix | left-padded suffixes]
     mask: np.ndarray  # (B, P) bool
+    prefix_len: int = 0  # columns [0, prefix_len) are one prefix shared by every row (prefilled once)
 
 
 def prompt_batch(tokenizer, task: Task, examples: Sequence[Example], pad_id: int, repeat: int = 1,
-                 multiple: int = 16) -> PromptBatch:
-    """Chat-templated, left-padded prompts; ``repeat`` copies each prompt consecutively (GRPO groups)."""
+                 multiple: int = 8, share_prefix: bool = True) -> PromptBatch:
+    """Chat-templated prompts, their common prefix (multiple of ``multiple`` tokens) kept shared unless
+    ``share_prefix`` is False, the rest left padded; ``repeat`` copies each prompt consecutively (GRPO groups)."""
     ids = encode_prompts(tokenizer, task, examples)
     ids = [p for p in ids for _ in range(repeat)]
-    tokens, mask = pad_prompts(ids, pad_id, multiple)
-    return PromptBatch([e for e in examples for _ in range(repeat)], tokens, mask)
+    prefix = shared_prefix_len(ids, multiple) if share_prefix else 0
+    tokens, mask = pad_prompts(ids, pad_id, multiple, prefix_len=prefix)
+    return PromptBatch([e for e in examples for _ in range(repeat)], tokens, mask, prefix)
 
 
 def decode(tokenizer, tokens, lengths) -> List[str]:

@@ -1,7 +1,9 @@
 """Batched autoregressive generation: jit-compiled prefill + ``lax.while_loop`` decode with a KV cache.
 
 Prompts are left padded to a bucketed length (so repeated calls with similar prompts reuse the compiled
-program). Each row stops at its first EOS; the loop ends when every row has stopped or after
+program). Prompts that start alike (a chat template's system turn, a task's instructions) can share their
+common prefix: the layout is then [prefix | left-padded suffixes], the prefix is prefilled once (batch 1)
+and its keys/values broadcast to every row — vLLM's prefix caching, which the seeds' ES code relies on. Each row stops at its first EOS; the loop ends when every row has stopped or after
 ``max_new_tokens``. Decoding is greedy (temperature 0) or sampled from softmax(logits / T) restricted to
 the top-k tokens and the top-p nucleus, from an explicit PRNG key.
 
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import forward, init_cache, positions_from_mask
+from esjax.models.decoder import forward, init_cache, positions_from_mask, shared_prefix_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,19 +57,42 @@ def bucket(n: int, multiple: int = 16) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 16, length: Optional[int] = None):
-    """Left-pad token lists to a bucketed length → (tokens (B, P) int32, mask (B, P) bool) numpy."""
-    longest = max(len(p) for p in prompts)
+def shared_prefix_len(prompts: Sequence[Sequence[int]], multiple: int = 8) -> int:
+    """Length of the prefix every prompt shares, rounded down to ``multiple`` (a stable static shape
+    across batches) and leaving each prompt at least one token of its own (its last token's logits
+    start the generation)."""
+    n = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    for p in prompts[1:]:
+        n = min(n, next((i for i, (a, b) in enumerate(zip(first, p)) if a != b), n))
+    return max(0, n) // multiple * multiple
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 16, length: Optional[int] = None,
+                prefix_len: int = 0):
+    """Left-pad token lists to a bucketed length → (tokens (B, P) int32, mask (B, P) bool) numpy.
+
+    With ``prefix_len`` > 0 (see :func:`shared_prefix_len`) the first ``prefix_len`` tokens, identical in
+    every prompt, stay in columns [0, prefix_len) and only the rest is left padded: the padding sits
+    between prefix and suffix, which the mask and :func:`positions_from_mask` handle like left padding."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt")
-    P = length or bucket(longest, multiple)
+    if prefix_len and any(list(p[:prefix_len]) != list(prompts[0][:prefix_len]) or len(p) <= prefix_len
+                          for p in prompts):
+        raise ValueError(f"the prompts do not share a prefix of {prefix_len} tokens followed by at least one more")
+    longest = max(len(p) for p in prompts) - prefix_len
+    P = (length - prefix_len) if length else bucket(longest, multiple)
     if longest > P:
-        raise ValueError(f"prompt of {longest} tokens exceeds the padded length {P}")
-    tokens = np.full((len(prompts), P), pad_id, np.int32)
-    mask = np.zeros((len(prompts), P), bool)
+        raise ValueError(f"prompt of {longest + prefix_len} tokens exceeds the padded length {P + prefix_len}")
+    W = prefix_len + P
+    tokens = np.full((len(prompts), W), pad_id, np.int32)
+    mask = np.zeros((len(prompts), W), bool)
+    tokens[:, :prefix_len] = np.asarray(prompts[0][:prefix_len], np.int32)
+    mask[:, :prefix_len] = True
     for i, p in enumerate(prompts):
-        tokens[i, P - len(p):] = p
-        mask[i, P - len(p):] = True
+        start = W - (len(p) - prefix_len)
+        tokens[i, start:] = p[prefix_len:]
+        mask[i, start:] = True
     return tokens, mask
 
 
@@ -90,25 +115,38 @@ def sample_logits(logits, key, sampling: SamplingConfig):
     return jax.random.categorical(key, logits, -1).astype(jnp.int32)
 
 
+def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefix_len: int = 0):
+    """Fill a fresh KV cache of ``size`` slots with the prompts; returns (last-position logits (B, V), cache).
+    A shared prefix (first ``prefix_len`` columns, static) runs once at batch 1 and is broadcast."""
+    positions = positions_from_mask(mask)
+    if prefix_len:
+        cache = shared_prefix_cache(params, cfg, tokens, positions, mask, size, prefix_len, delta)
+        s = slice(prefix_len, None)
+        tokens, positions, mask = tokens[:, s], positions[:, s], mask[:, s]
+    else:
+        cache = init_cache(cfg, tokens.shape[0], size)
+    logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta,
+                            fresh_cache=not prefix_len, last_only=True)
+    return logits[:, -1], cache
+
+
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
-             sampling: SamplingConfig = GREEDY, delta=None) -> Generation:
+             sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
 
     Pure and traceable: ``jax.jit``/``vmap`` it (see :func:`make_generate`). ``delta`` perturbs the
-    weights inside every matmul (low-rank ES members)."""
+    weights inside every matmul (low-rank ES members); ``prefix_len`` (static) is the length of a prefix
+    shared by every row (the layout of ``pad_prompts(..., prefix_len=...)``), prefilled once."""
     B, P = tokens.shape
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {P} + {max_new_tokens} new tokens exceeds the model context "
                          f"of {cfg.max_position_embeddings}")
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
-    cache = init_cache(cfg, B, P + max_new_tokens)
     prompt_len = mask.sum(1).astype(jnp.int32)
-    positions = positions_from_mask(mask)
-    logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta, fresh_cache=True,
-                            last_only=True)
+    last, cache = prefill(params, cfg, tokens, mask, P + max_new_tokens, delta, prefix_len)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
     logps = jnp.zeros((B, max_new_tokens), jnp.float32)
-    state = (jnp.int32(0), cache, logits[:, -1], out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
+    state = (jnp.int32(0), cache, last, out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
 
     def cond(s):
         t, _, _, _, _, done, _, _ = s
@@ -133,12 +171,12 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
 
 
 @functools.lru_cache(maxsize=None)
-def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY):
+def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0):
     """A jitted ``(params, tokens, mask, key, delta=None) -> Generation`` for fixed static settings."""
 
     @jax.jit
     def fn(params, tokens, mask, key, delta=None):
-        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta)
+        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len)
 
     return fn
 

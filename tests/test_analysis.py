@@ -54,6 +54,9 @@ def test_barrier_on_a_constructed_1d_loss():
     assert lmc.barrier(lams, vals) == pytest.approx(1.0)
     flat = lambda p: 2.0 + float(p["t"])  # noqa: E731  linear: no barrier
     assert lmc.barrier(*lmc.interpolation_curve(flat, a, b, 5)) == pytest.approx(0.0, abs=1e-12)
+    seen = []  # known endpoint scores are not re-evaluated
+    _, vals = lmc.interpolation_curve(lambda p: seen.append(float(p["t"])) or 0.0, a, b, 5, ends=(7.0, 9.0))
+    assert seen == [0.25, 0.5, 0.75] and vals[0] == 7.0 and vals[-1] == 9.0
 
 
 def test_direction_probe_and_random_direction_are_unit():

@@ -98,6 +98,37 @@ def test_cached_generation_equals_full_reforward(arch):
     lengths = np.asarray(out.lengths)
     for row, n in zip(np.asarray(out.tokens), lengths):  # everything after a row's EOS is padding
         assert (row[n:] == cfg.pad_token_id).all()
+
+
+def test_shared_prefix_generation_equals_left_padded():
+    """[prefix | left-padded suffixes], prefix prefilled once at batch 1 and broadcast, gives the same
+    tokens and log-probs as plain left padding; also for a low-rank member delta and under vmap."""
+    from esjax.es.noise import lowrank_noise
+    from esjax.sampling import shared_prefix_len
+
+    cfg = ModelConfig(arch="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, eos_token_ids=(3,), pad_token_id=0)
+    params = init_params(cfg, jax.random.key(1), 0.3)
+    rng = np.random.default_rng(0)
+    system = list(rng.integers(4, 64, 19))
+    prompts = [system + list(rng.integers(4, 64, n)) for n in (1, 6, 11)]
+    assert shared_prefix_len(prompts, 8) == 16 and shared_prefix_len(prompts, 1) == 19
+    assert shared_prefix_len([system, system + [5]], 1) == 18  # every row keeps a token of its own
+    plain = pad_prompts(prompts, 0, 8)
+    shared = pad_prompts(prompts, 0, 8, prefix_len=16)
+    assert shared[0].shape == (3, 16 + 16) and shared[1][:, :16].all() and not shared[1][0, 16:28].any() and shared[1][0, 28:].all()
+    for sampling in (SamplingConfig(), SamplingConfig(temperature=1.0)):
+        a = make_generate(cfg, 10, sampling)(params, *plain, jax.random.key(2))
+        b = make_generate(cfg, 10, sampling, 16)(params, *shared, jax.random.key(2))
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
+    from esjax.sampling import generate
+    deltas = jax.vmap(lambda k: lowrank_noise(params, k, 2, 0.05))(jax.random.split(jax.random.key(3), 2))
+    run = lambda p, pl: jax.vmap(lambda d: generate(params, cfg, *p, jax.random.key(0), 10, delta=d,  # noqa: E731
+                                                    prefix_len=pl).tokens)(deltas)
+    np.testing.assert_array_equal(np.asarray(run(plain, 0)), np.asarray(run(shared, 16)))
+    with pytest.raises(ValueError, match="share a prefix"):
+        pad_prompts([system, [1] + system], 0, prefix_len=8)
         assert n == 12 or row[n - 1] == 3
 
 

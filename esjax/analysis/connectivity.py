@@ -6,7 +6,7 @@ is higher-is-better (accuracy, reward); B ≤ 0 means no barrier. Direction prob
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,12 @@ def interpolate(a, b, lam: float):
     return jax.tree.map(lambda x, y: ((1 - lam) * x.astype(jnp.float32) + lam * y.astype(jnp.float32)).astype(x.dtype), a, b)
 
 
-def interpolation_curve(score: Callable, a, b, n_points: int = 11):
-    """(λs, scores) along the straight line from a (λ = 0) to b (λ = 1)."""
+def interpolation_curve(score: Callable, a, b, n_points: int = 11, ends: Optional[Tuple[float, float]] = None):
+    """(λs, scores) along the straight line from a (λ = 0) to b (λ = 1); ``ends`` = (score(a), score(b))
+    when already known (paths sharing endpoints evaluate each endpoint once)."""
     lams = np.linspace(0.0, 1.0, n_points)
-    return lams, np.array([score(interpolate(a, b, float(l))) for l in lams])
+    fa, fb = ends if ends is not None else (score(a), score(b))
+    return lams, np.array([fa, *[score(interpolate(a, b, float(l))) for l in lams[1:-1]], fb])
 
 
 def barrier(lams, values) -> float:

@@ -10,30 +10,31 @@ KL(π_ft ‖ π_base); each returns per-prompt values and their mean:
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.models.decoder import forward, positions_from_mask
+from esjax.models.decoder import logits_from
 from esjax.rollout import prompt_batch, sequence_batch
 from esjax.sampling import GREEDY, SamplingConfig, make_generate
 
 ESTIMATORS = ("sampled_token_k1", "greedy_sequence_sum", "sampled_token_exact")
 
 
-def _logits(params, cfg, tokens, mask):
-    return forward(params, cfg, tokens, positions_from_mask(mask), mask)[0]
-
-
-def make_scorer(cfg):
-    """jit: (ft, base, tokens, attn, loss_mask) → per-sequence (k1 sum, exact-KL sum, token count)."""
+@functools.lru_cache(maxsize=None)
+def make_scorer(cfg, prefix_len: int = 0):
+    """jit: (ft, base, tokens (B, T), attn (B, T), loss_mask (B, L)) → per-sequence (k1 sum, exact-KL sum,
+    token count) over the predictions of the last L tokens (logits only there; L = T − 1 scores all);
+    the first ``prefix_len`` columns are one prefix shared by every row (run once)."""
     @jax.jit
     def score(ft, base, tokens, attn, loss_mask):
-        lf = jax.nn.log_softmax(_logits(ft, cfg, tokens, attn)[:, :-1], -1)
-        lb = jax.nn.log_softmax(_logits(base, cfg, tokens, attn)[:, :-1], -1)
-        tgt = tokens[:, 1:, None]
+        first = tokens.shape[1] - 1 - loss_mask.shape[1]
+        lf, lb = (jax.nn.log_softmax(logits_from(p, cfg, tokens, attn, first, prefix_len)[:, :-1], -1)
+                  for p in (ft, base))
+        tgt = tokens[:, first + 1:, None]
         k1 = (jnp.take_along_axis(lf, tgt, -1) - jnp.take_along_axis(lb, tgt, -1))[..., 0]
         exact = jnp.sum(jnp.exp(lf) * (lf - lb), -1)
         return (k1 * loss_mask).sum(1), (exact * loss_mask).sum(1), loss_mask.sum(1)
@@ -44,16 +45,17 @@ def make_scorer(cfg):
 def kl_drift(ft, base, model_cfg, tokenizer, task, examples, max_new_tokens: int, key, batch_size: int = 32,
              estimators: Sequence[str] = ESTIMATORS) -> Dict[str, float]:
     """{estimator: mean over prompts} of KL(π_ft ‖ π_base) on ``task``'s prompts for ``examples``."""
-    score = make_scorer(model_cfg)
-    sample = make_generate(model_cfg, max_new_tokens, SamplingConfig(temperature=1.0))
-    greedy = make_generate(model_cfg, max_new_tokens, GREEDY)
     acc = {e: [] for e in estimators}
     for i in range(0, len(examples), batch_size):
         pb = prompt_batch(tokenizer, task, examples[i:i + batch_size], model_cfg.pad_token_id)
+        sample = make_generate(model_cfg, max_new_tokens, SamplingConfig(temperature=1.0), pb.prefix_len)
+        greedy = make_generate(model_cfg, max_new_tokens, GREEDY, pb.prefix_len)
+        score = make_scorer(model_cfg, pb.prefix_len)
+        completion = pb.tokens.shape[1] - 1  # loss-mask columns before this one cover the prompt
         if {"sampled_token_k1", "sampled_token_exact"} & set(estimators):
             out = sample(ft, pb.tokens, pb.mask, jax.random.fold_in(key, i))
             b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
-            k1, exact, n = (np.asarray(x) for x in score(ft, base, b["tokens"], b["attn_mask"], b["loss_mask"]))
+            k1, exact, n = (np.asarray(x) for x in score(ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:]))
             n = np.maximum(n, 1)
             if "sampled_token_k1" in estimators:
                 acc["sampled_token_k1"].extend(k1 / n)
@@ -62,7 +64,7 @@ def kl_drift(ft, base, model_cfg, tokenizer, task, examples, max_new_tokens: int
         if "greedy_sequence_sum" in estimators:
             out = greedy(ft, pb.tokens, pb.mask, jax.random.key(0))
             b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
-            k1, _, _ = score(ft, base, b["tokens"], b["attn_mask"], b["loss_mask"])
+            k1, _, _ = score(ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:])
             acc["greedy_sequence_sum"].extend(np.asarray(k1))
     return {e: float(np.mean(v)) for e, v in acc.items()}
 

@@ -78,17 +78,19 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     # Linear mode connectivity and direction probes, scored by accuracy (and reward) on the task
     test = task.examples("test", n_eval, cfg.seed)
     score = lambda p: evaluate(p, model.cfg, model.tokenizer, task, test, max_new)["accuracy"]  # noqa: E731
+    points = {"base": base, "es": es, "grpo": grpo}
+    ends = {name: score(p) for name, p in points.items()}  # each endpoint scored once
     curves = {}
-    for name, (a, b) in {"es_to_grpo": (es, grpo), "base_to_es": (base, es), "base_to_grpo": (base, grpo)}.items():
-        lams, vals = lmc.interpolation_curve(score, a, b, n_interp)
+    for name in ("es_to_grpo", "base_to_es", "base_to_grpo"):
+        a, b = name.split("_to_")
+        lams, vals = lmc.interpolation_curve(score, points[a], points[b], n_interp, (ends[a], ends[b]))
         curves[name] = {"lambda": lams.tolist(), "accuracy": vals.tolist(), "barrier": lmc.barrier(lams, vals)}
     res["interpolation"] = curves
     t_max = max(norms["es"]["once"], norms["grpo"]["once"])
     ts = np.linspace(0, t_max, 4)[1:]
-    at_base = curves["base_to_es"]["accuracy"][0]
     rand = lmc.random_direction(base, jax.random.fold_in(key, 99))
     res["direction_probes"] = {"t": [0.0, *ts.tolist()], **{
-        name: [at_base, *lmc.direction_probe(score, base, d, ts).tolist()]
+        name: [ends["base"], *lmc.direction_probe(score, base, d, ts).tolist()]
         for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}
 
     # Theory vs measured

@@ -28,7 +28,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     shards = 1 if mesh is None else mesh.shape[POP]
     chunk = auto_chunk_size(sum(x.size for x in jax.tree.leaves(base_params)), cfg, batch_size) if base_params is not None else (cfg.chunk_size or 1)
-    pop = population_fn(lm_evaluator(model_cfg, max_new_tokens, cfg), cfg, chunk, mesh)
+    population = functools.lru_cache(maxsize=None)(  # one compiled population per shared-prefix length
+        lambda prefix_len: population_fn(lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len), cfg, chunk, mesh))
     update = jax.jit(functools.partial(es_update, cfg=cfg))
     members = member_ids(cfg.population_size, shards)
     N = cfg.population_size
@@ -36,6 +37,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
+        pop = population(pb.prefix_len)
         gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
         t1 = time.perf_counter()
         texts = decode(tokenizer, gen.tokens, gen.lengths)
@@ -47,7 +49,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
             B = pb.tokens.shape[0]
             seq = sequence_batch(np.tile(pb.tokens, (N, 1)), np.tile(pb.mask, (N, 1)),
                                  gen.tokens.reshape(N * B, -1), gen.lengths.reshape(-1))
-            score_completion = make_token_logprobs(model_cfg, pb.tokens.shape[1])  # no logits over the prompt
+            score_completion = make_token_logprobs(model_cfg, pb.tokens.shape[1], pb.prefix_len)  # completion only
             base = np.asarray(score_completion(base_params, seq["tokens"], seq["attn_mask"]))
             lens = np.maximum(gen.lengths, 1)
             kl = ((gen.logprobs - base.reshape(gen.logprobs.shape)) * (np.arange(base.shape[-1]) < gen.lengths[..., None])).sum(-1) / lens

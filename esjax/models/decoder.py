@@ -244,15 +244,42 @@ def positions_from_mask(mask):
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
+def shared_prefix_cache(params, cfg: ModelConfig, tokens, positions, mask, size: int, prefix_len: int, delta=None):
+    """A KV cache of ``size`` slots holding columns [0, prefix_len) of (B, T) ``tokens`` — one prefix
+    shared by every row — computed once at batch 1 and broadcast to the B rows (prefix caching)."""
+    s = slice(0, prefix_len)
+    _, c = forward(params, cfg, tokens[:1, s], positions[:1, s], mask[:1, s], cache=init_cache(cfg, 1, size),
+                   delta=delta, fresh_cache=True, last_only=True)
+    every = lambda x: jnp.broadcast_to(x, (tokens.shape[0], *x.shape[1:]))  # noqa: E731
+    return KVCache(tuple(map(every, c.k)), tuple(map(every, c.v)), every(c.valid), c.length)
+
+
 @functools.lru_cache(maxsize=None)
-def make_token_logprobs(cfg: ModelConfig, start: int = 1):
+def make_token_logprobs(cfg: ModelConfig, start: int = 1, prefix_len: int = 0):
     """A jitted ``(params, tokens, mask) -> token_logprobs`` for ``cfg`` (one compiled scorer per config)."""
-    return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask, start=start))
+    return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask, start=start,
+                                                               prefix_len=prefix_len))
 
 
-def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1):
+def logits_from(params, cfg: ModelConfig, tokens, mask, first: int = 0, prefix_len: int = 0, delta=None):
+    """Next-token logits at positions [first, T) of (B, T) ``tokens`` → (B, T − first, V) float32.
+    ``first`` (static) skips the vocabulary projection over earlier positions (e.g. the prompt);
+    ``prefix_len`` (static, ≤ first) columns shared by every row run once (:func:`shared_prefix_cache`),
+    and gradients flow through them as through any other position."""
+    positions = positions_from_mask(mask)
+    if not prefix_len:
+        return forward(params, cfg, tokens, positions, mask, delta=delta, logits_from=first)[0]
+    if first < prefix_len:
+        raise ValueError(f"logits from position {first} reach inside the shared prefix of {prefix_len} tokens")
+    cache = shared_prefix_cache(params, cfg, tokens, positions, mask, tokens.shape[1], prefix_len, delta)
+    s = slice(prefix_len, None)
+    return forward(params, cfg, tokens[:, s], positions[:, s], mask[:, s], cache=cache, delta=delta,
+                   logits_from=first - prefix_len)[0]
+
+
+def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1, prefix_len: int = 0):
     """log π(tokens[:, t] | tokens[:, :t]) for start ≤ t < T. tokens, mask: (B, T) → (B, T − start) float32.
-    ``start`` (static, ≥ 1) skips the vocabulary projection over earlier positions (e.g. the prompt)."""
-    logits, _ = forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta, logits_from=start - 1)
+    ``start`` (static, ≥ 1): the first scored token; ``prefix_len`` (static, < start): see :func:`logits_from`."""
+    logits = logits_from(params, cfg, tokens, mask, start - 1, prefix_len, delta)
     logp = jax.nn.log_softmax(logits[:, :-1], -1)
     return jnp.take_along_axis(logp, tokens[:, start:, None], -1)[..., 0]
