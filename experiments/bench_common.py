@@ -6,7 +6,7 @@ import time
 import jax
 
 
-from esjax.sampling import pad_prompts
+from esjax.sampling import pad_prompts, shared_prefix_len
 
 QUESTIONS = ["What is 2+3?", "Name a color.", "Write a haiku about the sea.", "What is the capital of France?",
              "Explain gravity in one sentence.", "List three fruits.", "Who wrote Hamlet?", "Why is the sky blue?"]
@@ -37,8 +37,11 @@ def matmul_peak_gflops(n: int = 2048) -> float:
     return 2 * n ** 3 / t / 1e9
 
 
-def padded(tokenizer, n: int, pad_id: int):
-    return pad_prompts(chat_ids(tokenizer, n), pad_id)
+def padded(tokenizer, n: int, pad_id: int, share_prefix: bool = False):
+    """(tokens, mask, prefix_len): left padded, or [shared prefix | left-padded rest] (prefix run once)."""
+    ids = chat_ids(tokenizer, n)
+    prefix = shared_prefix_len(ids) if share_prefix else 0
+    return (*pad_prompts(ids, pad_id, prefix_len=prefix), prefix)
 
 
 

@@ -29,7 +29,7 @@ def main(argv=None):
     model = load_model()
     cfg = model.cfg.replace(eos_token_ids=())
     N, B = args.members, args.prompts
-    toks, mask = padded(model.tokenizer, B, cfg.pad_token_id)
+    toks, mask, _ = padded(model.tokenizer, B, cfg.pad_token_id)
     rows = N * B * args.new
     # plain inference on the same N·B rows
     big_t, big_m = np.tile(toks, (N, 1)), np.tile(mask, (N, 1))

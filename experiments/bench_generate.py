@@ -24,10 +24,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     model = load_model()
     cfg = model.cfg.replace(eos_token_ids=())  # every row generates exactly --new tokens in both libraries
-    toks, mask = padded(model.tokenizer, args.batch, cfg.pad_token_id)
+    toks, mask, _ = padded(model.tokenizer, args.batch, cfg.pad_token_id)
     gen = make_generate(cfg, args.new)
     _, t_ours = timed(lambda: gen(model.params, toks, mask, jax.random.key(0)).tokens)
     ours = args.batch * args.new / t_ours
+    s_toks, s_mask, prefix = padded(model.tokenizer, args.batch, cfg.pad_token_id, share_prefix=True)
+    s_gen = make_generate(cfg, args.new, prefix_len=prefix)
+    _, t_shared = timed(lambda: s_gen(model.params, s_toks, s_mask, jax.random.key(0)).tokens)
+    shared = args.batch * args.new / t_shared
 
     from esjax.models.decoder import forward, positions_from_mask
     prefill = jax.jit(lambda p, t, m: forward(p, cfg, t, positions_from_mask(m), m, last_only=True)[0])
@@ -56,6 +60,8 @@ def main(argv=None):
     print(f"esjax generate:        {ours:8.1f} tokens/s ({t_ours:.2f} s)")
     print(f"transformers generate: {theirs:8.1f} tokens/s ({t_hf:.2f} s)")
     print(f"ratio esjax / transformers: {ours / theirs:.2f}x")
+    print(f"esjax, the {prefix}-token shared prefix prefilled once: {shared:8.1f} tokens/s ({t_shared:.2f} s), "
+          f"ratio {shared / theirs:.2f}x")
     print(f"prefill: {flops / t_pre / 1e9:.1f} GFLOP/s vs measured matmul peak {peak:.1f} GFLOP/s "
           f"({flops / t_pre / 1e9 / peak:.0%})")
 
