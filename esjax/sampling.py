@@ -3,7 +3,8 @@
 Prompts are left padded to a bucketed length (so repeated calls with similar prompts reuse the compiled
 program). Prompts that start alike (a chat template's system turn, a task's instructions) can share their
 common prefix: the layout is then [prefix | left-padded suffixes], the prefix is prefilled once (batch 1)
-and its keys/values broadcast to every row — vLLM's prefix caching, which the seeds' ES code relies on. Each row stops at its first EOS; the loop ends when every row has stopped or after
+and its keys/values broadcast to every row — vLLM's prefix caching, which the seeds' ES code relies on.
+Each row stops at its first EOS; the loop ends when every row has stopped or after
 ``max_new_tokens``. Decoding is greedy (temperature 0) or sampled from softmax(logits / T) restricted to
 the top-k tokens and the top-p nucleus, from an explicit PRNG key.
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import forward, init_cache, positions_from_mask, shared_prefix_cache
+from esjax.models.decoder import forward, forward_shared_prefix, init_cache, positions_from_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +119,11 @@ def sample_logits(logits, key, sampling: SamplingConfig):
 def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefix_len: int = 0):
     """Fill a fresh KV cache of ``size`` slots with the prompts; returns (last-position logits (B, V), cache).
     A shared prefix (first ``prefix_len`` columns, static) runs once at batch 1 and is broadcast."""
-    positions = positions_from_mask(mask)
     if prefix_len:
-        cache = shared_prefix_cache(params, cfg, tokens, positions, mask, size, prefix_len, delta)
-        s = slice(prefix_len, None)
-        tokens, positions, mask = tokens[:, s], positions[:, s], mask[:, s]
+        logits, cache = forward_shared_prefix(params, cfg, tokens, mask, prefix_len, size, delta, last_only=True)
     else:
-        cache = init_cache(cfg, tokens.shape[0], size)
-    logits, cache = forward(params, cfg, tokens, positions, mask, cache=cache, delta=delta,
-                            fresh_cache=not prefix_len, last_only=True)
+        logits, cache = forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta,
+                                cache=init_cache(cfg, tokens.shape[0], size), fresh_cache=True, last_only=True)
     return logits[:, -1], cache
 
 

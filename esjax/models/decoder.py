@@ -244,14 +244,21 @@ def positions_from_mask(mask):
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def shared_prefix_cache(params, cfg: ModelConfig, tokens, positions, mask, size: int, prefix_len: int, delta=None):
-    """A KV cache of ``size`` slots holding columns [0, prefix_len) of (B, T) ``tokens`` — one prefix
-    shared by every row — computed once at batch 1 and broadcast to the B rows (prefix caching)."""
+def forward_shared_prefix(params, cfg: ModelConfig, tokens, mask, prefix_len: int, cache_size: int, delta=None,
+                          **kw):
+    """:func:`forward` over (B, T) ``tokens`` whose first ``prefix_len`` columns (static) are one prefix
+    shared by every row: the prefix runs once at batch 1 into a KV cache of ``cache_size`` slots, broadcast
+    to the B rows, and the remaining T − prefix_len columns run against it (prefix caching; gradients flow
+    through the broadcast). ``kw`` goes to that second ``forward`` (``last_only``, ``logits_from`` counted
+    from column prefix_len). Returns its (logits, cache)."""
+    positions = positions_from_mask(mask)
     s = slice(0, prefix_len)
-    _, c = forward(params, cfg, tokens[:1, s], positions[:1, s], mask[:1, s], cache=init_cache(cfg, 1, size),
+    _, c = forward(params, cfg, tokens[:1, s], positions[:1, s], mask[:1, s], cache=init_cache(cfg, 1, cache_size),
                    delta=delta, fresh_cache=True, last_only=True)
     every = lambda x: jnp.broadcast_to(x, (tokens.shape[0], *x.shape[1:]))  # noqa: E731
-    return KVCache(tuple(map(every, c.k)), tuple(map(every, c.v)), every(c.valid), c.length)
+    cache = KVCache(tuple(map(every, c.k)), tuple(map(every, c.v)), every(c.valid), c.length)
+    s = slice(prefix_len, None)
+    return forward(params, cfg, tokens[:, s], positions[:, s], mask[:, s], cache=cache, delta=delta, **kw)
 
 
 @functools.lru_cache(maxsize=None)
@@ -264,17 +271,14 @@ def make_token_logprobs(cfg: ModelConfig, start: int = 1, prefix_len: int = 0):
 def logits_from(params, cfg: ModelConfig, tokens, mask, first: int = 0, prefix_len: int = 0, delta=None):
     """Next-token logits at positions [first, T) of (B, T) ``tokens`` → (B, T − first, V) float32.
     ``first`` (static) skips the vocabulary projection over earlier positions (e.g. the prompt);
-    ``prefix_len`` (static, ≤ first) columns shared by every row run once (:func:`shared_prefix_cache`),
+    ``prefix_len`` (static, ≤ first) columns shared by every row run once (:func:`forward_shared_prefix`),
     and gradients flow through them as through any other position."""
-    positions = positions_from_mask(mask)
     if not prefix_len:
-        return forward(params, cfg, tokens, positions, mask, delta=delta, logits_from=first)[0]
+        return forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta, logits_from=first)[0]
     if first < prefix_len:
         raise ValueError(f"logits from position {first} reach inside the shared prefix of {prefix_len} tokens")
-    cache = shared_prefix_cache(params, cfg, tokens, positions, mask, tokens.shape[1], prefix_len, delta)
-    s = slice(prefix_len, None)
-    return forward(params, cfg, tokens[:, s], positions[:, s], mask[:, s], cache=cache, delta=delta,
-                   logits_from=first - prefix_len)[0]
+    return forward_shared_prefix(params, cfg, tokens, mask, prefix_len, tokens.shape[1], delta,
+                                 logits_from=first - prefix_len)[0]
 
 
 def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1, prefix_len: int = 0):
