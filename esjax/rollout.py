@@ -17,6 +17,7 @@ class PromptBatch:
     tokens: np.ndarray  # (B, P) int32: [shared prefix | left-padded suffixes]
     mask: np.ndarray  # (B, P) bool
     prefix_len: int = 0  # columns [0, prefix_len) are one prefix shared by every row (prefilled once)
+    group: int = 1  # rows come in runs of ``group`` copies of one prompt (run once per group)
 
 
 def prompt_batch(tokenizer, task: Task, examples: Sequence[Example], pad_id: int, repeat: int = 1,
@@ -27,7 +28,7 @@ def prompt_batch(tokenizer, task: Task, examples: Sequence[Example], pad_id: int
     ids = [p for p in ids for _ in range(repeat)]
     prefix = shared_prefix_len(ids, multiple) if share_prefix else 0
     tokens, mask = pad_prompts(ids, pad_id, multiple, prefix_len=prefix)
-    return PromptBatch([e for e in examples for _ in range(repeat)], tokens, mask, prefix)
+    return PromptBatch([e for e in examples for _ in range(repeat)], tokens, mask, prefix, repeat)
 
 
 def decode(tokenizer, tokens, lengths) -> List[str]:

@@ -3,7 +3,8 @@
 Prompts are left padded to a bucketed length (so repeated calls with similar prompts reuse the compiled
 program). Prompts that start alike (a chat template's system turn, a task's instructions) can share their
 common prefix: the layout is then [prefix | left-padded suffixes], the prefix is prefilled once (batch 1)
-and its keys/values broadcast to every row — vLLM's prefix caching, which the seeds' ES code relies on.
+and its keys/values broadcast to every row — vLLM's prefix caching, which the seeds' ES code relies on;
+GRPO's G copies of each prompt likewise prefill once per group.
 Each row stops at its first EOS; the loop ends when every row has stopped or after
 ``max_new_tokens``. Decoding is greedy (temperature 0) or sampled from softmax(logits / T) restricted to
 the top-k tokens and the top-p nucleus, from an explicit PRNG key.
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import forward, forward_shared_prefix, init_cache, positions_from_mask
+from esjax.models.decoder import forward, forward_shared_prefix, init_cache, positions_from_mask, prefix_levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +117,14 @@ def sample_logits(logits, key, sampling: SamplingConfig):
     return jax.random.categorical(key, logits, -1).astype(jnp.int32)
 
 
-def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefix_len: int = 0):
+def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefix_len: int = 0, group: int = 1):
     """Fill a fresh KV cache of ``size`` slots with the prompts; returns (last-position logits (B, V), cache).
-    A shared prefix (first ``prefix_len`` columns, static) runs once at batch 1 and is broadcast."""
-    if prefix_len:
-        logits, cache = forward_shared_prefix(params, cfg, tokens, mask, prefix_len, size, delta, last_only=True)
+    A shared prefix (first ``prefix_len`` columns, static) runs once at batch 1, and with ``group`` > 1
+    (static) each run of ``group`` consecutive rows holding the same prompt runs it once up to its last
+    token; the keys/values are repeated to every row."""
+    levels = prefix_levels(prefix_len, group, tokens.shape[1] - 1)
+    if levels:
+        logits, cache = forward_shared_prefix(params, cfg, tokens, mask, levels, size, delta, last_only=True)
     else:
         logits, cache = forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta,
                                 cache=init_cache(cfg, tokens.shape[0], size), fresh_cache=True, last_only=True)
@@ -128,19 +132,20 @@ def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefi
 
 
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
-             sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0) -> Generation:
+             sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
 
     Pure and traceable: ``jax.jit``/``vmap`` it (see :func:`make_generate`). ``delta`` perturbs the
     weights inside every matmul (low-rank ES members); ``prefix_len`` (static) is the length of a prefix
-    shared by every row (the layout of ``pad_prompts(..., prefix_len=...)``), prefilled once."""
+    shared by every row (the layout of ``pad_prompts(..., prefix_len=...)``), prefilled once; ``group``
+    (static): rows come in runs of ``group`` copies of one prompt (GRPO groups), each prefilled once."""
     B, P = tokens.shape
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {P} + {max_new_tokens} new tokens exceeds the model context "
                          f"of {cfg.max_position_embeddings}")
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
     prompt_len = mask.sum(1).astype(jnp.int32)
-    last, cache = prefill(params, cfg, tokens, mask, P + max_new_tokens, delta, prefix_len)
+    last, cache = prefill(params, cfg, tokens, mask, P + max_new_tokens, delta, prefix_len, group)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
     logps = jnp.zeros((B, max_new_tokens), jnp.float32)
     state = (jnp.int32(0), cache, last, out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
@@ -168,12 +173,13 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
 
 
 @functools.lru_cache(maxsize=None)
-def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0):
+def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0,
+                  group: int = 1):
     """A jitted ``(params, tokens, mask, key, delta=None) -> Generation`` for fixed static settings."""
 
     @jax.jit
     def fn(params, tokens, mask, key, delta=None):
-        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len)
+        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len, group)
 
     return fn
 

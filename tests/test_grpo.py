@@ -123,25 +123,29 @@ def test_scoring_only_the_completion_gives_the_same_update():
 
 
 
-@pytest.mark.parametrize("micro", [0, 4])
-def test_shared_prompt_prefix_run_once_gives_the_same_update(micro):
-    """[shared prefix | padding | rest] rows: the prefix run once at batch 1 (gradients summed over the
-    rows through its broadcast keys/values) gives the update of scoring every row in full."""
+@pytest.mark.parametrize("micro,group", [(0, 1), (4, 1), (0, 4), (2, 4)])
+def test_shared_prompt_prefix_run_once_gives_the_same_update(micro, group):
+    """[shared prefix | padding | rest] rows: the prefix run once at batch 1, and with ``group`` the rest of
+    each group's prompt once per group (gradients summed over the rows through the repeated keys/values;
+    a micro-batch of 2 shares within pairs), gives the update of scoring every row in full."""
     params = init_params(TINY, jax.random.key(0), 0.3)
     full = _batch()
     tokens = np.array(full["tokens"])
     tokens[:, :3] = tokens[0, :3]
+    tokens[:, :5] = np.repeat(tokens[::4, :5], 4, 0)  # each group of 4 rows: one prompt (columns < 5)
     attn = np.ones(tokens.shape, bool)
-    attn[::2, 3:5] = False  # padding between the prefix and the rest of every other prompt
+    attn[:4, 3:5] = False  # padding between the prefix and the rest of the first group's prompt
     batch = dict(full, tokens=jnp.asarray(tokens), attn_mask=jnp.asarray(attn), loss_mask=full["loss_mask"][:, 5:])
     cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0,
                      micro_batch_size=micro)
-    step = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg), static_argnames="prefix_len")
-    (a, ma), (b, mb) = (step(init_state(params, jax.random.key(0), cfg), batch, params, prefix_len=n) for n in (0, 3))
+    step = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg), static_argnames=("prefix_len", "group"))
+    (a, ma), (b, mb) = (step(init_state(params, jax.random.key(0), cfg), batch, params, prefix_len=n, group=g)
+                        for n, g in ((0, 1), (3, group)))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
     assert float(ma["loss"]) == pytest.approx(float(mb["loss"]), rel=1e-5) and float(ma["kl"]) == pytest.approx(float(mb["kl"]), rel=1e-5)
     assert float(ma["grad_norm"]) == pytest.approx(float(mb["grad_norm"]), rel=1e-5) and float(ma["grad_norm"]) > 0
+
 
 def test_sharded_step_equals_single_device_step():
     params = init_params(TINY, jax.random.key(0), 0.3)

@@ -102,7 +102,8 @@ def test_cached_generation_equals_full_reforward(arch):
 
 def test_shared_prefix_generation_equals_left_padded():
     """[prefix | left-padded suffixes], prefix prefilled once at batch 1 and broadcast, gives the same
-    tokens and log-probs as plain left padding; also for a low-rank member delta and under vmap."""
+    tokens and log-probs as plain left padding; also for a low-rank member delta and under vmap, and for
+    groups of copies of one prompt prefilled once per group."""
     from esjax.es.noise import lowrank_noise
     from esjax.sampling import shared_prefix_len
 
@@ -127,6 +128,15 @@ def test_shared_prefix_generation_equals_left_padded():
     run = lambda p, pl: jax.vmap(lambda d: generate(params, cfg, *p, jax.random.key(0), 10, delta=d,  # noqa: E731
                                                     prefix_len=pl).tokens)(deltas)
     np.testing.assert_array_equal(np.asarray(run(plain, 0)), np.asarray(run(shared, 16)))
+    # GRPO groups: 2 copies of each prompt, each group's prompt prefilled once (with or without the prefix)
+    groups = [p for p in prompts for _ in range(2)]
+    plain, shared = pad_prompts(groups, 0, 8), pad_prompts(groups, 0, 8, prefix_len=16)
+    a = make_generate(cfg, 10, SamplingConfig(temperature=1.0))(params, *plain, jax.random.key(4))
+    assert len({tuple(r) for r in np.asarray(a.tokens)}) == 6  # the copies sample different completions
+    for p, pl in ((plain, 0), (shared, 16)):
+        b = make_generate(cfg, 10, SamplingConfig(temperature=1.0), pl, 2)(params, *p, jax.random.key(4))
+        np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
     with pytest.raises(ValueError, match="share a prefix"):
         pad_prompts([system, [1] + system], 0, prefix_len=8)
         assert n == 12 or row[n - 1] == 3

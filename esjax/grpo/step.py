@@ -16,6 +16,7 @@ Batch (B sequences of length T; predictions are for the last L positions, L ≤ 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import flax.struct
@@ -130,10 +131,11 @@ def scored_from(batch: dict) -> int:
     return batch["tokens"].shape[1] - batch["loss_mask"].shape[1]
 
 
-def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig, prefix_len: int = 0):
+def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig, prefix_len: int = 0,
+              group: int = 1):
     """Σ_t w_t ℓ_t over one (micro-)batch, and summed metric numerators."""
     logp = token_logprobs(params, model_cfg, batch["tokens"], batch["attn_mask"], start=scored_from(batch),
-                          prefix_len=prefix_len)
+                          prefix_len=prefix_len, group=group)
     old = batch.get("old_logp")
     old = jax.lax.stop_gradient(logp) if old is None else old
     eps_high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
@@ -144,26 +146,29 @@ def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig
     return (loss_t * weights).sum(), aux
 
 
-def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOConfig, prefix_len: int = 0):
+def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOConfig, prefix_len: int = 0,
+              group: int = 1):
     """One optimizer update on a rollout batch (see module docstring). ``ref_params`` may be None when
     no KL is wanted (β = 0 and nothing tracked). ``prefix_len``: the tokens' first columns are one prompt
-    prefix shared by every row (``PromptBatch.prefix_len``), run once per micro-batch. Pure: jit with
-    static model_cfg, cfg and prefix_len."""
+    prefix shared by every row (``PromptBatch.prefix_len``), run once per micro-batch; ``group``: rows
+    come in runs of ``group`` copies of one prompt (``PromptBatch.group``), whose prompt columns run once
+    per run. Pure: jit with static model_cfg, cfg, prefix_len and group."""
     weights = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
     ref_logp = None
     if ref_params is not None:
         ref_logp = jax.lax.stop_gradient(token_logprobs(ref_params, model_cfg, batch["tokens"], batch["attn_mask"],
-                                                        start=scored_from(batch), prefix_len=prefix_len))
+                                                        start=scored_from(batch), prefix_len=prefix_len,
+                                                        group=group))
     B = batch["tokens"].shape[0]
     mb = cfg.micro_batch_size or B
-    n_micro = B // mb
+    n_micro, micro_group = B // mb, math.gcd(mb, group)
     split = lambda x: None if x is None else x.reshape(n_micro, mb, *x.shape[1:])  # noqa: E731
     micro = {k: split(v) for k, v in batch.items()}
     grad_fn = jax.value_and_grad(grpo_loss, has_aux=True)
 
     def body(acc, xs):
         mbatch, w, r = xs
-        (loss, aux), g = grad_fn(state.params, model_cfg, mbatch, w, r, cfg, prefix_len)
+        (loss, aux), g = grad_fn(state.params, model_cfg, mbatch, w, r, cfg, prefix_len, micro_group)
         return jax.tree.map(jnp.add, acc, (loss, aux, g)), None
 
     zero = (jnp.zeros(()), {"kl_sum": jnp.zeros(()), "clip_sum": jnp.zeros(()), "tokens": jnp.zeros(())},

@@ -22,7 +22,8 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     """``iterate(state, examples) -> (state, metrics)``; ``ref_params`` enables KL (penalty if β > 0,
     tracked otherwise). With a mesh the rollout batch is sharded over all devices."""
     sampling = SamplingConfig(cfg.temperature, 0, cfg.top_p)
-    step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg), static_argnames="prefix_len")
+    step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg),
+                   static_argnames=("prefix_len", "group"))
     if mesh is not None and cfg.batch_size % mesh.size:
         raise ValueError(f"GRPO batch of {cfg.batch_size} sequences (group_size × prompts_per_step) must divide "
                          f"evenly over the {mesh.size} devices of the mesh (or set use_mesh=false)")
@@ -36,7 +37,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id, repeat=cfg.group_size)
         t0 = time.perf_counter()
         key = jax.random.fold_in(state.key, state.step)
-        gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len)
+        gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len, pb.group)
         out = to_host(gen(state.params, put(pb.tokens), put(pb.mask), key))
         t1 = time.perf_counter()
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
@@ -48,14 +49,15 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         batch = {k: put(v) for k, v in seq.items()}
         batch["advantages"] = put(adv.astype(np.float32))
         if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
-            batch["old_logp"] = make_token_logprobs(model_cfg, P, pb.prefix_len)(state.params, batch["tokens"],
-                                                                                  batch["attn_mask"])
+            old_logp = make_token_logprobs(model_cfg, P, pb.prefix_len, pb.group)
+            batch["old_logp"] = old_logp(state.params, batch["tokens"], batch["attn_mask"])
         t2 = time.perf_counter()
         mb = (cfg.mini_batch_prompts or cfg.prompts_per_step) * cfg.group_size
         ms = []
         for _ in range(cfg.num_inner_updates):
             for s in range(0, len(adv), mb):
-                state, m = step(state, {k: v[s:s + mb] for k, v in batch.items()}, ref_params, prefix_len=pb.prefix_len)
+                state, m = step(state, {k: v[s:s + mb] for k, v in batch.items()}, ref_params,
+                                prefix_len=pb.prefix_len, group=pb.group)
                 ms.append(m)
         jax.block_until_ready(state.params)
         t3 = time.perf_counter()

@@ -244,46 +244,73 @@ def positions_from_mask(mask):
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def forward_shared_prefix(params, cfg: ModelConfig, tokens, mask, prefix_len: int, cache_size: int, delta=None,
-                          **kw):
-    """:func:`forward` over (B, T) ``tokens`` whose first ``prefix_len`` columns (static) are one prefix
-    shared by every row: the prefix runs once at batch 1 into a KV cache of ``cache_size`` slots, broadcast
-    to the B rows, and the remaining T − prefix_len columns run against it (prefix caching; gradients flow
-    through the broadcast). ``kw`` goes to that second ``forward`` (``last_only``, ``logits_from`` counted
-    from column prefix_len). Returns its (logits, cache)."""
+def prefix_levels(prefix_len: int, group: int, end: int) -> tuple:
+    """The static sharing layout of (B, T) rows for :func:`forward_shared_prefix`: columns
+    [0, prefix_len) shared by every row, then columns [prefix_len, end) shared by each run of ``group``
+    consecutive rows (GRPO's G completions of one prompt). Returns ((end column, rows sharing it or 0 for
+    all rows), ...), empty levels dropped."""
+    levels = ((prefix_len, 0),) if prefix_len else ()
+    return levels + (((end, group),) if group > 1 and end > prefix_len else ())
+
+
+def forward_shared_prefix(params, cfg: ModelConfig, tokens, mask, levels: tuple, cache_size: int, delta=None, **kw):
+    """:func:`forward` over (B, T) ``tokens`` whose leading columns are shared between rows
+    (prefix caching): for each static level (end column, g) of :func:`prefix_levels` the columns up to
+    ``end`` run once per g consecutive rows (g = 0: once for all B rows) into a KV cache of
+    ``cache_size`` slots, which is repeated to the next level's rows; the columns after the last level run
+    per row against it, with ``kw`` (``last_only``, ``logits_from`` counted from that column). Gradients
+    flow through the repeats (they sum over the sharing rows). Returns that last forward's (logits, cache)."""
+    B = tokens.shape[0]
     positions = positions_from_mask(mask)
-    s = slice(0, prefix_len)
-    _, c = forward(params, cfg, tokens[:1, s], positions[:1, s], mask[:1, s], cache=init_cache(cfg, 1, cache_size),
-                   delta=delta, fresh_cache=True, last_only=True)
-    every = lambda x: jnp.broadcast_to(x, (tokens.shape[0], *x.shape[1:]))  # noqa: E731
-    cache = KVCache(tuple(map(every, c.k)), tuple(map(every, c.v)), every(c.valid), c.length)
-    s = slice(prefix_len, None)
-    return forward(params, cfg, tokens[:, s], positions[:, s], mask[:, s], cache=cache, delta=delta, **kw)
+    start, cache = 0, None
+    for end, g in levels:
+        g = g or B
+        if B % g:
+            raise ValueError(f"{B} rows do not split into groups of {g} sharing a prompt")
+        rows = (slice(None, None, g), slice(start, end))
+        cache = init_cache(cfg, B // g, cache_size) if cache is None else repeat_rows(cache, B // g)
+        _, cache = forward(params, cfg, tokens[rows], positions[rows], mask[rows], cache=cache, delta=delta,
+                           fresh_cache=start == 0, last_only=True)
+        start = end
+    rest = (slice(None), slice(start, None))
+    return forward(params, cfg, tokens[rest], positions[rest], mask[rest], cache=repeat_rows(cache, B), delta=delta,
+                   **kw)
+
+
+def repeat_rows(cache: KVCache, rows: int) -> KVCache:
+    """Each cached row repeated consecutively up to ``rows`` rows (a multiple of the cache's batch)."""
+    rep = lambda x: jnp.repeat(x, rows // x.shape[0], axis=0)  # noqa: E731
+    return KVCache(tuple(map(rep, cache.k)), tuple(map(rep, cache.v)), rep(cache.valid), cache.length)
 
 
 @functools.lru_cache(maxsize=None)
-def make_token_logprobs(cfg: ModelConfig, start: int = 1, prefix_len: int = 0):
+def make_token_logprobs(cfg: ModelConfig, start: int = 1, prefix_len: int = 0, group: int = 1):
     """A jitted ``(params, tokens, mask) -> token_logprobs`` for ``cfg`` (one compiled scorer per config)."""
     return jax.jit(lambda params, tokens, mask: token_logprobs(params, cfg, tokens, mask, start=start,
-                                                               prefix_len=prefix_len))
+                                                               prefix_len=prefix_len, group=group))
 
 
-def logits_from(params, cfg: ModelConfig, tokens, mask, first: int = 0, prefix_len: int = 0, delta=None):
+def logits_from(params, cfg: ModelConfig, tokens, mask, first: int = 0, prefix_len: int = 0, delta=None,
+                group: int = 1):
     """Next-token logits at positions [first, T) of (B, T) ``tokens`` → (B, T − first, V) float32.
     ``first`` (static) skips the vocabulary projection over earlier positions (e.g. the prompt);
-    ``prefix_len`` (static, ≤ first) columns shared by every row run once (:func:`forward_shared_prefix`),
-    and gradients flow through them as through any other position."""
-    if not prefix_len:
-        return forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta, logits_from=first)[0]
+    ``prefix_len`` (static, ≤ first) columns shared by every row, and columns [prefix_len, first) shared
+    by each ``group`` consecutive rows (static; GRPO's completions of one prompt), run once
+    (:func:`forward_shared_prefix`); gradients flow through them as through any other position."""
     if first < prefix_len:
         raise ValueError(f"logits from position {first} reach inside the shared prefix of {prefix_len} tokens")
-    return forward_shared_prefix(params, cfg, tokens, mask, prefix_len, tokens.shape[1], delta,
-                                 logits_from=first - prefix_len)[0]
+    levels = prefix_levels(prefix_len, group, first)
+    if not levels:
+        return forward(params, cfg, tokens, positions_from_mask(mask), mask, delta=delta, logits_from=first)[0]
+    return forward_shared_prefix(params, cfg, tokens, mask, levels, tokens.shape[1], delta,
+                                 logits_from=first - levels[-1][0])[0]
 
 
-def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1, prefix_len: int = 0):
+def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1, prefix_len: int = 0,
+                   group: int = 1):
     """log π(tokens[:, t] | tokens[:, :t]) for start ≤ t < T. tokens, mask: (B, T) → (B, T − start) float32.
-    ``start`` (static, ≥ 1): the first scored token; ``prefix_len`` (static, < start): see :func:`logits_from`."""
-    logits = logits_from(params, cfg, tokens, mask, start - 1, prefix_len, delta)
+    ``start`` (static, ≥ 1): the first scored token; ``prefix_len`` (static, < start) and ``group``: see
+    :func:`logits_from`."""
+    logits = logits_from(params, cfg, tokens, mask, start - 1, prefix_len, delta, group)
     logp = jax.nn.log_softmax(logits[:, :-1], -1)
     return jnp.take_along_axis(logp, tokens[:, start:, None], -1)[..., 0]
