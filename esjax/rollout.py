@@ -24,7 +24,13 @@ def prompt_batch(tokenizer, task: Task, examples: Sequence[Example], pad_id: int
                  multiple: int = 8, share_prefix: bool = True) -> PromptBatch:
     """Chat-templated prompts, their common prefix (multiple of ``multiple`` tokens) kept shared unless
     ``share_prefix`` is False, the rest left padded; ``repeat`` copies each prompt consecutively (GRPO groups)."""
-    ids = encode_prompts(tokenizer, task, examples)
+    return padded_batch(encode_prompts(tokenizer, task, examples), list(examples), pad_id, repeat, multiple,
+                        share_prefix)
+
+
+def padded_batch(ids: Sequence[Sequence[int]], examples: List[Example], pad_id: int, repeat: int = 1,
+                 multiple: int = 8, share_prefix: bool = True) -> PromptBatch:
+    """:func:`prompt_batch` from token ids (prompts of any tasks)."""
     ids = [p for p in ids for _ in range(repeat)]
     prefix = shared_prefix_len(ids, multiple) if share_prefix else 0
     tokens, mask = pad_prompts(ids, pad_id, multiple, prefix_len=prefix)

@@ -98,10 +98,18 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
     return tokens, mask
 
 
-def sample_logits(logits, key, sampling: SamplingConfig):
-    """Next token from (B, V) float32 logits under ``sampling``."""
+def sample_logits(logits, key, sampling: SamplingConfig, greedy_rows=None):
+    """Next token from (B, V) float32 logits under ``sampling``; rows where the optional (B,) bool
+    ``greedy_rows`` is set take the argmax instead."""
+    greedy = jnp.argmax(logits, -1).astype(jnp.int32)
     if sampling.temperature == 0:
-        return jnp.argmax(logits, -1).astype(jnp.int32)
+        return greedy
+    sampled = _sample(logits, key, sampling)
+    return sampled if greedy_rows is None else jnp.where(greedy_rows, greedy, sampled)
+
+
+def _sample(logits, key, sampling: SamplingConfig):
+    """A draw from softmax(logits / T) restricted to the top-k tokens and the top-p nucleus."""
     logits = logits / sampling.temperature
     neg = jnp.finfo(logits.dtype).min
     if sampling.top_k:
@@ -132,8 +140,13 @@ def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefi
 
 
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
-             sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1) -> Generation:
+             sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
+             greedy_rows=None, row_max_new=None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
+    Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
+    says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Step t's
+    key does not depend on ``max_new_tokens``, so a row's first n tokens are those a run with budget n
+    draws.
 
     Pure and traceable: ``jax.jit``/``vmap`` it (see :func:`make_generate`). ``delta`` perturbs the
     weights inside every matmul (low-rank ES members); ``prefix_len`` (static) is the length of a prefix
@@ -157,13 +170,15 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     def body(s):
         t, cache, last, out, logps, done, lengths, key = s
         key, sub = jax.random.split(key)
-        nxt = sample_logits(last, sub, sampling)
+        nxt = sample_logits(last, sub, sampling, greedy_rows)
         lp = jnp.take_along_axis(jax.nn.log_softmax(last, -1), nxt[:, None], -1)[:, 0]
         nxt = jnp.where(done, cfg.pad_token_id, nxt)
         out = out.at[:, t].set(nxt)
         logps = logps.at[:, t].set(jnp.where(done, 0.0, lp))
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.any(nxt[:, None] == eos[None], -1)
+        if row_max_new is not None:
+            done = done | (lengths >= row_max_new)
         logits, cache = forward(params, cfg, nxt[:, None], (prompt_len + t)[:, None], jnp.ones((B, 1), bool),
                                 cache=cache, delta=delta)
         return t + 1, cache, logits[:, -1], out, logps, done, lengths, key
@@ -175,11 +190,13 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
 @functools.lru_cache(maxsize=None)
 def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0,
                   group: int = 1):
-    """A jitted ``(params, tokens, mask, key, delta=None) -> Generation`` for fixed static settings."""
+    """A jitted ``(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None) -> Generation``
+    for fixed static settings (see :func:`generate`)."""
 
     @jax.jit
-    def fn(params, tokens, mask, key, delta=None):
-        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len, group)
+    def fn(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None):
+        return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len, group,
+                        greedy_rows, row_max_new)
 
     return fn
 

@@ -39,7 +39,7 @@ def run_sequence(cfg: RunConfig, tasks: Sequence[str], method: str, out_dir: str
         evals.append(summary["after"])
     acc = {t: [e[f"eval/{t}/accuracy"] for e in evals] for t in tasks}
     probes = probe_sets(list(tasks), cfg.probe_size, kwargs)
-    kl = incremental_kl_matrix(stages, model.cfg, model.tokenizer, probes, 0, jax.random.key(cfg.seed))
+    kl = incremental_kl_matrix(stages, model.cfg, model.tokenizer, probes, jax.random.key(cfg.seed))
     result = {"method": method, "tasks": list(tasks), "columns": ["base"] + [f"after {t}" for t in tasks],
               "accuracy": acc, "incremental_kl": kl}
     with open(os.path.join(out_dir, "sequential.json"), "w") as f:

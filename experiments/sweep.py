@@ -47,8 +47,8 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
     params = load_params(os.path.join(out, name, method, "params"), model.params)
     rows = read_metrics(os.path.join(out, name, method))
     delta = geo.update(params, model.params)
-    kl = kl_drift(params, model.params, model.cfg, model.tokenizer, GeneralChat(), general_examples(probe_n),
-                  GeneralChat.max_new_tokens, jax.random.key(cfg.seed), estimators=("greedy_sequence_sum",))
+    kl = kl_drift(params, model.params, model.cfg, model.tokenizer, {"general": (GeneralChat(), general_examples(probe_n))},
+                  jax.random.key(cfg.seed), estimators=("greedy_sequence_sum",))["general"]
     row = {"run": name, "method": method, "N": cfg.es.population_size if method == "es" else None,
            "alpha": cfg.es.alpha if method == "es" else cfg.grpo.learning_rate,
            "accuracy_before": s["before"][f"eval/{cfg.task}/accuracy"],

@@ -206,3 +206,23 @@ def test_prompt_longer_than_context_is_an_error():
     toks, mask = pad_prompts([[1] * 30], 0)
     with pytest.raises(ValueError, match="exceeds the model context of 32"):
         make_generate(cfg, 8)(params, toks, mask, jax.random.key(0))
+
+
+def test_per_row_greedy_and_budget_leave_the_other_rows_as_they_were():
+    """``greedy_rows`` decodes those rows greedily and ``row_max_new`` stops each row at its budget;
+    every other row draws exactly the tokens of the run without them (step keys do not depend on either)."""
+    cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, eos_token_ids=(), pad_token_id=0)
+    params = init_params(cfg, jax.random.key(1), 0.3)
+    toks, mask = pad_prompts([[5, 6, 7], [8, 9], [10, 11, 12, 13]], 0, 8)
+    hot = SamplingConfig(temperature=1.0)
+    free = make_generate(cfg, 10, hot)(params, toks, mask, jax.random.key(3))
+    greedy = make_generate(cfg, 10)(params, toks, mask, jax.random.key(3))
+    mixed = make_generate(cfg, 10, hot)(params, toks, mask, jax.random.key(3), None, np.array([True, False, True]),
+                                        np.array([10, 4, 7], np.int32))
+    f, g, m = (np.asarray(x.tokens) for x in (free, greedy, mixed))
+    np.testing.assert_array_equal(m[0], g[0])
+    np.testing.assert_array_equal(m[2, :7], g[2, :7])
+    np.testing.assert_array_equal(m[1, :4], f[1, :4])
+    assert list(np.asarray(mixed.lengths)) == [10, 4, 7] and (m[1, 4:] == 0).all() and (m[2, 7:] == 0).all()
+    assert not (f[1] == g[1]).all()  # row 1 really sampled

@@ -11,15 +11,16 @@ KL(π_ft ‖ π_base); each returns per-prompt values and their mean:
 from __future__ import annotations
 
 import functools
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from esjax.models.decoder import logits_from
-from esjax.rollout import prompt_batch, sequence_batch
+from esjax.rollout import padded_batch, sequence_batch
 from esjax.sampling import GREEDY, SamplingConfig, make_generate
+from esjax.tasks.base import Example, Task, encode_prompts
 
 ESTIMATORS = ("sampled_token_k1", "greedy_sequence_sum", "sampled_token_exact")
 
@@ -42,43 +43,61 @@ def make_scorer(cfg, prefix_len: int = 0):
     return score
 
 
-def kl_drift(ft, base, model_cfg, tokenizer, task, examples, max_new_tokens: int, key, batch_size: int = 32,
-             estimators: Sequence[str] = ESTIMATORS) -> Dict[str, float]:
-    """{estimator: mean over prompts} of KL(π_ft ‖ π_base) on ``task``'s prompts for ``examples``."""
-    acc = {e: [] for e in estimators}
-    for i in range(0, len(examples), batch_size):
-        pb = prompt_batch(tokenizer, task, examples[i:i + batch_size], model_cfg.pad_token_id)
-        sample = make_generate(model_cfg, max_new_tokens, SamplingConfig(temperature=1.0), pb.prefix_len)
-        greedy = make_generate(model_cfg, max_new_tokens, GREEDY, pb.prefix_len)
-        score = make_scorer(model_cfg, pb.prefix_len)
+def kl_drift(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task, Sequence[Example]]], key,
+             max_new_tokens: Optional[Dict[str, int]] = None, batch_size: int = 32,
+             estimators: Sequence[str] = ESTIMATORS) -> Dict[str, Dict[str, float]]:
+    """{probe: {estimator: mean over its prompts}} of KL(π_ft ‖ π_base) for ``probes`` = {name: (task,
+    examples)} (:func:`esjax.tasks.probes.probe_sets`), each completion capped at ``max_new_tokens[name]``
+    (default: the task's own budget).
+
+    Every probe's prompts run together, ``batch_size`` prompts at a time (the last batch padded to the
+    others' size, so one program serves them all): one generation per batch holds a sampled (T = 1) and
+    a greedy copy of each prompt when both kinds of estimator are asked for, each row stopped at its
+    probe's budget, and one scorer call reads both models' log-probs over all of it."""
+    unknown = set(estimators) - set(ESTIMATORS)
+    if unknown:
+        raise ValueError(f"unknown KL estimators {sorted(unknown)}; choose from {ESTIMATORS}")
+    budgets = {name: (max_new_tokens or {}).get(name) or task.max_new_tokens for name, (task, _) in probes.items()}
+    ids, names = [], []
+    for name, (task, examples) in probes.items():
+        ids += encode_prompts(tokenizer, task, examples)
+        names += [name] * len(examples)
+    sampled = bool({"sampled_token_k1", "sampled_token_exact"} & set(estimators))
+    copies = [False] * sampled + [True] * ("greedy_sequence_sum" in estimators)  # greedy flag of each copy
+    chunks = -(-len(ids) // batch_size)
+    size = -(-len(ids) // chunks)
+    acc = {name: {e: [] for e in estimators} for name in probes}
+    for c in range(chunks):
+        real = list(range(c * size, min((c + 1) * size, len(ids))))
+        idx = real + real[-1:] * (size - len(real))
+        rows = [(j, greedy) for greedy in copies for j in idx]
+        pb = padded_batch([ids[j] for j, _ in rows], [None] * len(rows), model_cfg.pad_token_id)
+        gen = make_generate(model_cfg, max(budgets.values()), SamplingConfig(temperature=1.0) if sampled else GREEDY,
+                            pb.prefix_len)
+        out = gen(ft, pb.tokens, pb.mask, jax.random.fold_in(key, c), None, np.array([g for _, g in rows]),
+                  np.array([budgets[names[j]] for j, _ in rows], np.int32))
+        b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
         completion = pb.tokens.shape[1] - 1  # loss-mask columns before this one cover the prompt
-        if {"sampled_token_k1", "sampled_token_exact"} & set(estimators):
-            out = sample(ft, pb.tokens, pb.mask, jax.random.fold_in(key, i))
-            b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
-            k1, exact, n = (np.asarray(x) for x in score(ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:]))
-            n = np.maximum(n, 1)
-            if "sampled_token_k1" in estimators:
-                acc["sampled_token_k1"].extend(k1 / n)
-            if "sampled_token_exact" in estimators:
-                acc["sampled_token_exact"].extend(exact / n)
-        if "greedy_sequence_sum" in estimators:
-            out = greedy(ft, pb.tokens, pb.mask, jax.random.key(0))
-            b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
-            k1, _, _ = score(ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:])
-            acc["greedy_sequence_sum"].extend(np.asarray(k1))
-    return {e: float(np.mean(v)) for e, v in acc.items()}
+        k1, exact, n = (np.asarray(x) for x in make_scorer(model_cfg, pb.prefix_len)(
+            ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:]))
+        for r, (j, greedy) in enumerate(rows):
+            if r % size >= len(real):
+                continue  # a padding row
+            kl = acc[names[j]]
+            if greedy:
+                kl["greedy_sequence_sum"].append(k1[r])
+            else:
+                for e, v in (("sampled_token_k1", k1[r]), ("sampled_token_exact", exact[r])):
+                    if e in kl:
+                        kl[e].append(v / max(n[r], 1))
+    return {name: {e: float(np.mean(v)) for e, v in kl.items()} for name, kl in acc.items()}
 
 
-def incremental_kl_matrix(stages: Sequence, model_cfg, tokenizer, probe_sets: dict, max_new_tokens: int, key,
-                          estimator: str = "sampled_token_exact"):
+def incremental_kl_matrix(stages: Sequence, model_cfg, tokenizer, probe_sets: dict, key,
+                          max_new_tokens: Optional[Dict[str, int]] = None, estimator: str = "sampled_token_exact"):
     """KL(after_s ‖ before_s) for each stage s (rows) and probe set (columns); ``stages`` is the list
     [θ_0, θ_1, …] of params after each stage (θ_0 = base). Off-diagonal cells are off-task drift."""
-    rows = []
-    for s in range(1, len(stages)):
-        row = {}
-        for name, (task, examples) in probe_sets.items():
-            row[name] = kl_drift(stages[s], stages[s - 1], model_cfg, tokenizer, task, examples,
-                                 max_new_tokens or task.max_new_tokens, jax.random.fold_in(key, s),
-                                 estimators=(estimator,))[estimator]
-        rows.append(row)
-    return rows
+    return [{name: v[estimator] for name, v in kl_drift(stages[s], stages[s - 1], model_cfg, tokenizer, probe_sets,
+                                                         jax.random.fold_in(key, s), max_new_tokens,
+                                                         estimators=(estimator,)).items()}
+            for s in range(1, len(stages))]

@@ -69,11 +69,8 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     probes = probe_sets([cfg.task, *cfg.eval_tasks], n_probe, {t: cfg.kwargs_for(t) for t in (cfg.task, *cfg.eval_tasks)})
     key = jax.random.key(seed)
     max_new = cfg.max_new_tokens or task.max_new_tokens
-    kl = {}
-    for m, p in (("es", es), ("grpo", grpo)):
-        kl[m] = {name: kl_drift(p, base, model.cfg, model.tokenizer, t, ex, max_new if name == cfg.task else t.max_new_tokens,
-                                key) for name, (t, ex) in probes.items()}
-    res["kl_drift"] = kl
+    drift = lambda p: kl_drift(p, base, model.cfg, model.tokenizer, probes, key, {cfg.task: max_new})  # noqa: E731
+    kl = res["kl_drift"] = {"es": drift(es), "grpo": drift(grpo)}
 
     # Linear mode connectivity and direction probes, scored by accuracy (and reward) on the task
     test = task.examples("test", n_eval, cfg.seed)
@@ -114,10 +111,8 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     fit = {**th.fit_random_walk(clock, measured ** 2, alpha, N, d), "clock": "energy" if exact else "iterations"} if len(T) > 2 else {}
     # tr(F_off) measured along a random direction: KL(base + r·u ‖ base) ≈ ½ r² tr(F)/d
     r = norms["es"]["once"]
-    general_t, general_ex = probes["general"]
     moved = jax.tree.map(lambda p, u: (p + r * u).astype(p.dtype), base, rand)
-    kl_rand = kl_drift(moved, base, model.cfg, model.tokenizer, general_t, general_ex, general_t.max_new_tokens, key,
-                       estimators=("sampled_token_exact",))["sampled_token_exact"]
+    kl_rand = drift(moved)["general"]["sampled_token_exact"]  # the probes' program, compiled once
     trace_f = 2 * d * kl_rand / r ** 2
     res["theory"] = {
         "d": d, "N": N, "alpha": alpha, "sigma": cfg.es.sigma, "antithetic": cfg.es.antithetic, "T": T.tolist(), "measured_norm": measured.tolist(),
