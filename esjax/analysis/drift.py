@@ -26,14 +26,15 @@ ESTIMATORS = ("sampled_token_k1", "greedy_sequence_sum", "sampled_token_exact")
 
 
 @functools.lru_cache(maxsize=None)
-def make_scorer(cfg, prefix_len: int = 0):
+def make_scorer(cfg, prefix_len: int = 0, group: int = 1):
     """jit: (ft, base, tokens (B, T), attn (B, T), loss_mask (B, L)) → per-sequence (k1 sum, exact-KL sum,
     token count) over the predictions of the last L tokens (logits only there; L = T − 1 scores all);
-    the first ``prefix_len`` columns are one prefix shared by every row (run once)."""
+    the first ``prefix_len`` columns are one prefix shared by every row, and the columns before the
+    scored ones are shared by each ``group`` consecutive rows (both run once; :func:`logits_from`)."""
     @jax.jit
     def score(ft, base, tokens, attn, loss_mask):
         first = tokens.shape[1] - 1 - loss_mask.shape[1]
-        lf, lb = (jax.nn.log_softmax(logits_from(p, cfg, tokens, attn, first, prefix_len)[:, :-1], -1)
+        lf, lb = (jax.nn.log_softmax(logits_from(p, cfg, tokens, attn, first, prefix_len, group=group)[:, :-1], -1)
                   for p in (ft, base))
         tgt = tokens[:, first + 1:, None]
         k1 = (jnp.take_along_axis(lf, tgt, -1) - jnp.take_along_axis(lb, tgt, -1))[..., 0]
@@ -52,8 +53,9 @@ def kl_drift(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task, Seque
 
     Every probe's prompts run together, ``batch_size`` prompts at a time (the last batch padded to the
     others' size, so one program serves them all): one generation per batch holds a sampled (T = 1) and
-    a greedy copy of each prompt when both kinds of estimator are asked for, each row stopped at its
-    probe's budget, and one scorer call reads both models' log-probs over all of it."""
+    a greedy copy of each prompt when both kinds of estimator are asked for (consecutive rows, the prompt
+    run once for both), each row stopped at its probe's budget, and one scorer call reads both models'
+    log-probs over all of it."""
     unknown = set(estimators) - set(ESTIMATORS)
     if unknown:
         raise ValueError(f"unknown KL estimators {sorted(unknown)}; choose from {ESTIMATORS}")
@@ -70,18 +72,18 @@ def kl_drift(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task, Seque
     for c in range(chunks):
         real = list(range(c * size, min((c + 1) * size, len(ids))))
         idx = real + real[-1:] * (size - len(real))
-        rows = [(j, greedy) for greedy in copies for j in idx]
-        pb = padded_batch([ids[j] for j, _ in rows], [None] * len(rows), model_cfg.pad_token_id)
+        rows = [(j, greedy) for j in idx for greedy in copies]
+        pb = padded_batch([ids[j] for j in idx], [None] * size, model_cfg.pad_token_id, repeat=len(copies))
         gen = make_generate(model_cfg, max(budgets.values()), SamplingConfig(temperature=1.0) if sampled else GREEDY,
-                            pb.prefix_len)
+                            pb.prefix_len, pb.group)
         out = gen(ft, pb.tokens, pb.mask, jax.random.fold_in(key, c), None, np.array([g for _, g in rows]),
                   np.array([budgets[names[j]] for j, _ in rows], np.int32))
         b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
         completion = pb.tokens.shape[1] - 1  # loss-mask columns before this one cover the prompt
-        k1, exact, n = (np.asarray(x) for x in make_scorer(model_cfg, pb.prefix_len)(
+        k1, exact, n = (np.asarray(x) for x in make_scorer(model_cfg, pb.prefix_len, pb.group)(
             ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:]))
         for r, (j, greedy) in enumerate(rows):
-            if r % size >= len(real):
+            if r // len(copies) >= len(real):
                 continue  # a padding row
             kl = acc[names[j]]
             if greedy:

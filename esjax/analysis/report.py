@@ -112,7 +112,8 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     # tr(F_off) measured along a random direction: KL(base + r·u ‖ base) ≈ ½ r² tr(F)/d
     r = norms["es"]["once"]
     moved = jax.tree.map(lambda p, u: (p + r * u).astype(p.dtype), base, rand)
-    kl_rand = drift(moved)["general"]["sampled_token_exact"]  # the probes' program, compiled once
+    kl_rand = kl_drift(moved, base, model.cfg, model.tokenizer, {"general": probes["general"]}, key,
+                       estimators=("sampled_token_exact",))["general"]["sampled_token_exact"]
     trace_f = 2 * d * kl_rand / r ** 2
     res["theory"] = {
         "d": d, "N": N, "alpha": alpha, "sigma": cfg.es.sigma, "antithetic": cfg.es.antithetic, "T": T.tolist(), "measured_norm": measured.tolist(),

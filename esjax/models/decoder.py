@@ -141,42 +141,32 @@ def rms_norm(x, w, eps, d=None):
     return (apply_dense(w, d).astype(jnp.float32) * xf).astype(x.dtype)
 
 
-def attention(q, k, v, mask, cached=None):
-    """Grouped-query softmax attention of the T new queries over cached and new keys.
+def attention(q, k, v, mask):
+    """Grouped-query softmax attention. q: (B, T, H, Dh); k, v: (B, K, S, Dh); mask: (B, T, S) → (B, T, H, Dh).
 
-    q: (B, T, H, Dh); k, v: (B, K, T, Dh) the new keys/values; mask: (B, T, T) over the new ones.
-    ``cached`` = (k_c, v_c, mask_c) with k_c, v_c: (B, K, S, Dh), mask_c: (B, T, S) adds earlier slots
-    (one softmax over S + T scores). Query head h reads kv head h // (H/K); K/V are never repeated and
-    the (B, K, S, Dh) layout lets the batched dots read the cache without transposing it.
-    Returns (B, T, H, Dh).
+    Query head h reads kv head h // (H/K); K/V are never repeated and the (B, K, S, Dh) layout lets the
+    batched dots read a KV cache without transposing it.
     """
     B, T, H, Dh = q.shape
-    K = k.shape[1]
+    K, S = k.shape[1], k.shape[2]
     G = H // K
     q = q.reshape(B, T, K, G, Dh).transpose(0, 2, 3, 1, 4).reshape(B, K, G * T, Dh) / np.sqrt(Dh).astype(q.dtype)
-    neg = jnp.finfo(jnp.float32).min
-
-    def scores(keys, m):  # keys (B, K, S, Dh), m (B, T, S) → (B, K, G·T, S)
-        sc = jnp.einsum("bkqd,bksd->bkqs", q, keys).astype(jnp.float32)
-        m = jnp.broadcast_to(m[:, None, None], (B, 1, G, T, m.shape[-1])).reshape(B, 1, G * T, m.shape[-1])
-        return jnp.where(m, sc, neg)
-
-    s = scores(k, mask)
-    if cached is not None:
-        k_c, v_c, mask_c = cached
-        s = jnp.concatenate([scores(k_c, mask_c), s], -1)
-    p = jax.nn.softmax(s, -1).astype(v.dtype)
-    S = s.shape[-1] - T
-    out = jnp.einsum("bkqs,bksd->bkqd", p[..., S:], v)
-    if cached is not None:
-        out = out + jnp.einsum("bkqs,bksd->bkqd", p[..., :S], v_c)
+    s = jnp.einsum("bkqd,bksd->bkqs", q, k).astype(jnp.float32)
+    m = jnp.broadcast_to(mask[:, None, None], (B, 1, G, T, S)).reshape(B, 1, G * T, S)
+    p = jax.nn.softmax(jnp.where(m, s, jnp.finfo(jnp.float32).min), -1).astype(v.dtype)
+    out = jnp.einsum("bkqs,bksd->bkqd", p, v)
     return out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
-def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
-    """One transformer block; returns (x, (k, v)) with this chunk's keys/values (B, K, T, Dh).
+def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
+    """One transformer block; returns (x, (k, v)).
 
-    ``cached`` = (k_c, v_c, mask_c): this layer's cache (B, K, S, Dh) and mask (B, T, S), or None."""
+    Without ``cache`` the T tokens attend among themselves under ``mask`` (B, T, T) and (k, v) are their
+    keys/values (B, K, T, Dh). ``cache`` = (k_c, v_c, at, fresh) with this layer's cache (B, K, S, Dh):
+    the new keys/values are written at slots [at, at + T) first and the queries attend over all S slots
+    under ``mask`` (B, T, S) (``fresh``, static: the cache holds nothing yet, so they attend among
+    themselves under a (B, T, T) mask); (k, v) are then the updated caches. Writing before reading leaves
+    the update slice the cache's only user, so XLA updates it in place instead of copying it every step."""
     B, T, _ = x.shape
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     g = lambda n: ld.get(n)  # noqa: E731  (delta leaf or None)
@@ -190,7 +180,16 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cached=None):
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, g("k_norm"))
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, Dh)
-    att = attention(q, k, v, mask, cached)
+    if cache is None:
+        att = attention(q, k, v, mask)
+    else:
+        k_c, v_c, at, fresh = cache
+        if fresh:
+            att = attention(q, k, v, mask)
+        k = jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), (0, 0, at, 0))
+        v = jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), (0, 0, at, 0))
+        if not fresh:
+            att = attention(q, k, v, mask)
     x = x + linear(att.reshape(B, T, H * Dh), lp["wo"], g("wo"))
     h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps, g("mlp_norm"))
     m = jax.nn.silu(linear(h, lp["w_gate"], g("w_gate"))) * linear(h, lp["w_up"], g("w_up"))
@@ -205,10 +204,10 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
     tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
     Without a cache the T tokens attend causally among themselves (training / scoring).
     With a cache they are written at slots [cache.length, cache.length + T) and attend to every valid
-    earlier slot (prefill and decode); ``fresh_cache=True`` (static) says the cache is still empty, so
-    the prefill skips reading it. ``last_only`` computes logits for the last position only (prefill
-    needs no others: the vocabulary projection is ~20 % of a 135M model's FLOPs); ``logits_from`` (static)
-    computes them for positions [logits_from, T) only (a learner needs no logits over the prompt).
+    slot up to their own (prefill and decode); ``fresh_cache=True`` (static) says the cache is still
+    empty, so the prefill skips reading it. ``last_only`` computes logits for the last position only
+    (prefill needs no others: the vocabulary projection is ~20 % of a 135M model's FLOPs); ``logits_from``
+    (static) computes them for positions [logits_from, T) only (a learner needs no logits over the prompt).
     Returns (logits (B, T − logits_from or 1, V) float32, new cache or None).
     """
     delta = delta or {}
@@ -222,14 +221,17 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
         for lp, ld in zip(params["layers"], layer_deltas):
             x, _ = _block(cfg, inv_freq, x, positions, lp, ld, mask)
     else:
-        # the new tokens also see every valid earlier slot
-        mask_c = jnp.broadcast_to(cache.valid[:, None, :], (tokens.shape[0], T, cache.valid.shape[1]))
-        at, ks, vs = cache.length, [], []
+        at = cache.length
+        valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at))
+        if not fresh_cache:  # query t (slot at + t) sees every valid slot up to its own
+            slots = jnp.arange(valid.shape[1])
+            mask = valid[:, None, :] & (slots[None, None, :] <= at + jnp.arange(T)[None, :, None])
+        ks, vs = [], []
         for lp, ld, kc, vc in zip(params["layers"], layer_deltas, cache.k, cache.v):
-            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, None if fresh_cache else (kc, vc, mask_c))
-            ks.append(jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, 0, at, 0)))
-            vs.append(jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, 0, at, 0)))
-        cache = KVCache(tuple(ks), tuple(vs), jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at)), at + T)
+            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, at, fresh_cache))
+            ks.append(k)
+            vs.append(v)
+        cache = KVCache(tuple(ks), tuple(vs), valid, at + T)
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
     x = x[:, -1:] if last_only else x[:, logits_from:]
     if cfg.tie_embeddings:
