@@ -46,13 +46,15 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         fitness = rewards.mean(1)
         metrics = {}
         if cfg.kl_penalty:
-            B = pb.tokens.shape[0]
-            seq = sequence_batch(np.tile(pb.tokens, (N, 1)), np.tile(pb.mask, (N, 1)),
-                                 gen.tokens.reshape(N * B, -1), gen.lengths.reshape(-1))
-            score_completion = make_token_logprobs(model_cfg, pb.tokens.shape[1], pb.prefix_len)  # completion only
+            # prompt-major rows (each prompt's N completions consecutive): the prompt runs once per group
+            by_prompt = lambda x: np.swapaxes(x, 0, 1).reshape(N * x.shape[1], *x.shape[2:])  # noqa: E731
+            seq = sequence_batch(np.repeat(pb.tokens, N, 0), np.repeat(pb.mask, N, 0), by_prompt(gen.tokens),
+                                 by_prompt(gen.lengths))
+            score_completion = make_token_logprobs(model_cfg, pb.tokens.shape[1], pb.prefix_len, N)  # completion only
             base = np.asarray(score_completion(base_params, seq["tokens"], seq["attn_mask"]))
+            base = np.swapaxes(base.reshape(-1, N, base.shape[-1]), 0, 1)  # member-major (N, B, L)
             lens = np.maximum(gen.lengths, 1)
-            kl = ((gen.logprobs - base.reshape(gen.logprobs.shape)) * (np.arange(base.shape[-1]) < gen.lengths[..., None])).sum(-1) / lens
+            kl = ((gen.logprobs - base) * (np.arange(base.shape[-1]) < gen.lengths[..., None])).sum(-1) / lens
             metrics["member_kl"] = float(kl.mean())
             fitness = fitness - cfg.kl_penalty * kl.mean(1)
         t2 = time.perf_counter()
