@@ -3,7 +3,8 @@ show within minutes on a CPU.
 
 Kinds: ``add``/``sub``/``mul`` ("What is 23 + 45?") and ``word`` (a two-step story: "Tom has 12 apples. He
 buys 7 more and gives away 5. How many apples does Tom have now?"). Knobs: digits per operand, the mix
-of kinds. Reward = ``format_weight``·[a number was given] + [the last number equals the answer].
+of kinds. Reward = ``format_weight``·[a number was given] + [the last number equals the answer], read from
+the completion's last 2,000 characters (a bounded window).
 """
 from __future__ import annotations
 

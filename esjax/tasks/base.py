@@ -16,8 +16,9 @@ import json
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from esjax.tasks.scan import last_between
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_FLAT_BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +104,10 @@ def encode_prompts(tokenizer, task: Task, examples: Sequence[Example]) -> List[L
 
 
 def last_flat_boxed(text: str) -> Optional[str]:
-    r"""Content of the last ``\boxed{...}`` matched as paper 1's extractors do, ``\boxed\{([^}]*)\}``: no
-    nested braces (brace-matched extraction is :func:`esjax.tasks.math.last_boxed`)."""
-    found = _FLAT_BOXED.findall(text[-20000:])
-    return found[-1] if found else None
+    r"""Content of the last ``\boxed{...}`` as paper 1's extractors find it, ``re.findall(r"\\boxed\{([^}]*)\}",
+    text)[-1]``: no nested braces (brace-matched extraction is :func:`esjax.tasks.math.last_boxed`). The
+    whole text is read, in linear time (:func:`esjax.tasks.scan.last_between`)."""
+    return last_between(text, "\\boxed{", "}")
 
 
 def last_number(text: str) -> Optional[str]:

@@ -1,13 +1,17 @@
 """BoolQ yes/no reading comprehension (paper 1, ``tasks/boolq.py``; seeds brief §C.6).
 
 Rows of ``google/boolq``: ``question``, ``passage``, ``answer`` (bool). Paper 1 trains on the first 200 of
-``train`` and tests on the first 2,000 of ``validation`` (``order="file"``). Reward: the last
-``\\boxed{}`` (no nested braces), lower-cased, punctuation stripped; correct if in {yes, true, 1,
-correct, right} for a True gold and in {no, false, 0, incorrect, wrong} for a False one.
+``train`` and tests on the first 2,000 of ``validation`` (``order="file"``). Reward, paper 1's rule
+exactly (ESvsGRPO@43eed8c ``BoolQTask.compute_reward``): the last ``\\boxed{}`` (no nested braces),
+stripped, lower-cased, stripped again, then every character that is neither a word character nor
+whitespace removed (``re.sub(r"[^\\w\\s]", "")``, Unicode-aware) and nothing stripped afterwards: ``yes .``
+reads "yes " and fails, ``“yes”`` and ``yes。`` read "yes", ``_yes_`` keeps its underscores. Correct if in
+{yes, true, 1, correct, right} for a True gold and in {no, false, 0, incorrect, wrong} for a False one.
+Linear in the completion's length.
 """
 from __future__ import annotations
 
-import string
+import re
 from typing import Optional
 
 from esjax.tasks.base import Example, Reward, last_flat_boxed, register
@@ -17,6 +21,12 @@ SYSTEM = ("You are a reading assistant. Answer yes or no based on the passage.\n
           "and put your final answer within \\boxed{}.")
 YES = frozenset({"yes", "true", "1", "correct", "right"})
 NO = frozenset({"no", "false", "0", "incorrect", "wrong"})
+_NOT_WORD_OR_SPACE = re.compile(r"[^\w\s]")
+
+
+def normalize(said: str) -> str:
+    """Paper 1's ``normalize_answer`` of the stripped box content."""
+    return _NOT_WORD_OR_SPACE.sub("", said.strip().lower().strip())
 
 
 @register("boolq")
@@ -43,6 +53,5 @@ class BoolQ(DataTask):
 
     def reward(self, completion: str, example: Example) -> Reward:
         boxed = last_flat_boxed(completion)
-        said = boxed.lower().translate(str.maketrans("", "", string.punctuation)).strip() if boxed is not None else None
-        correct = said in (YES if example.answer else NO)
+        correct = boxed is not None and normalize(boxed) in (YES if example.answer else NO)
         return Reward.binary(correct)

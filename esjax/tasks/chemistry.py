@@ -3,12 +3,16 @@
 Rows of ``hicai-zju/SciKnowEval`` (config v2, split ``test``): ``question``, ``choices`` =
 {``text``: [4], ``label``: [A–D]}, ``answerKey``, ``domain``, ``type``. Kept: ``domain == "Chemistry"`` and
 ``type == "mcq-4-choices"``, shuffled as ``random.seed(42); random.shuffle`` does; the first 200 are
-train, the next 2,000 test. The reply must give ``"answer": "C"``; extraction, first match wins:
+train, the next 2,000 test. The reply must give ``"answer": "C"``; extraction over the whole reply (each
+pattern is one linear pass), first match wins:
 
-1. the last ``"answer"\\s*:\\s*"?([A-Da-d])"?``;
-2. the last ``answer\\s*:\\s*([A-Da-d])\\b`` (case-insensitive);
+1. the last ``"answer"\\s*:\\s*"?([A-Da-d])"?``, case-insensitive (``"Answer": "b"`` counts);
+2. the last ``answer\\s*:\\s*([A-Da-d])\\b``, case-insensitive;
 3. the last standalone letter: A–D, and with ``lenient_fallback`` (paper 1's quirk) a–d too, so the
    article "a" counts as "A".
+
+``lenient_fallback=True`` is paper 1's extractor exactly (ESvsGRPO@43eed8c
+``SciKnowEvalChemistryTask.compute_reward``); ``False`` (the default, esjax's) differs only in step 3.
 """
 from __future__ import annotations
 
@@ -25,11 +29,15 @@ USER_END = 'Please show your choice in the answer field with only the choice let
 LETTERS = "ABCD"
 
 
+_JSON = re.compile(r'"answer"\s*:\s*"?([A-Da-d])"?', re.IGNORECASE)
+_COLON = re.compile(r"answer\s*:\s*([A-Da-d])\b", re.IGNORECASE)
+_LETTER = re.compile(r"\b([A-D])\b")
+_LETTER_LENIENT = re.compile(r"\b([A-Da-d])\b")
+
+
 def extract_choice(text: str, lenient_fallback: bool = False) -> Optional[str]:
-    tail = text[-20000:]
-    for pattern, flags in ((r'"answer"\s*:\s*"?([A-Da-d])"?', 0), (r"answer\s*:\s*([A-Da-d])\b", re.IGNORECASE),
-                           (r"\b([A-Da-d])\b" if lenient_fallback else r"\b([A-D])\b", 0)):
-        found = re.findall(pattern, tail, flags)
+    for pattern in (_JSON, _COLON, _LETTER_LENIENT if lenient_fallback else _LETTER):
+        found = pattern.findall(text)
         if found:
             return found[-1].upper()
     return None

@@ -6,21 +6,32 @@ Examples are generated procedurally (default) or read from local data (``path=``
 
 - ``"esjax"`` (default): Qiu's instruction split into system + user message, assistant opened with
   ``<think>``;
-- ``"paper2"``: Qiu's whole raw string (numbers as ``[44 19 35]``, ending ``\n<think>``) as the single
+- ``"paper2"``: Qiu's whole raw string (numbers as ``[44 19 35]``, ending ``\\n<think>``) as the single
   user message, the scored text being ``"<think>" + completion`` (paper 2's ``countdown_reward.py``);
 - ``"qiu"``: the same raw string without any chat template (Qiu et al.'s script);
-- ``"boxed"``: paper 1 (system + ``Numbers: [44, 19, 35]\nTarget: 98``), binary reward on the last
-  ``\boxed{}`` without nested braces whose integers are exactly the numbers (sorted multisets equal).
+- ``"boxed"``: paper 1 (system + ``Numbers: [44, 19, 35]\\nTarget: 98``), binary reward on the stripped
+  content of the last ``\\boxed{}`` without nested braces (ESvsGRPO@43eed8c ``CountdownTaskNew``).
 
-TinyZero reward (all styles but ``boxed``)::
+TinyZero reward (all styles but ``boxed``), the seeds' ``reward_function`` (es-catastrophic@565029a
+``countdown_reward.py`` = es-fine-tuning-paper@523afc8 ``countdown/countdown_task.py``)::
 
-    reward = w_format · format + w_answer · answer        (defaults 0.1 and 1.0, as in ES-at-scale)
-    format = 1   if the text is  <think>…</think>\\n<answer>…</answer>
+    reward = w_format · format + w_answer · answer        (defaults 0.1 and 1.0, as in the seeds' code)
+    format = 1   if re.match(r"^<think>.*?</think>\\n<answer>.*?</answer>$", text, re.DOTALL)
+                 ("$" also matches before one final "\\n")
            = 0.1·[has <think>…</think>] + 0.5·[has <answer>…</answer>]   otherwise
-    answer = 1   if the last <answer> uses only digits, + - * / ( ) and spaces, each given number at most
-                 once (``exact_use`` = exactly once, as the seeds' code), and equals the target exactly
+    answer = 1   if the content of the last <answer>…</answer> passes the check below
+
+Answer check (all styles): the content, as given, matches ``^[0-9+\\-*/() ]+$`` (``re.match``: one
+trailing "\\n" allowed), its integers equal the given numbers as multisets (``exact_use=False``: each at
+most once), and its value is within 1e-5 of the target. ``paper2``/``qiu`` check the raw content as the
+seeds do, so ``<answer>\\n(35 + (44 + 19))\\n</answer>`` earns format credit only; ``esjax`` strips
+whitespace inside ``<answer>`` first (es-at-scale's newer grader does too). Tags are found by linear
+scans over the whole text (:mod:`esjax.tasks.scan`): any completion costs time linear in its length.
 
 The equation is evaluated by :mod:`esjax.tasks.safe_arith` (exact rationals, bounded), never ``eval``.
+Deliberate deviations from the seeds' ``eval`` (listed in ``docs/presets.md``): ``**`` and ``//`` are
+refused, and an answer longer than 256 characters or nested deeper than 32 syntax-tree levels (e.g. 40
+unary minus signs) scores 0 where ``eval`` would accept it.
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ from typing import List, Optional, Tuple
 
 from esjax.tasks.base import Example, Reward, last_flat_boxed, register
 from esjax.tasks.safe_arith import evaluate, integers_in
+from esjax.tasks.scan import has_between, last_between
 from esjax.tasks.sources import DataTask
 
 PROMPT = ("Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
@@ -47,8 +59,8 @@ BOXED_SYSTEM = ("You are a math assistant. Using the given numbers, create an ar
                 "by step, and put your final answer within \\boxed{}.")
 BOXED_USER = "Numbers: {nums}\nTarget: {target}"
 STYLES = ("esjax", "paper2", "qiu", "boxed")
-_FULL = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_CHARSET = re.compile(r"^[0-9+\-*/() ]+$")  # used with .match: "$" also matches before one final "\n"
+_MIDDLE = "</think>\n<answer>"
 _OPS = ("+", "-", "*", "/")
 
 
@@ -160,16 +172,18 @@ class Countdown(DataTask):
             correct = boxed is not None and self.check_equation(boxed.strip(), example.meta["nums"], example.answer)
             return Reward.binary(correct)
         text = self.score_prefix + completion
-        if _FULL.match(text):
-            fmt = 1.0
-        else:
-            fmt = 0.1 * ("<think>" in text and "</think>" in text) + 0.5 * bool(_ANSWER.search(text))
-        correct = self.check_equation(_last_answer(text), example.meta["nums"], example.answer)
+        fmt = tinyzero_format(text)
+        answer = last_between(text, "<answer>", "</answer>")
+        if answer is not None and self.style == "esjax":
+            answer = answer.strip()
+        correct = self.check_equation(answer, example.meta["nums"], example.answer)
         value = self.format_weight * fmt + self.answer_weight * float(correct)
         return Reward(value, correct, {"format": fmt, "answer": float(correct)})
 
     def check_equation(self, equation: Optional[str], nums: List[int], target) -> bool:
-        if equation is None or len(equation) > 256 or not re.fullmatch(r"[0-9+\-*/() ]+", equation):
+        """The seeds' answer check of ``equation`` as given: ``re.match(r"^[0-9+\\-*/() ]+$")``, its integers
+        == ``nums`` as multisets (``exact_use``; else each at most once), value within 1e-5 of ``target``."""
+        if not equation or not _CHARSET.match(equation):
             return False
         used, avail = Counter(integers_in(equation)), Counter(nums)
         if self.exact_use and used != avail:
@@ -180,6 +194,22 @@ class Countdown(DataTask):
         return value is not None and abs(value - Fraction(target)) < Fraction(1, 10 ** 5)
 
 
-def _last_answer(text: str) -> Optional[str]:
-    found = _ANSWER.findall(text[-20000:])
-    return found[-1].strip() if found else None
+def tinyzero_format(text: str) -> float:
+    """The seeds' ``format_reward_function(text)`` (no end token) in linear time.
+
+    ``re.match(r"^<think>.*?</think>\\n<answer>.*?</answer>$", text, re.DOTALL)`` succeeds iff the text
+    starts with ``<think>``, ends with ``</answer>`` or ``</answer>\\n`` (the closing tag at index e), and the
+    first ``</think>\\n<answer>`` after the opening tag ends at or before e. Otherwise 0.1·[a ``<think>`` is
+    followed by a ``</think>``] + 0.5·[an ``<answer>`` is followed by an ``</answer>``].
+    """
+    if text.endswith("</answer>"):
+        end = len(text) - len("</answer>")
+    elif text.endswith("</answer>\n"):
+        end = len(text) - len("</answer>\n")
+    else:
+        end = -1
+    if end >= 0 and text.startswith("<think>"):
+        mid = text.find(_MIDDLE, len("<think>"))
+        if 0 <= mid and mid + len(_MIDDLE) <= end:
+            return 1.0
+    return 0.1 * has_between(text, "<think>", "</think>") + 0.5 * has_between(text, "<answer>", "</answer>")

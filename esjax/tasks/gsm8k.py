@@ -2,8 +2,14 @@
 (paper 2), a ``save_to_disk`` folder, or tensorflow-datasets ``gsm8k`` from a local ``data_dir``
 (see :mod:`esjax.tasks.sources`).
 
-``reward="numeric"`` (default): the answer is, in order, ``#### N``, the last ``\\boxed{N}``, the last
-``<answer>N</answer>``, else the last number; correct iff numerically equal (exact rationals).
+The reference of an official row is its ``#### N`` line with the commas removed ("1,234" → "1234"), as
+verl's ``gsm8k.py`` preprocessing (which produced paper 2's parquet files) does, so both rules read the
+official JSONL and paper 2's parquet alike (the "####" rule drops commas from the prediction and could
+never match a gold "1,234").
+
+``reward="numeric"`` (default, esjax's rule): the answer is, in order, ``#### N``, the last ``\\boxed{N}``,
+the last ``<answer>N</answer>``, else the last number, all read from the last 4,000 characters (a
+bounded window); correct iff numerically equal (exact rationals).
 ``reward="string_match"``: paper 2's exact-string rule (:mod:`esjax.tasks.hashmark`, seeds brief §C.2).
 """
 from __future__ import annotations
@@ -13,9 +19,12 @@ from typing import Optional
 
 from esjax.tasks.base import Example, Reward, last_number, parse_number, register
 from esjax.tasks.hashmark import SUFFIX, is_verl_row, string_match, verl_question_answer
+from esjax.tasks.scan import last_between
 from esjax.tasks.sources import DataTask
 
 REWARDS = ("numeric", "string_match")
+_HASH_NUMBER = re.compile(r"####\s*\$?(-?[\d,]*\.?\d+)")
+_FLAT_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")  # stops at any brace: no rescans
 
 
 def reference_answer(solution: str) -> str:
@@ -24,7 +33,7 @@ def reference_answer(solution: str) -> str:
     final = solution.rsplit("####", 1)[1].strip()
     if parse_number(final) is None:
         raise ValueError(f"final answer {final!r} is not a number")
-    return final
+    return final.replace(",", "")
 
 
 def question_answer(row: dict):
@@ -38,12 +47,14 @@ def question_answer(row: dict):
 
 
 def extract_answer(text: str) -> Optional[str]:
+    """esjax's numeric-rule answer, read from the last 4,000 characters (each step linear in them)."""
     tail = text[-4000:]
-    for pattern in (r"####\s*\$?(-?[\d,]*\.?\d+)", r"\\boxed\{([^{}]*)\}", r"<answer>(.*?)</answer>"):
-        found = re.findall(pattern, tail, re.DOTALL)
+    for pattern in (_HASH_NUMBER, _FLAT_BOXED):
+        found = pattern.findall(tail)
         if found:
             return found[-1].strip()
-    return last_number(tail)
+    tagged = last_between(tail, "<answer>", "</answer>")
+    return tagged.strip() if tagged is not None else last_number(tail)
 
 
 @register("gsm8k")

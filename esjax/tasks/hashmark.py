@@ -1,10 +1,12 @@
 """Paper 2's "####" protocol for GSM8K, MATH and OlympiadBench (seeds brief §C.2–C.4), and verl rows.
 
-Prompt: the question + ``SUFFIX`` as the single user message. Reward (``gsm8k_reward.py``, binary):
-take the last 300 characters; the last ``####\\s*([\\-0-9\\.,]+)``, else the last
-``oxed\\s*\\{\\s*([^}]*)\\s*\\}`` (no nested braces: ``\\boxed{\\frac{1}{2}}`` is cut at the first ``}``, a
-documented quirk that biases MATH/OlympiadBench low); strip whitespace, drop ``,`` and ``$``; correct iff
-the string equals ``str(ground_truth)``. No numeric equivalence.
+Prompt: the question + ``SUFFIX`` as the single user message. Reward (es-catastrophic@565029a
+``gsm8k_reward.my_reward_fn``, binary): take the last 300 characters (a bounded window: the work does not
+grow with the completion); the last ``####\\s*([\\-0-9\\.,]+)``, else the last
+``oxed\\s*\\{\\s*([^}]*)\\s*\\}`` matched case-insensitively (``\\BOXED{7}`` counts; no nested braces:
+``\\boxed{\\frac{1}{2}}`` is cut at the first ``}``, a documented quirk that biases MATH/OlympiadBench low;
+the seed's optional ``$``/``$$`` around the box never change what is captured); strip whitespace, drop
+``,`` and ``$``; correct iff the string equals ``str(ground_truth)``. No numeric equivalence.
 
 verl parquet rows (paper 2's data files) hold ``prompt`` (chat messages whose last content is question +
 suffix) and ``reward_model.ground_truth``; :func:`verl_question_answer` reads them.
@@ -16,7 +18,7 @@ from typing import Optional, Tuple
 
 SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 _HASH = re.compile(r"####\s*([\-0-9\.,]+)")
-_BOXED = re.compile(r"oxed\s*\{\s*([^}]*)\s*\}")
+_BOXED = re.compile(r"oxed\s*\{\s*([^}]*)\s*\}", re.IGNORECASE)
 
 
 def string_match_extract(text: str) -> Optional[str]:

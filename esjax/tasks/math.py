@@ -5,11 +5,16 @@ of the solution.
 
 Prompt: ``prompt="boxed"`` (paper 1's system prompt, §C.3) or ``"hashmark"`` (paper 2's "####" suffix).
 Reward (binary):
-- ``"equivalent"`` (default): last boxed answer equal after :func:`normalize` (``\\dfrac``→``\\frac``,
-  ``\\left``/``\\right``, spacing, ``$``, ``\\%``, degrees, ``\\text{units}``), or numerically equal after a
-  safe LaTeX → arithmetic translation (``\\frac``, ``\\sqrt``, ``^``) evaluated by :mod:`esjax.tasks.safe_arith`;
-- ``"paper1"``: paper 1's exact rule (:func:`paper1_equal`, seeds brief §C.3);
+- ``"equivalent"`` (default, esjax's rule): the last ``\\boxed{}``/``\\fbox{}`` (brace-matched) equal after
+  :func:`normalize` (``\\dfrac``→``\\frac``, ``\\left``/``\\right``, spacing, ``$``, ``\\%``, degrees,
+  ``\\text{units}``), or numerically equal after a safe LaTeX → arithmetic translation (``\\frac``,
+  ``\\sqrt``, ``^``) evaluated by :mod:`esjax.tasks.safe_arith`;
+- ``"paper1"``: paper 1's rule exactly (ESvsGRPO@43eed8c ``MATHTask.compute_reward``, seeds brief §C.3):
+  :func:`paper1_extract` then :func:`paper1_equal`, quirks included (the ``\\frac{a}{b}`` reading is
+  anchored at the start only, so ``\\frac{1}{2}\\text{ cm}``, ``\\frac{1}{2}.`` and ``\\frac{1}{2}\\pi``
+  count as ½; ``\\fbox`` is not read; ``float()`` reads ``1e3`` and ``1_000``);
 - ``"string_match"``: paper 2's "####" rule (:mod:`esjax.tasks.hashmark`).
+Each rule reads the whole completion in time linear in its length (:mod:`esjax.tasks.scan`).
 ``stratify_per_level=k`` takes the first k training problems of each level in file order (paper 1: 40).
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import List, Optional
 from esjax.tasks.base import Example, Reward, register
 from esjax.tasks.hashmark import SUFFIX, is_verl_row, string_match, verl_question_answer
 from esjax.tasks.safe_arith import evaluate
+from esjax.tasks.scan import closing_brace, unwrap
 from esjax.tasks.sources import DataTask
 
 SYSTEM = ("You are a math expert. Solve the following competition math problem.\n\nPlease reason step by step, "
@@ -28,16 +34,25 @@ REWARDS = ("equivalent", "paper1", "string_match")
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with nested braces matched."""
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with nested braces matched, stripped; None
+    if absent or unclosed."""
     start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
     if start < 0:
         return None
     i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i:j - 1].strip() if depth == 0 else None
+    j = closing_brace(text, i)
+    return text[i:j].strip() if j >= 0 else None
+
+
+def paper1_extract(text: str) -> str:
+    """Paper 1's ``_extract_boxed_answer``: the content of the last ``\\boxed{`` up to its matching brace,
+    unstripped; "" if there is none or it is unclosed."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return ""
+    i = start + len("\\boxed{")
+    j = closing_brace(text, i)
+    return text[i:j] if j >= 0 else ""
 
 
 def question_answer(row: dict):
@@ -58,7 +73,7 @@ def question_answer(row: dict):
 
 def normalize(ans: str) -> str:
     s = ans.strip()
-    s = re.sub(r"\\text\{\s*([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)  # (a \s* before the group would backtrack quadratically)
     s = re.sub(r"\\mbox\{[^{}]*\}", "", s)
     for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""), ("\\!", ""),
                  ("\\,", ""), ("\\;", ""), ("\\$", ""), ("$", ""), ("\\%", ""), ("%", ""), ("^{\\circ}", ""),
@@ -102,41 +117,68 @@ def equivalent(a: Optional[str], b: Optional[str]) -> bool:
 
 
 def paper1_normalize(ans: str) -> str:
-    """Paper 1's ``math.py`` normalisation (§C.3): \\text{x}→x, no spaces, integral decimals → integers,
-    no $ / % / degree marks, \\dfrac and \\tfrac → \\frac."""
-    s = re.sub(r"\\text\{([^{}]*)\}", r"\1", ans.strip()).replace(" ", "")
+    """Paper 1's ``_normalize_answer``, step for step: strip; ``re.sub(r"\\\\text\\{([^}]*)\\}", r"\\1")``;
+    remove the spaces (" " only); if a "." is left and no letter, and ``float()`` reads an integral value
+    v, ``str(int(v))``; remove ``\\$ $ \\% % ^{\\circ} ^\\circ \\circ``; ``\\dfrac``/``\\tfrac`` → ``\\frac``."""
+    s = unwrap(ans.strip(), "\\text{", "}").replace(" ", "")
+    if "." in s and not any(map(str.isalpha, s)):
+        try:
+            v = float(s)
+            if v == int(v):
+                s = str(int(v))
+        except (ValueError, OverflowError):
+            pass
     for a in ("\\$", "$", "\\%", "%", "^{\\circ}", "^\\circ", "\\circ"):
         s = s.replace(a, "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    if re.fullmatch(r"-?\d+\.0*", s):
-        s = s.split(".")[0]
-    return s
+    return s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
 
 
-def _paper1_number(s: str) -> Optional[float]:
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", s)
+_PAPER1_FRAC = re.compile(r"\\frac\{([^}]+)\}\{([^}]+)\}")  # used with .match: anchored at the start only
+
+
+def _paper1_frac(s: str) -> Optional[float]:
+    """Paper 1's ``_latex_frac_to_float``: a leading ``\\frac{a}{b}`` read as float(a)/float(b), else None."""
+    m = _PAPER1_FRAC.match(s)
     if m:
-        den = float(m.group(3))
-        return None if den == 0 else (-1 if m.group(1) else 1) * float(m.group(2)) / den
-    m = re.fullmatch(r"(-?\d+)/(-?\d+)", s)
-    if m:
-        return None if float(m.group(2)) == 0 else float(m.group(1)) / float(m.group(2))
-    try:
-        return float(s.replace(",", ""))
-    except ValueError:
-        return None
+        try:
+            return float(m.group(1)) / float(m.group(2))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            pass
+    return None
+
+
+def _paper1_slash(s: str) -> float:
+    parts = s.split("/", 2)  # the seed splits at every "/" and reads the first two parts
+    return float(parts[0]) / float(parts[1])
 
 
 def paper1_equal(pred: Optional[str], gold: Optional[str]) -> bool:
-    """Exact string match after :func:`paper1_normalize`, or |a − b| < 1e-6 for simple ``\\frac{a}{b}``,
-    ``a/b`` and plain numbers (no sympy, no eval)."""
+    """Paper 1's ``_answers_equal``: after :func:`paper1_normalize`, equal strings; or both read as numbers
+    (a leading ``\\frac{a}{b}``, else ``float()`` with commas removed) within 1e-6; or, when only one side
+    holds a "/", its first two "/"-separated parts divided vs ``float()`` of the other, within 1e-6.
+    ``float()`` is Python's (it reads ``1e3``, ``1_000``, ``nan``); nothing is evaluated."""
     if pred is None or gold is None:
         return False
-    a, b = paper1_normalize(pred), paper1_normalize(gold)
-    if a == b:
+    pred, gold = paper1_normalize(pred), paper1_normalize(gold)
+    if pred == gold:
         return True
-    x, y = _paper1_number(a), _paper1_number(b)
-    return x is not None and y is not None and abs(x - y) < 1e-6
+    try:
+        x = _paper1_frac(pred)
+        x = float(pred.replace(",", "")) if x is None else x
+        y = _paper1_frac(gold)
+        y = float(gold.replace(",", "")) if y is None else y
+        if abs(x - y) < 1e-6:
+            return True
+    except (ValueError, OverflowError):
+        pass
+    try:
+        if "/" in pred and "/" not in gold:
+            return abs(_paper1_slash(pred) - float(gold)) < 1e-6
+        if "/" in gold and "/" not in pred:
+            return abs(_paper1_slash(gold) - float(pred)) < 1e-6
+    except (ValueError, ZeroDivisionError, OverflowError):
+        pass
+    return False
 
 
 @register("math")
@@ -177,9 +219,11 @@ class MATH(DataTask):
     def reward(self, completion: str, example: Example) -> Reward:
         if self.reward_mode == "string_match":
             correct = string_match(completion, example.answer)
+        elif self.reward_mode == "paper1":
+            pred = paper1_extract(completion)
+            correct = bool(pred) and paper1_equal(pred, example.answer)
         else:
-            pred = last_boxed(completion[-20000:])
-            correct = (paper1_equal if self.reward_mode == "paper1" else equivalent)(pred, example.answer)
+            correct = equivalent(last_boxed(completion), example.answer)
         return Reward.binary(correct)
 
 
