@@ -1,13 +1,14 @@
 """Tasks and rewards: known completions, adversarial model output (bounded time, never raises), seeded
 generators, local-file loaders with clear errors on malformed rows."""
 import os
-import time
+import random
+import re
 
 import pytest
 
-from esjax.tasks import Example, encode_prompts, get_task, task_names
+from esjax.tasks import Example, encode_prompts, get_task, scan, task_names
 from esjax.tasks.base import DatasetError
-from esjax.tasks.countdown import reachable
+from esjax.tasks.countdown import reachable, tinyzero_format
 from esjax.tasks.gsm8k import extract_answer
 from esjax.tasks.math import equivalent, last_boxed
 from esjax.tasks.safe_arith import evaluate
@@ -41,25 +42,111 @@ def test_countdown_known_rewards(completion, value, correct):
     "9**9**9**9", "2" * 1000 + "*" + "3" * 1000, "(" * 5000 + "1" + ")" * 5000, "1/0", "1/(2-2)",
     "１２ + ３", "__import__('os').system('echo hi')", "().__class__", "x" * 10 ** 6, "1e308*1e308", "(2+3" * 300,
 ])
-def test_adversarial_equations_get_zero_quickly(payload):
-    t0 = time.perf_counter()
+def test_adversarial_equations_get_zero(payload):
     r = get_task("countdown").reward(f" x </think>\n<answer>{payload}</answer>", CD)
     assert r.parts["answer"] == 0.0
     assert evaluate(payload) is None
-    assert time.perf_counter() - t0 < 1.0
 
 
-def test_adversarial_text_for_every_task_is_bounded():
-    gsm = get_task("gsm8k", path=os.path.join(FIX, "gsm8k"))
-    math = get_task("math", path=os.path.join(FIX, "math"))
-    ar = get_task("arithmetic")
-    evil = ["\\boxed{" * 20000, "#### " + "9" * 100000, "<answer>" * 50000, "1" * 10 ** 6, "\x00\ufffd" * 1000]
-    t0 = time.perf_counter()
-    for text in evil:
-        assert gsm.reward(text, Example("g", "q", "5")).value == 0.0
-        assert math.reward(text, Example("m", "q", "5")).value == 0.0
-        ar.reward(text, Example("a", "q", 5))
-    assert time.perf_counter() - t0 < 5.0
+MB = 2 ** 20
+
+
+def _every_reward():
+    """(name, task, example) for every reward and answer extractor esjax has."""
+    fx = lambda *p: os.path.join(FIX, *p)  # noqa: E731
+    cd = Example("cd", "q", 24, {"nums": [2, 3, 4]})
+    out = [(f"countdown/{s}", get_task("countdown", style=s), cd) for s in ("esjax", "paper2", "qiu", "boxed")]
+    out += [(f"gsm8k/{r}", get_task("gsm8k", path=fx("gsm8k"), reward=r), Example("g", "q", "5"))
+            for r in ("numeric", "string_match")]
+    out += [(f"math/{r}", get_task("math", path=fx("math"), reward=r), Example("m", "q", "\\frac{1}{2}"))
+            for r in ("equivalent", "paper1", "string_match")]
+    out += [("olympiadbench", get_task("olympiadbench", path=fx("olympiadbench")), Example("o", "q", "5")),
+            ("boolq", get_task("boolq", path=fx("boolq")), Example("b", "q", True)),
+            ("chemistry", get_task("chemistry", path=fx("chemistry")), Example("c", "q", "B")),
+            ("chemistry/lenient", get_task("chemistry", path=fx("chemistry"), lenient_fallback=True), Example("c", "q", "B")),
+            ("arithmetic", get_task("arithmetic"), Example("a", "q", 5)),
+            ("hellaswag", get_task("hellaswag", path=fx("hellaswag")), Example("h", "q", 2)),
+            ("mmlu", get_task("mmlu", path=fx("mmlu")), Example("u", "q", "B")),
+            ("lowercase", get_task("lowercase"), Example("l", "q", None))]
+    return out
+
+
+# ~1 MB completions that made the old regexes backtrack (repeated opening tags, unclosed braces, long
+# whitespace runs after a keyword): every reward must return its ordinary answer. Each scan is linear in
+# the text (esjax.tasks.scan), so the whole test runs in about a second; a quadratic extractor would not
+# finish (800 KB of opening tags took 355 s).
+ADVERSARIAL = {
+    "answer_tags": "<answer>" * (MB // 8),
+    "think_tags": "<think>" * (MB // 7),
+    "format_pairs": "</think>\n<answer></answer>x" * (MB // 27),
+    "boxed_opens": "\\boxed{" * (MB // 7),
+    "open_braces": "\\boxed{" + "{" * MB,
+    "text_spaces": "\\boxed{\\text{" + " " * MB + "{}}",
+    "text_opens": "\\boxed{" + "\\text{" * (MB // 6) + "}" * (MB // 6 + 1),
+    "slashes": "\\boxed{" + "1/" * (MB // 2) + "2}",
+    "json_spaces": '"answer"' + " " * MB,
+    "colon_spaces": "answer" + " " * MB + ":",
+    "hashes": "#### " + "9" * MB,
+    "digits": "1" * MB,
+    "nul": "\x00\ufffd\ud800" * (MB // 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_every_reward_reads_1mb_adversarial_completions(name):
+    text = ADVERSARIAL[name]
+    assert len(text) >= 10 ** 6
+    for task_name, task, ex in _every_reward():
+        r = task.reward(text, ex)
+        if task_name == "lowercase":
+            continue
+        assert r.correct is False and r.value in (0.0, 0.1, 0.01, 0.05, 0.06), (name, task_name, r)
+
+
+def test_1mb_completions_are_read_to_the_end():
+    """No hidden window: an answer followed or preceded by 1 MB still counts, as in the seeds' code."""
+    cd = Example("cd", "q", 24, {"nums": [2, 3, 4]})
+    pad = "Let me think. " * (MB // 14)
+    for style in ("esjax", "paper2", "qiu"):
+        task = get_task("countdown", style=style)
+        assert task.reward(f"{pad}</think>\n<answer>2 * 3 * 4</answer>", cd).value == pytest.approx(1.1)
+        assert task.reward(f" x </think>\n<answer>2 * 3 * 4</answer>{pad}", cd).value == pytest.approx(1.06)
+        # 65k pairs: the first "</think>\n<answer>" opens the format, the last answer holds all of them
+        pairs = "</think>\n<answer>" * (MB // 17) + "2 * 3 * 4</answer>"
+        assert task.reward(pairs, cd).parts == {"format": 1.0, "answer": 0.0}
+    assert get_task("countdown", style="boxed").reward(f"\\boxed{{2 * 3 * 4}}{pad}", cd).correct
+    half = Example("m", "q", "\\frac{1}{2}")
+    for rule in ("equivalent", "paper1"):
+        math = get_task("math", path=os.path.join(FIX, "math"), reward=rule)
+        assert math.reward(f"\\boxed{{\\frac{{1}}{{2}}}}{pad}", half).correct
+        assert math.reward("\\boxed{" + "{" * MB + "\\frac{1}{2}" + "}" * (MB + 1), half).correct is False
+    chem = get_task("chemistry", path=os.path.join(FIX, "chemistry"))
+    assert chem.reward('"answer": "B"' + " ok" * (MB // 3), Example("c", "q", "B")).correct
+    boolq = get_task("boolq", path=os.path.join(FIX, "boolq"))
+    assert boolq.reward("\\boxed{yes}" + "\\boxed{" * (MB // 7), Example("b", "q", True)).correct
+
+
+def test_scans_agree_with_the_regexes_they_replace():
+    rng = random.Random(0)
+    for _ in range(3000):
+        t = "".join(rng.choice(["<a>", "</a>", "<", "a", ">", "/", "\n", "x"]) for _ in range(rng.randint(0, 12)))
+        assert [t[a:b] for a, b in scan.spans(t, "<a>", "</a>")] == re.findall(r"<a>(.*?)</a>", t, re.DOTALL)
+        assert scan.last_between(t, "<a>", "</a>") == (re.findall(r"<a>(.*?)</a>", t, re.DOTALL) or [None])[-1]
+        assert scan.has_between(t, "<a>", "</a>") == bool(re.search(r"<a>.*?</a>", t, re.DOTALL))
+        b = "".join(rng.choice(["\\t{", "{", "}", "x", "\\", "t"]) for _ in range(rng.randint(0, 12)))
+        assert scan.unwrap(b, "\\t{", "}") == re.sub(r"\\t\{([^}]*)\}", r"\1", b)
+        depth, close = 1, -1
+        for k, ch in enumerate(b[1:], 1):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == 0:
+                close = k
+                break
+        assert scan.closing_brace(b, 1) == close
+        f = "".join(rng.choice(["<think>", "</think>", "<answer>", "</answer>", "\n", "x", "</think>\n<answer>"])
+                    for _ in range(rng.randint(0, 8)))
+        full = re.match(r"^<think>.*?</think>\n<answer>.*?</answer>$", f, re.DOTALL)
+        part = 0.1 * bool(re.search(r"<think>.*?</think>", f, re.DOTALL)) + 0.5 * bool(re.search(r"<answer>.*?</answer>", f, re.DOTALL))
+        assert tinyzero_format(f) == (1.0 if full else part), f
 
 
 def test_safe_arith_exact_rationals():
@@ -93,6 +180,8 @@ def test_gsm8k_loader_extraction_and_rewards():
     assert not task.reward("#### 0.5", ex).correct
     big = [e for e in task.examples("test", 100) if e.answer == "15000"][0]  # "#### 15,000": commas dropped, as verl
     assert task.reward("#### 15000", big).correct and task.reward("$15,000.00", big).correct
+    paper2 = get_task("gsm8k", path=os.path.join(FIX, "gsm8k"), reward="string_match")
+    assert paper2.reward("#### 15,000", big).correct and paper2.reward("\\boxed{15000}", big).correct
     assert extract_answer("#### 12 and then 13") == "12"
     assert "####" in task.user_message(ex)
 

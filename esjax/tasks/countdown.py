@@ -43,7 +43,7 @@ from fractions import Fraction
 from typing import List, Optional, Tuple
 
 from esjax.tasks.base import Example, Reward, last_flat_boxed, register
-from esjax.tasks.safe_arith import evaluate, integers_in
+from esjax.tasks.safe_arith import MAX_CHARS, evaluate, integers_in
 from esjax.tasks.scan import has_between, last_between
 from esjax.tasks.sources import DataTask
 
@@ -183,8 +183,8 @@ class Countdown(DataTask):
     def check_equation(self, equation: Optional[str], nums: List[int], target) -> bool:
         """The seeds' answer check of ``equation`` as given: ``re.match(r"^[0-9+\\-*/() ]+$")``, its integers
         == ``nums`` as multisets (``exact_use``; else each at most once), value within 1e-5 of ``target``."""
-        if not equation or not _CHARSET.match(equation):
-            return False
+        if not equation or len(equation) > MAX_CHARS or not _CHARSET.match(equation):
+            return False  # (over MAX_CHARS evaluate() would refuse it anyway: the check saves the parsing)
         used, avail = Counter(integers_in(equation)), Counter(nums)
         if self.exact_use and used != avail:
             return False
