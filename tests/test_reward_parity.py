@@ -105,3 +105,12 @@ def test_issue_examples_score_as_the_seeds():
     assert chem.reward('"Answer": "B" then C', Example("c", "q", "B")).correct
     gsm = get_task("gsm8k", path=os.path.join(FIX, "gsm8k"), reward="string_match")
     assert gsm.reward("\\BOXED{7}", Example("g", "q", "7")).correct
+
+
+def test_table_completions_are_the_generators_output(capsys):
+    import runpy
+
+    runpy.run_path(os.path.join(FIX, "reward_parity", "generate_completions.py"), run_name="__main__")
+    generated = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    table = [{k: r[k] for k in ("id", "style", "completion", "example")} for style in ROWS.values() for r in style]
+    assert sorted(generated, key=lambda r: r["id"]) == sorted(table, key=lambda r: r["id"])
