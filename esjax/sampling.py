@@ -9,8 +9,11 @@ Each row stops at its first EOS; the loop ends when every row has stopped or aft
 ``max_new_tokens``. Decoding is greedy (temperature 0) or sampled from softmax(logits / T) restricted to
 the top-k tokens and the top-p nucleus, from an explicit PRNG key.
 
-Returned log-probs are those of the *untempered* model distribution log softmax(logits)[token]: the
-quantity GRPO's importance ratios and the KL estimators need.
+Returned log-probs are those of the *untempered* model distribution log softmax(logits)[token], not of
+the distribution the token was drawn from (softmax(logits / T), truncated): the quantity a KL to the
+base model needs (ES's KL penalty compares them with the base model's). GRPO does not use them: its
+ratio and policy-gradient terms score the sampled tokens by log softmax(logits / T), rescored by the
+learner (:func:`esjax.grpo.step.completion_logprobs`).
 """
 from __future__ import annotations
 

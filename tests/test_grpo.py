@@ -171,3 +171,55 @@ def test_bad_config_values_are_named():
         GRPOConfig(loss_aggregation="mean")
     with pytest.raises(ValueError, match="micro_batch_size"):
         GRPOConfig(group_size=4, prompts_per_step=2, micro_batch_size=3)
+
+
+def test_tempered_sampling_is_scored_as_sampled_and_kl_stays_untempered():
+    """At T = 0.6 the rollout's old log-probs are log softmax(z / T) of the sampled tokens (TRL's and verl's
+    convention), the learner's ratio is 1 on-policy, its policy gradient is that of the tempered
+    log-probs, and the KL term compares the untempered policy with the untempered reference."""
+    from esjax.grpo.step import completion_logprobs
+    from esjax.grpo.trainer import learner_batch
+    from esjax.models.decoder import logits_from
+    from esjax.rollout import padded_batch
+    from esjax.sampling import SamplingConfig, make_generate
+
+    T, G = 0.6, 4
+    cfg = GRPOConfig(group_size=G, prompts_per_step=2, mini_batch_prompts=1, temperature=T, beta=0.1)
+    assert cfg.updates_per_step == 2  # so the rollout scores old_logp
+    params = init_params(TINY, jax.random.key(0), 0.5)
+    ref = init_params(TINY, jax.random.key(1), 0.5)
+    rng = np.random.default_rng(0)
+    pb = padded_batch([list(rng.integers(2, 32, n)) for n in (5, 9)], [None, None], TINY.pad_token_id, repeat=G)
+    gen = make_generate(TINY, 6, SamplingConfig(T), pb.prefix_len, pb.group)(params, pb.tokens, pb.mask,
+                                                                              jax.random.key(2))
+    adv = np.asarray(group_advantages(rng.normal(size=(2, G)))).reshape(-1)
+    batch = learner_batch(params, TINY, cfg, pb, gen.tokens, gen.lengths, adv)
+    P, m = pb.tokens.shape[1], np.asarray(batch["loss_mask"])
+    assert m.sum() > 10
+    z = logits_from(params, TINY, batch["tokens"], batch["attn_mask"], P - 1)[:, :-1]
+    pick = lambda lp: np.asarray(jnp.take_along_axis(lp, batch["tokens"][:, P:, None], -1)[..., 0]) * m  # noqa: E731
+    tempered, untempered = pick(jax.nn.log_softmax(z / T)), pick(jax.nn.log_softmax(z))
+    assert np.abs(tempered - untempered).max() > 0.05  # the two conventions differ here
+    np.testing.assert_allclose(np.asarray(batch["old_logp"]) * m, tempered, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gen.logprobs) * m, untempered, atol=1e-5)  # the sampler's: untempered
+    # the learner scores the same numbers: ρ = 1 before the first update
+    learner = np.asarray(completion_logprobs(params, TINY, batch["tokens"], batch["attn_mask"], P, T,
+                                             pb.prefix_len, pb.group))
+    np.testing.assert_allclose(np.exp(learner - np.asarray(batch["old_logp"])) * m, m, atol=1e-5)
+    # loss and gradient: clipped surrogate on the tempered log-probs, k3 KL on the untempered ones
+    w = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
+    ref_logp = pick(jax.nn.log_softmax(logits_from(ref, TINY, batch["tokens"], batch["attn_mask"], P - 1)[:, :-1]))
+    (loss, aux), g = jax.value_and_grad(grpo_loss, has_aux=True)(params, TINY, batch, w, jnp.asarray(ref_logp), cfg)
+
+    def expected(p):
+        zp = logits_from(p, TINY, batch["tokens"], batch["attn_mask"], P - 1)[:, :-1]
+        lp_t = jnp.take_along_axis(jax.nn.log_softmax(zp / T), batch["tokens"][:, P:, None], -1)[..., 0]
+        lp = jnp.take_along_axis(jax.nn.log_softmax(zp), batch["tokens"][:, P:, None], -1)[..., 0]
+        rho = jnp.exp(lp_t - jax.lax.stop_gradient(lp_t))  # on-policy: value 1, gradient ∇ log π^T
+        return (w * (-rho * jnp.asarray(adv)[:, None] + cfg.beta * kl_k3(lp, ref_logp))).sum()
+
+    want, g_want = jax.value_and_grad(expected)(params)
+    assert float(loss) == pytest.approx(float(want), rel=1e-5, abs=1e-7)
+    assert float(aux["kl_sum"]) == pytest.approx(float((np.asarray(kl_k3(untempered, ref_logp)) * m).sum()), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

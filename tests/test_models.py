@@ -98,6 +98,19 @@ def test_cached_generation_equals_full_reforward(arch):
     lengths = np.asarray(out.lengths)
     for row, n in zip(np.asarray(out.tokens), lengths):  # everything after a row's EOS is padding
         assert (row[n:] == cfg.pad_token_id).all()
+        assert n == 12 or row[n - 1] == 3
+    # EOS/budget: with a token the rows produce made the EOS, each row stops right after its first one
+    # (EOS included in its length), the rest run to the budget; the tokens before are unchanged
+    free = np.asarray(make_generate(cfg.replace(eos_token_ids=()), 12)(params, toks, mask, jax.random.key(0)).tokens)
+    eos = int(free[1, 4])
+    out = make_generate(cfg.replace(eos_token_ids=(eos,)), 12)(params, toks, mask, jax.random.key(0))
+    lengths = np.asarray(out.lengths)
+    for row, full, n in zip(np.asarray(out.tokens), free, lengths):
+        hits = np.flatnonzero(full == eos)
+        assert n == (hits[0] + 1 if hits.size else 12) and row[n - 1] == (eos if hits.size else full[11])
+        np.testing.assert_array_equal(row[:n], full[:n])
+        assert (row[n:] == cfg.pad_token_id).all()
+    assert lengths.min() <= 5 and (lengths <= 12).all()
 
 
 def test_shared_prefix_generation_equals_left_padded():
@@ -139,7 +152,6 @@ def test_shared_prefix_generation_equals_left_padded():
         np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-5)
     with pytest.raises(ValueError, match="share a prefix"):
         pad_prompts([system, [1] + system], 0, prefix_len=8)
-        assert n == 12 or row[n - 1] == 3
 
 
 def test_greedy_generation_matches_transformers_generate(tmp_path):

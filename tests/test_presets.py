@@ -48,6 +48,10 @@ def test_seed_preset_runs_one_step_of_each_method(preset, data_root, tmp_path):
             assert 0.0 <= s["after"][f"eval/{name}/accuracy"] <= 1.0
         if method == "grpo":
             assert rows[1]["optimizer_updates"] == cfg.grpo.updates_per_step
+        # the dry run's count per step is what the trainer reports (one function counts both)
+        per_step = run_cost(cfg, model.cfg, 16)[method]
+        per_step = per_step["forward_passes_per_task"] // (per_step.get("iterations") or per_step["steps"])
+        assert rows[1]["forward_passes"] == per_step
 
 
 def test_preset_values_follow_the_seeds_brief():
@@ -76,7 +80,9 @@ def test_dry_run_counts_and_memory(data_root, capsys):
 
     c = run_cost(build_config("paper1"), ModelConfig(**qwen3_4b), prompt_tokens=100, n_devices=4)
     assert c["parameters"] == ModelConfig(**qwen3_4b).param_count() and 4.0e9 < c["parameters"] < 4.1e9
-    assert c["es"]["forward_passes_per_task"] == 600_000 and c["grpo"]["forward_passes_per_task"] == 504 * 2 * 80
+    # ES: generation only; GRPO (μ = 1, one update): rollout, learner, reference scoring (KL tracked)
+    assert c["es"]["forward_passes_per_task"] == 600_000 and c["grpo"]["forward_passes_per_task"] == 504 * 3 * 80
+    assert c["grpo"]["backward_passes_per_task"] == 504 * 80 and c["context_problem"] is None
     assert c["es"]["memory_per_device"]["params"] == 4 * c["parameters"]
     # KV cache of one ES chunk: 2 · L · rows · K · (P + M) · Dh · 4 bytes
     assert c["es"]["memory_per_device"]["kv_cache"] == 2 * 36 * 200 * 8 * (100 + 1024) * 128 * 4
@@ -99,3 +105,38 @@ def test_sequential_stage_restarts_the_schedule_and_keeps_the_moments():
     u_end, _ = tx.update({"w": jnp.ones(3)}, opt, params)
     u_new, _ = tx.update({"w": jnp.ones(3)}, fresh, params)
     assert float(jnp.abs(u_end["w"]).max()) == 0.0 and float(jnp.abs(u_new["w"]).max()) > 0.5
+
+
+def test_pass_counts_follow_the_passes_each_completion_makes():
+    """paper2/qiu: 6,000 completions per step in 7 mini-batches (μ = 1): each completion is generated,
+    scored once for old log-probs, once by the reference and once (forward + backward) by the learner,
+    whatever the number of mini-batches; the ES KL penalty scores every completion with the base model."""
+    from esjax.cost import pass_counts
+
+    for preset in ("paper2", "qiu"):
+        cfg = build_config(preset)
+        c = run_cost(cfg, model_config("tiny-random-llama"), prompt_tokens=100)["grpo"]
+        assert cfg.grpo.updates_per_step == 7 and c["completions_per_step"] == 6000
+        assert c["forward_passes_per_step"] == 6000 * 4 and c["backward_passes_per_step"] == 6000
+        assert c["forward_passes_per_task"] == 6000 * 4 * cfg.grpo_steps
+        assert c["backward_passes_per_task"] == 6000 * cfg.grpo_steps
+    two_passes = GRPOConfig(group_size=4, prompts_per_step=4, mini_batch_prompts=2, num_inner_updates=2)
+    assert pass_counts("grpo", 16, two_passes) == {"forward_passes": 16 * (1 + 2 + 1), "backward_passes": 32}
+    assert pass_counts("grpo", 16, GRPOConfig(group_size=4, prompts_per_step=4), reference=True) == \
+        {"forward_passes": 16 * 3, "backward_passes": 16}
+    es = build_config("paper1", ["es.kl_penalty=0.1"]).es
+    assert pass_counts("es", 100, es) == {"forward_passes": 200, "backward_passes": 0}
+
+
+def test_dry_run_flags_a_prompt_beyond_the_model_context():
+    from esjax.cost import format_cost
+
+    cfg = build_config("tiny", ["max_new_tokens=100"])
+    mcfg = model_config("tiny-random-llama").replace(max_position_embeddings=512)
+    fits = run_cost(cfg, mcfg, prompt_tokens=100, longest_prompt=412)  # padded 416 + 100 > 512
+    assert fits["context_problem"] is not None and "416 padded" in fits["context_problem"]
+    assert "exceed the model context of 512 tokens by 4" in fits["context_problem"]
+    assert format_cost(fits).startswith("WARNING: the longest prompt (412 tokens")
+    assert run_cost(cfg, mcfg, prompt_tokens=100, longest_prompt=408)["context_problem"] is None  # 408 + 100 fits
+    alone = run_cost(cfg, mcfg, prompt_tokens=600)["context_problem"]  # the typical prompt, when no longest given
+    assert "alone exceeds the model context of 512" in alone

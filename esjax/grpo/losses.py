@@ -9,12 +9,29 @@ Per-token loss with ρ = exp(logp − logp_old) over completion tokens::
 
     ℓ_t = −min(ρ A, clip(ρ, 1 − ε, 1 + ε_high) A) + β · KL_t(π_θ ‖ π_ref)
 
+Two log-probs of each sampled token y_t enter it (z_t: the model's logits, T: the sampling temperature):
+
+    logp, logp_old  = log softmax(z_t / T)[y_t]   *tempered*: the distribution the rollout sampled from,
+                      as TRL (``logits / temperature``) and verl (``logits.div_(temperature)``) score it;
+                      top-k/top-p truncation is not applied (neither does TRL nor verl). Policy gradient
+                      and ratio; rollout and learner use this same convention, so ρ ≡ 1 on-policy.
+    kl_logp, ref    = log softmax(z_t)[y_t]       *untempered*: the policy's and the reference model's own
+                      distributions, the KL to the base model (as ES's KL penalty and the KL-drift probes
+                      measure it). TRL and verl temper these too; at T = 1 the conventions coincide. The
+                      tokens are drawn at temperature T, so at T ≠ 1 the estimators below are evaluated on
+                      samples of π_θ^T (an estimate of the penalty, not of KL(π_θ ‖ π_ref) itself).
+
 KL estimators with δ = logp_ref − logp:  k1 = −δ;  k3 = e^δ − δ − 1 (Schulman);  low_var_kl = clip(k3, ±10)
 (verl). Aggregation → per-token weights w so that the loss is Σ_t w_t ℓ_t (exact under micro-batching):
 
     seq_mean_token_mean  (paper 1, TRL "grpo"):  w = m / (n_b · B)
-    token_mean           (DAPO, TRL "dapo"/"bnpo"): w = m / Σ m
+    token_mean           (DAPO, TRL "dapo"):     w = m / Σ m   (Σ over the whole optimizer (mini-)batch)
     seq_mean_token_sum_norm (Dr. GRPO):          w = m / (B · L_max)
+
+``token_mean`` normalises by the tokens of the whole (mini-)batch however it is split into micro-batches
+for gradient accumulation: TRL's ``dapo`` (``num_items_in_batch``). TRL's ``bnpo`` averages each
+micro-batch's own token mean over the accumulation steps, which equals ``token_mean`` only when every
+micro-batch holds the same number of completion tokens; esjax has no ``bnpo``.
 """
 from __future__ import annotations
 
@@ -76,8 +93,11 @@ def clipped_surrogate(logp, old_logp, advantages, eps_low: float, eps_high: floa
 
 
 def per_token_loss(logp, old_logp, ref_logp, advantages, clip_eps: float, clip_eps_high: float, beta: float,
-                   kl_estimator: str):
-    """(loss (B, T), kl (B, T) or zeros, clipped (B, T))."""
+                   kl_estimator: str, kl_logp=None):
+    """(loss (B, T), kl (B, T) or zeros, clipped (B, T)). logp, old_logp: tempered log-probs of the sampled
+    tokens (ratio and policy gradient); ref_logp and ``kl_logp``: the reference's and the policy's
+    untempered log-probs (the KL term); ``kl_logp`` None = ``logp`` (sampling at T = 1)."""
     loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high)
-    kl = jnp.zeros_like(logp) if ref_logp is None else KL_ESTIMATORS[kl_estimator](logp, ref_logp)
+    kl_logp = logp if kl_logp is None else kl_logp
+    kl = jnp.zeros_like(logp) if ref_logp is None else KL_ESTIMATORS[kl_estimator](kl_logp, ref_logp)
     return loss + beta * kl, kl, clipped

@@ -8,14 +8,20 @@ accumulated loss identical to the full-batch loss. With ``old_logp`` omitted (on
 as in paper 1) the ratio is exp(logp − stop_grad(logp)) ≡ 1 and the step is on-policy REINFORCE with
 group-normalised advantages.
 
+At sampling temperature T the ratio and policy-gradient terms score log softmax(z / T) of each sampled
+token, the distribution the rollout drew it from (TRL and verl do the same), and ``old_logp`` must be
+scored so too (:func:`make_completion_logprobs`); the KL term compares the policy's and the reference's
+untempered log softmax(z) (see :mod:`esjax.grpo.losses`).
+
 Batch (B sequences of length T; predictions are for the last L positions, L ≤ T − 1):
     tokens (B, T) int32, attn_mask (B, T) bool, loss_mask (B, L) float (1 on completion tokens),
-    advantages (B,), old_logp (B, L) optional. L = T − 1 scores every position; L = T − P (P the padded
+    advantages (B,), old_logp (B, L) optional (tempered, as above). L = T − 1 scores every position; L = T − P (P the padded
     prompt width) skips the vocabulary projection over the prompt, which the loss never reads.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Optional
 
@@ -25,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from esjax.grpo.losses import KL_ESTIMATORS, LOSS_AGGREGATION, per_token_loss
-from esjax.models.decoder import token_logprobs
+from esjax.models.decoder import logits_from, token_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,16 +137,45 @@ def scored_from(batch: dict) -> int:
     return batch["tokens"].shape[1] - batch["loss_mask"].shape[1]
 
 
+def completion_logprobs(params, model_cfg, tokens, mask, start: int, temperature: float = 1.0, prefix_len: int = 0,
+                        group: int = 1, untempered: bool = False):
+    """Log-probs of the sampled tokens y_t = tokens[:, t], start ≤ t < T, from one forward pass.
+    tokens, mask: (B, T); with z_t the logits predicting y_t::
+
+        tempered   = log softmax(z_t / T)[y_t]   (B, T − start): what the sampler drew from (without its
+                     top-k/top-p truncation, as TRL and verl): GRPO's ratio and policy gradient
+        untempered = log softmax(z_t)[y_t]       (B, T − start): the model's own distribution: KL terms
+
+    Returns ``tempered``, or ``(tempered, untempered)`` with ``untempered`` (static). ``temperature``
+    (static, > 0): at 1 both are the same array (exactly :func:`esjax.models.decoder.token_logprobs`).
+    ``prefix_len``, ``group``: shared prompt columns run once (see ``logits_from``)."""
+    logits = logits_from(params, model_cfg, tokens, mask, start - 1, prefix_len, None, group)[:, :-1]
+    pick = lambda z: jnp.take_along_axis(jax.nn.log_softmax(z, -1), tokens[:, start:, None], -1)[..., 0]  # noqa: E731
+    raw = pick(logits)
+    tempered = raw if temperature == 1 else pick(logits / temperature)
+    return (tempered, raw) if untempered else tempered
+
+
+@functools.lru_cache(maxsize=None)
+def make_completion_logprobs(model_cfg, start: int, temperature: float = 1.0, prefix_len: int = 0, group: int = 1):
+    """A jitted ``(params, tokens, mask) -> tempered log-probs`` (:func:`completion_logprobs`): the rollout
+    policy's ``old_logp``, scored in the learner's convention so that ρ ≡ 1 before the first update."""
+    return jax.jit(lambda params, tokens, mask: completion_logprobs(params, model_cfg, tokens, mask, start,
+                                                                    temperature, prefix_len, group))
+
+
 def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig, prefix_len: int = 0,
               group: int = 1):
-    """Σ_t w_t ℓ_t over one (micro-)batch, and summed metric numerators."""
-    logp = token_logprobs(params, model_cfg, batch["tokens"], batch["attn_mask"], start=scored_from(batch),
-                          prefix_len=prefix_len, group=group)
+    """Σ_t w_t ℓ_t over one (micro-)batch, and summed metric numerators. The ratio and policy gradient use
+    the log-probs tempered by the sampling temperature ``cfg.temperature``; the KL term (``ref_logp``
+    untempered, from the reference model) the policy's untempered log-probs."""
+    logp, logp_model = completion_logprobs(params, model_cfg, batch["tokens"], batch["attn_mask"],
+                                           scored_from(batch), cfg.temperature, prefix_len, group, untempered=True)
     old = batch.get("old_logp")
     old = jax.lax.stop_gradient(logp) if old is None else old
     eps_high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
     loss_t, kl_t, clipped = per_token_loss(logp, old, ref_logp, batch["advantages"], cfg.clip_eps, eps_high,
-                                           cfg.beta, cfg.kl_estimator)
+                                           cfg.beta, cfg.kl_estimator, kl_logp=logp_model)
     m = batch["loss_mask"]
     aux = {"kl_sum": (kl_t * m).sum(), "clip_sum": (clipped * m).sum(), "tokens": m.sum()}
     return (loss_t * weights).sum(), aux

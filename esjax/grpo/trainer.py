@@ -1,5 +1,8 @@
 """One GRPO iteration on a language model and a task: G samples per prompt → rewards → group advantages
-→ μ pure ``grpo_step`` updates. Shares the sampler and rollout helpers with ES."""
+→ μ pure ``grpo_step`` updates. Shares the sampler and rollout helpers with ES.
+
+Completions are sampled at ``cfg.temperature`` (top-p ``cfg.top_p``) and scored, for the old log-probs
+as in the learner, by log softmax(logits / T) (:func:`esjax.grpo.step.completion_logprobs`)."""
 from __future__ import annotations
 
 import functools
@@ -9,12 +12,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.cost import pass_counts
 from esjax.grpo.losses import group_advantages
-from esjax.grpo.step import GRPOConfig, grpo_step
-from esjax.models.decoder import make_token_logprobs
+from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs
 from esjax.parallel import batch_sharding, put_global, replicated, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 from esjax.sampling import SamplingConfig, make_generate
+
+
+def learner_batch(params, model_cfg, cfg: GRPOConfig, pb, gen_tokens, lengths, advantages, put=lambda x: x) -> dict:
+    """The batch ``grpo_step`` trains on, from a rollout of ``pb`` (a :class:`esjax.rollout.PromptBatch`
+    of width P): tokens, attn_mask (B, P + M), loss_mask (B, M) over the completion predictions only (no
+    logits over the prompt), advantages (B,), and, when the step makes more than one optimizer update,
+    old_logp (B, M): the tempered log-probs of the sampled tokens under ``params`` (the rollout policy),
+    scored like the learner scores them so that ρ ≡ 1 on-policy. ``put`` places each array (sharding)."""
+    seq = sequence_batch(pb.tokens, pb.mask, gen_tokens, lengths)
+    P = pb.tokens.shape[1]
+    seq["loss_mask"] = seq["loss_mask"][:, P - 1:]  # completion predictions only: no logits over the prompt
+    batch = {k: put(v) for k, v in seq.items()}
+    batch["advantages"] = put(np.asarray(advantages, np.float32))
+    if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
+        old_logp = make_completion_logprobs(model_cfg, P, cfg.temperature, pb.prefix_len, pb.group)
+        batch["old_logp"] = old_logp(params, batch["tokens"], batch["attn_mask"])
+    return batch
 
 
 def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tokens: int, ref_params=None,
@@ -43,14 +63,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
         groups = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
         adv = np.asarray(group_advantages(groups, cfg.scale_rewards, cfg.std_ddof, cfg.adv_eps)).reshape(-1)
-        seq = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
-        P = pb.tokens.shape[1]
-        seq["loss_mask"] = seq["loss_mask"][:, P - 1:]  # completion predictions only: no logits over the prompt
-        batch = {k: put(v) for k, v in seq.items()}
-        batch["advantages"] = put(adv.astype(np.float32))
-        if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
-            old_logp = make_token_logprobs(model_cfg, P, pb.prefix_len, pb.group)
-            batch["old_logp"] = old_logp(state.params, batch["tokens"], batch["attn_mask"])
+        batch = learner_batch(state.params, model_cfg, cfg, pb, out.tokens, out.lengths, adv, put)
         t2 = time.perf_counter()
         mb = (cfg.mini_batch_prompts or cfg.prompts_per_step) * cfg.group_size
         ms = []
@@ -66,8 +79,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         metrics.update(rollout_metrics(rewards, correct, out.lengths, t0, t1, t2, t3),
                        reward_std=float(rewards.std()), reward_max=float(rewards.max()),
                        reward_min=float(rewards.min()), zero_variance=float((groups.std(1) == 0).mean()),
-                       forward_passes=int(rewards.size) * (1 + cfg.num_inner_updates + (len(ms) > 1)),
-                       backward_passes=int(rewards.size) * cfg.num_inner_updates)
+                       **pass_counts("grpo", rewards.size, cfg, reference=ref_params is not None))
         return state, metrics
 
     return iterate
