@@ -22,13 +22,13 @@ import jax
 import numpy as np
 
 from esjax.analysis import geometry as geo
-from esjax.analysis import theory as th
 from esjax.analysis.drift import kl_drift
 from esjax.analysis.report import perturbed_dimension
+from esjax.analysis.theory import drift_theory_of_run
 from esjax.checkpoint import load_params
 from esjax.config import build_config
 from esjax.models.registry import load_model
-from esjax.runs import evaluate_all, read_metrics, run_method
+from esjax.runs import evaluate_all, run_method
 from esjax.tasks.probes import GeneralChat, general_examples
 from experiments.cli import parser, setup
 
@@ -42,10 +42,19 @@ VARIANTS = {
 }
 
 
+def theory_columns(run_dir: str, d: int) -> dict:
+    """The sweep's theory columns for one ES run folder, from :func:`theory.drift_theory_of_run` (the
+    function the report and the notebook use)."""
+    t = drift_theory_of_run(run_dir, d)
+    return {"predicted_norm": t["predicted_norm"][-1] if t["T"] else None,
+            "ratio_measured_over_predicted": t["final_ratio_measured_over_predicted"],
+            "rho_estimate": t["rho_estimate"], "rho_status": t["rho_status"], "d": t["d"],
+            "theory_applies": t["applies"], "theory_note": t["applies_note"]}
+
+
 def run_row(out, name, cfg, method, model, base_eval, probe_n):
     s = run_method(cfg, method, os.path.join(out, name), model, progress=False, base_eval=base_eval)
     params = load_params(os.path.join(out, name, method, "params"), model.params)
-    rows = read_metrics(os.path.join(out, name, method))
     delta = geo.update(params, model.params)
     kl = kl_drift(params, model.params, model.cfg, model.tokenizer, {"general": (GeneralChat(), general_examples(probe_n))},
                   jax.random.key(cfg.seed), estimators=("greedy_sequence_sum",))["general"]
@@ -58,9 +67,7 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
            "update_norm": geo.global_norm(delta), "sparsity_bf16": geo.sparsity(geo.cast_delta(params, model.params, "bfloat16")),
            "offtask_kl": kl["greedy_sequence_sum"], "completions": s["completions"], "wall_time": s["wall_time"]}
     if method == "es":
-        T = cfg.es_iterations
-        f = float(np.mean([r.get("noise_energy_factor", 1.0) for r in rows[1:]]))
-        row["predicted_norm"] = float(th.random_walk_norm(cfg.es.alpha, T, perturbed_dimension(model.params, cfg), cfg.es.population_size)) * np.sqrt(f)
+        row.update(theory_columns(os.path.join(out, name, "es"), perturbed_dimension(model.params, cfg)))
     return row
 
 

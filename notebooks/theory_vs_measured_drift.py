@@ -10,8 +10,9 @@
 # %% [markdown]
 # # Theory vs measured ES drift
 # Loads a results folder written by `python -m experiments.compare` and overlays the analytical ES
-# theory (`esjax.analysis.theory`) on what was measured: the update norm ‖θ_t − θ_0‖ against
-# α√(t·d/N), the random-walk fit of ‖Δθ_t‖², the cosine bound and the off-task KL prediction.
+# theory (`esjax.analysis.theory.drift_vs_theory`, the function the report and the sweep call) on what
+# was measured: the update norm ‖θ_t − θ_0‖ against α√(τ·d/N), the random-walk fit of ‖Δθ_t‖², the
+# cosine bound and the off-task KL prediction.
 # Set `ESJAX_RESULTS` to the folder (default: the committed cpu-quick report in `docs/cpu-quick`).
 
 # %%
@@ -24,44 +25,50 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from esjax.analysis import theory as th  # noqa: E402
+from esjax.analysis.theory import drift_theory_of_run  # noqa: E402
 
-RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(os.path.dirname(os.path.abspath("__file__")), "..", "docs", "cpu-quick"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) if "__file__" in globals() else os.path.abspath("..")
+RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(ROOT, "docs", "cpu-quick"))
+FIGURES = os.environ.get("ESJAX_FIGURES", os.path.join(RESULTS, "notebook_figures"))
 res = json.load(open(os.path.join(RESULTS, "results.json")))
-t = res["theory"]
-T, measured = np.array(t["T"]), np.array(t["measured_norm"])
-print(f"d = {t['d']:,}, N = {t['N']}, alpha = {t['alpha']}, sigma = {t['sigma']}")
+stored = res["theory"]
+# the one theory-vs-measured function the report and the sweep call, on this folder's ES metrics
+t = drift_theory_of_run(os.path.join(RESULTS, "es"), stored["d"], stored["trace_fisher_general_estimate"])
+T, measured, predicted = np.array(t["T"]), np.array(t["measured_norm"]), np.array(t["predicted_norm"])
+print(f"d = {t['d']:,} (embedding: {stored.get('embedding_in_d', 'not recorded')}), N = {t['N']}, alpha = {t['alpha']}, "
+      f"clock = {t['clock']}")
 
 # %% [markdown]
-# ## Norm: random walk α√(Td/N)
+# ## Norm: random walk α√(τd/N), τ = Σ_t f_t (the logged noise energy; τ = T when it is not logged)
 
 # %%
-predicted = th.random_walk_norm(t["alpha"], T, t["d"], t["N"])
-fit = th.fit_random_walk(T, measured ** 2, t["alpha"], t["N"], t["d"])
+fit = t["random_walk_fit"]
 fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
 ax[0].plot(T, measured, "o-", label="measured ES")
-ax[0].plot(T, predicted, "--", label="α√(Td/N)")
+ax[0].plot(T, predicted, "--", label="α√(τd/N)")
 ax[0].set_xlabel("iteration"), ax[0].set_ylabel("‖Δθ‖"), ax[0].legend()
-ax[1].plot(T, measured ** 2, "o", label="measured ‖Δθ‖²")
-ax[1].plot(T, fit["slope"] * T + fit["intercept"], "-", label=f"fit R²={fit['r2']:.4f}, d_eff/d={fit['d_eff_ratio']:.3f}")
-ax[1].set_xlabel("iteration"), ax[1].legend()
+clock = np.array(t["energy_clock"])
+ax[1].plot(clock, measured ** 2, "o", label="measured ‖Δθ‖²")
+ax[1].plot(clock, fit["slope"] * clock + fit["intercept"], "-", label=f"fit R²={fit['r2']:.4f}, d_eff/d={fit['d_eff_ratio']:.3f}")
+ax[1].set_xlabel("τ (" + t["clock"] + " clock)"), ax[1].legend()
 fig.tight_layout()
-out = os.path.join(RESULTS, "notebook_figures")
-os.makedirs(out, exist_ok=True)
-fig.savefig(os.path.join(out, "theory_norm.png"), dpi=100)
-print("measured / predicted at the end:", measured[-1] / predicted[-1])
+os.makedirs(FIGURES, exist_ok=True)
+fig.savefig(os.path.join(FIGURES, "theory_norm.png"), dpi=100)
+print("measured / predicted at the end:", t["final_ratio_measured_over_predicted"])
 
 # %% [markdown]
 # ## Cosine with GRPO and off-task KL
+# ρ is a correlation: an estimate above 1 means the excess over the walk is not a coherent signal, and
+# the cosine bound falls back on ρ ≤ 1.
 
 # %%
-rho = th.estimate_rho(measured[-1] ** 2, t["alpha"], T[-1], t["d"], t["N"])
-print(f"rho estimate {rho:.3g}; |cos| bound {th.cosine_bound(rho, T[-1], t['N'], t['d']):.3g}, measured {abs(t['cosine_measured']):.3g}")
-print(f"off-task KL predicted {t['offtask_kl_predicted']:.4g} vs measured {t['offtask_kl_measured']:.4g} nats/token")
-kl_T = th.offtask_kl(t["alpha"], T, t["trace_fisher_general_estimate"], t["N"])
+rho = t["rho_estimate"]
+print(f"rho: {rho:.3g}" if rho is not None else f"rho: {t['rho_status']}")
+print(f"|cos| bound ({t['cosine_bound_rho']}) {t['cosine_bound']:.3g}, measured {abs(stored['cosine_measured']):.3g}")
+print(f"off-task KL predicted {t['offtask_kl_predicted']:.4g} vs measured {stored['offtask_kl_measured']:.4g} nats/token")
 fig, ax = plt.subplots(figsize=(5, 3.5))
-ax.plot(T, kl_T, "--", label="½α²T tr(F)/N (tr F from a random direction)")
-ax.plot([T[-1]], [t["offtask_kl_measured"]], "o", label="measured (general prompts)")
+ax.plot(T, t["offtask_kl_curve"], "--", label="½‖Δθ‖²_walk tr(F)/d (tr F from a random direction)")
+ax.plot([T[-1]], [stored["offtask_kl_measured"]], "o", label="measured (general prompts)")
 ax.set_xlabel("iteration"), ax.set_ylabel("KL per token"), ax.legend()
 fig.tight_layout()
-fig.savefig(os.path.join(out, "theory_kl.png"), dpi=100)
+fig.savefig(os.path.join(FIGURES, "theory_kl.png"), dpi=100)

@@ -93,8 +93,9 @@ def test_exact_and_k1_kl_against_numpy_on_known_distributions():
 def test_kl_drift_runs_every_probe_in_one_batch_like_one_prompt_at_a_time():
     """Probes of different tasks and budgets share batches (sampled and greedy copies in one generation,
     the last batch padded): the greedy sequence-sum KL of each prompt equals a greedy generation of that
-    prompt alone, stopped at its probe's budget, scored by a plain forward; identical models drift 0."""
-    from esjax.analysis.drift import kl_drift
+    prompt alone, stopped at its probe's budget, scored by a plain forward, prompt by prompt in the
+    probe's order; the means are those values' means; identical models drift 0."""
+    from esjax.analysis.drift import kl_drift, kl_drift_values
     from esjax.models.decoder import forward, positions_from_mask
     from esjax.models.registry import load_model
     from esjax.sampling import make_generate, pad_prompts
@@ -106,7 +107,8 @@ def test_kl_drift_runs_every_probe_in_one_batch_like_one_prompt_at_a_time():
     ft = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(1), x.shape), base)
     probes = {name: (t, ex[:n]) for (name, (t, ex)), n in zip(probe_sets(["arithmetic"], 3).items(), (3, 2))}
     budgets = {"general": 6, "arithmetic": 4}
-    kl = kl_drift(ft, base, cfg, tok, probes, jax.random.key(0), budgets, batch_size=4)  # 5 prompts: 2 batches of 3
+    vals = kl_drift_values(ft, base, cfg, tok, probes, jax.random.key(0), budgets, batch_size=4)  # 2 batches of 3
+    kl = kl_drift(ft, base, cfg, tok, probes, jax.random.key(0), budgets, batch_size=4)
     for name, (task, examples) in probes.items():
         ref = []
         for ids in encode_prompts(tok, task, examples):
@@ -118,8 +120,9 @@ def test_kl_drift_runs_every_probe_in_one_batch_like_one_prompt_at_a_time():
             lp = [jax.nn.log_softmax(forward(p, cfg, seq, positions_from_mask(m), m)[0][0], -1) for p in (ft, base)]
             t = np.arange(tokens.shape[1] - 1, seq.shape[1] - 1)
             ref.append(float(jnp.sum(lp[0][t, seq[0, t + 1]] - lp[1][t, seq[0, t + 1]])))
-        assert kl[name]["greedy_sequence_sum"] == pytest.approx(np.mean(ref), rel=1e-4, abs=1e-5)
-        assert kl[name]["sampled_token_exact"] > 0
+        np.testing.assert_allclose(vals[name]["greedy_sequence_sum"], ref, rtol=1e-4, atol=1e-5)
+        assert all(kl[name][e] == pytest.approx(np.mean(v)) for e, v in vals[name].items())
+        assert vals[name]["sampled_token_exact"].shape == (len(examples),) and np.all(vals[name]["sampled_token_exact"] > 0)
     same = kl_drift(base, base, cfg, tok, probes, jax.random.key(0), budgets, batch_size=4)
     assert all(abs(v) < 1e-6 for per in same.values() for v in per.values())
     with pytest.raises(ValueError, match="unknown KL estimators"):

@@ -86,3 +86,87 @@ def test_paired_bootstrap_uses_the_pairing():
         stats.paired_bootstrap_difference(x, y[:-1], seed=0)
     with pytest.raises(ValueError, match="finite"):
         stats.bootstrap_mean_interval([1.0, float("nan")], seed=0)
+
+
+def test_verdict_rules_on_synthetic_intervals():
+    from esjax.analysis import verdicts as v
+
+    acc = lambda d, lo, hi: {"difference": d, "ci": [lo, hi], "test": "t"}  # noqa: E731
+    assert v.accuracy_parity(acc(0.0, -0.03, 0.03))["verdict"] == "reproduced"  # ES not worse beyond the margin
+    assert v.accuracy_parity(acc(-0.2, -0.3, -0.1))["verdict"] == "contradicted"
+    assert v.accuracy_parity(acc(0.0, -0.14, 0.14))["verdict"] == "inconclusive"  # 64 problems: too wide
+    assert v.norm_ratio(35.0)["verdict"] == "reproduced" and v.norm_ratio(0.5)["verdict"] == "contradicted"
+    assert v.norm_ratio(3.0)["verdict"] == "inconclusive"
+    assert v.denser(0.3, 0.8)["verdict"] == "reproduced" and v.denser(0.9, 0.8)["verdict"] == "contradicted"
+    kl = lambda lo, hi: {"mean": (lo + hi) / 2, "ci": [lo, hi], "n": 8, "test": "t"}  # noqa: E731
+    assert [v.offtask_kl(kl(*c))["verdict"] for c in ((0.01, 0.02), (-0.02, -0.01), (-0.01, 0.02))] == \
+        ["reproduced", "contradicted", "inconclusive"]
+    assert v.offtask_kl(None, "not recorded")["verdict"] == "inconclusive"
+    assert [v.forgetting(acc(0, *c))["verdict"] for c in ((0.01, 0.2), (-0.2, -0.01), (-0.1, 0.1))] == \
+        ["reproduced", "contradicted", "inconclusive"]
+    assert v.near_orthogonal(-3e-5, 1e-3)["verdict"] == "reproduced" and v.near_orthogonal(0.2, 1e-3)["verdict"] == "contradicted"
+    assert v.norm_theory(1.02)["verdict"] == "reproduced" and v.norm_theory(1.27)["verdict"] == "contradicted"
+    assert v.norm_theory(1.0, applies=False, note="adam")["verdict"] == "inconclusive"
+    # barrier: a dip of 0.5 at λ = ½ on 400 problems is real; a flat path on 400 problems is no barrier
+    deep = v.barrier_interval([0, 0.5, 1], [0.8, 0.3, 0.8], 400)
+    assert deep["barrier"] == pytest.approx(0.5) and v.no_barrier(deep)["verdict"] == "contradicted"
+    flat = v.barrier_interval([0, 0.5, 1], [0.5, 0.5, 0.5], 400)
+    assert flat["ci"][0] < 0 < flat["ci"][1] < 0.05 and v.no_barrier(flat)["verdict"] == "reproduced"
+    assert v.no_barrier(v.barrier_interval([0, 0.5, 1], [0.25, 0.25, 0.25], 64))["verdict"] == "inconclusive"
+    with pytest.raises(ValueError, match="not a count out of n=64"):
+        v.barrier_interval([0, 1], [0.3, 0.5], 64)
+
+
+def _synthetic_results(n=1000, kl_gap=0.05, seed=0):
+    """Results as analyze() writes them, with per-problem correctness and per-prompt KL: ES and GRPO both
+    gain ~15 points on the task, ES forgets 20 points on the eval task, GRPO none, ES drifts more."""
+    rng = np.random.default_rng(seed)
+    before = rng.random(n) < 0.3
+    after = before | (rng.random(n) < 0.25)
+    other = rng.random(n) < 0.6
+    other_es = other & (rng.random(n) < 0.6)
+
+    def summ(after_task, after_other):
+        ev = lambda t, c: {f"eval/{t}/accuracy": float(np.mean(c)), f"eval/{t}/correct": c.astype(int).tolist()}  # noqa: E731
+        return {"before": {**ev("arith", before), **ev("word", other)}, "after": {**ev("arith", after_task), **ev("word", after_other)}}
+
+    base_kl = rng.exponential(0.02, 64)
+    per = lambda gap: {p: {"sampled_token_exact": (base_kl + gap).tolist()} for p in ("general", "word")}  # noqa: E731
+    sp = lambda x: {"bfloat16": {"1e-06": {"global": x}}}  # noqa: E731
+    return {"config": {"task": "arith", "eval_size": n}, "n_eval": n,
+            "summaries": {"es": summ(after, other_es), "grpo": summ(after, other)},
+            "kl_drift_per_prompt": {"es": {**per(kl_gap), "arith": {"sampled_token_exact": base_kl.tolist()}},
+                                    "grpo": {**per(0.0), "arith": {"sampled_token_exact": base_kl.tolist()}}},
+            "interpolation": {"es_to_grpo": {"lambda": [0, 0.5, 1], "accuracy": [after.mean()] * 3}},
+            "norms": {"ratio_es_over_grpo": 40.0}, "sparsity": {"es": sp(0.2), "grpo": sp(0.9)},
+            "cosine": {"global": 1e-5}, "theory": {"cosine_bound": 1e-3, "final_ratio_measured_over_predicted": 1.01}}
+
+
+def test_interval_tests_and_verdicts_from_recorded_per_problem_and_per_prompt_values():
+    from esjax.analysis.intervals import interval_tests
+    from esjax.analysis.verdicts import seed_verdicts
+
+    res = _synthetic_results()
+    t = interval_tests(res)
+    gain = t["accuracy"]["es"]["arith"]["change"]
+    assert gain["test"] == "exact McNemar" and gain["right_to_wrong"] == 0 and gain["p_value"] < 1e-6
+    same = t["es_vs_grpo_after"]  # identical answers: φ = 1, the paired interval nearly collapses
+    assert same["difference"] == 0.0 and -0.01 < same["ci"][0] <= 0 <= same["ci"][1] < 0.01 and same["p_value"] == 1.0
+    assert t["forgetting_es_minus_grpo"]["difference"] > 0.15 and t["forgetting_es_minus_grpo"]["ci"][0] > 0
+    assert t["offtask_kl_es_minus_grpo"]["mean"] == pytest.approx(0.05) and t["offtask_kl_es_minus_grpo"]["n"] == 128
+    got = {x["finding"]: x["verdict"] for x in seed_verdicts(res, t)}
+    assert got == {"ES ≈ GRPO accuracy": "reproduced", "ES norm ≫ GRPO": "reproduced", "ES denser": "reproduced",
+                   "ES off-task KL > GRPO": "reproduced", "forgetting ES > GRPO": "reproduced",
+                   "near-orthogonal": "reproduced", "no barrier (ES → GRPO)": "reproduced",
+                   "norm = theory α√(τd/N)": "reproduced"}
+    # without per-problem correctness: unpaired intervals, no p-value; without per-prompt KL: inconclusive
+    for m in ("es", "grpo"):
+        for when in ("before", "after"):
+            res["summaries"][m][when] = {k: v for k, v in res["summaries"][m][when].items() if not k.endswith("correct")}
+    del res["kl_drift_per_prompt"]
+    t = interval_tests(res)
+    assert t["accuracy"]["es"]["arith"]["change"]["p_value"] is None
+    assert {x["finding"]: x["verdict"] for x in seed_verdicts(res, t)}["ES off-task KL > GRPO"] == "inconclusive"
+    res["summaries"]["es"]["after"]["eval/arith/accuracy"] = 0.123456
+    with pytest.raises(ValueError, match=r"summaries\['es'\]\['after'\]\['eval/arith/accuracy'\]"):
+        interval_tests(res)

@@ -78,3 +78,70 @@ def test_formulas_and_inverses_are_consistent():
     P = alpha * rho * g * T
     assert th.drift_sq_at_fixed_progress(alpha, d, P, N, rho, g) == pytest.approx(alpha ** 2 * T * d / N)
     assert th.cosine_bound(0.0, T, N, d) == pytest.approx(1e-4)
+
+
+def _rows(norms, factors=None):
+    return [{"iteration": 0, "eval/x/accuracy": 0.5}] + [
+        {"iteration": i + 1, "update_norm_from_base": n, **({"noise_energy_factor": factors[i]} if factors else {})}
+        for i, n in enumerate(norms)]
+
+
+def test_drift_vs_theory_uses_the_energy_clock_and_refuses_rho_above_one():
+    alpha, d, N = 0.01, 10_000, 4
+    f = [1.5, 0.5, 2.0, 1.0]
+    walk = alpha * np.sqrt(np.cumsum(f) * d / N)
+    t = th.drift_vs_theory(_rows(walk, f), alpha, d, N, antithetic=True)
+    assert t["clock"] == "energy" and t["final_ratio_measured_over_predicted"] == pytest.approx(1.0)
+    assert t["rho_estimate"] == pytest.approx(0.0, abs=1e-6) and t["rho_status"] == "ok"
+    # a coherent signal of ρ = 0.4 on top of the walk is recovered
+    sig = np.sqrt(walk ** 2 + (alpha * 0.4 * np.arange(1, 5)) ** 2)
+    assert th.drift_vs_theory(_rows(sig, f), alpha, d, N, True)["rho_estimate"] == pytest.approx(0.4)
+    # an excess no correlation ≤ 1 explains: no ρ̂, a reason, and the cosine bound with ρ ≤ 1
+    big = th.drift_vs_theory(_rows(walk * 1.1, f), alpha, d, N, True)
+    assert big["rho_estimate"] is None and big["rho_status"].startswith("assumption failed")
+    assert big["cosine_bound"] == pytest.approx(th.cosine_bound(1.0, 4, N, d))
+    # antithetic pairs without logged energy: the walk's energy is unknown
+    un = th.drift_vs_theory(_rows(walk), alpha, d, N, True)
+    assert un["clock"] == "iterations" and un["rho_estimate"] is None and un["rho_status"].startswith("undefined")
+    assert not un["applies"]
+    with pytest.raises(ValueError, match="without gaps"):
+        th.drift_vs_theory(_rows(walk, f)[:2] + _rows(walk, f)[3:], alpha, d, N, True, where="m.jsonl")
+
+
+def test_report_sweep_and_notebook_agree_on_one_results_folder(tmp_path, monkeypatch):
+    import json
+    import os
+    import runpy
+    import shutil
+
+    from esjax.analysis import report
+    from experiments.sweep import theory_columns
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = os.path.join(root, "docs", "cpu-quick")
+    res = json.load(open(os.path.join(folder, "results.json")))
+    s = res["theory"]
+    rep = report.theory_results(folder, s["d"], s["sigma"], {"embedding_in_d": "not perturbed"}, s["cosine_measured"],
+                                s["random_direction_kl_general"], s["trace_fisher_general_estimate"],
+                                s["offtask_kl_measured"])
+    sweep = theory_columns(os.path.join(folder, "es"), s["d"])
+    monkeypatch.setenv("ESJAX_RESULTS", folder)
+    monkeypatch.setenv("ESJAX_FIGURES", str(tmp_path / "figs"))
+    nb = runpy.run_path(os.path.join(root, "notebooks", "theory_vs_measured_drift.py"))
+    nb_ratio = nb["measured"][-1] / nb["predicted"][-1]
+    # the committed run: antithetic pairs, energy clock; measured/predicted 1.0002 for all three
+    assert rep["final_ratio_measured_over_predicted"] == pytest.approx(1.000188, abs=1e-6)
+    assert sweep["ratio_measured_over_predicted"] == rep["final_ratio_measured_over_predicted"]
+    assert nb_ratio == pytest.approx(rep["final_ratio_measured_over_predicted"], rel=1e-12)
+    assert sweep["predicted_norm"] == rep["predicted_norm"][-1] == pytest.approx(nb["predicted"][-1], rel=1e-12)
+    # ρ̂ would be 28.2 > 1: reported as a failed assumption by all three, never printed as an estimate
+    assert rep["rho_estimate"] is None and sweep["rho_estimate"] is None and nb["rho"] is None
+    assert "ρ = 28.2 > 1" in rep["rho_status"] == sweep["rho_status"]
+    assert nb["t"]["offtask_kl_predicted"] == rep["offtask_kl_predicted"]
+    # the rendered report prints the same numbers
+    out = tmp_path / "rep"
+    out.mkdir()
+    for m in ("es", "grpo"):
+        shutil.copytree(os.path.join(folder, m), out / m)
+    md = open(report.write_report(str(out), {**res, "theory": rep})).read()
+    assert "(ratio 1.000)" in md and "assumption failed" in md and "ρ ≤ 1" in md

@@ -47,9 +47,18 @@ def make_scorer(cfg, prefix_len: int = 0, group: int = 1):
 def kl_drift(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task, Sequence[Example]]], key,
              max_new_tokens: Optional[Dict[str, int]] = None, batch_size: int = 32,
              estimators: Sequence[str] = ESTIMATORS) -> Dict[str, Dict[str, float]]:
-    """{probe: {estimator: mean over its prompts}} of KL(π_ft ‖ π_base) for ``probes`` = {name: (task,
-    examples)} (:func:`esjax.tasks.probes.probe_sets`), each completion capped at ``max_new_tokens[name]``
-    (default: the task's own budget).
+    """{probe: {estimator: mean over its prompts}} of :func:`kl_drift_values`."""
+    vals = kl_drift_values(ft, base, model_cfg, tokenizer, probes, key, max_new_tokens, batch_size, estimators)
+    return {name: {e: float(np.mean(v)) for e, v in kl.items()} for name, kl in vals.items()}
+
+
+def kl_drift_values(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task, Sequence[Example]]], key,
+                    max_new_tokens: Optional[Dict[str, int]] = None, batch_size: int = 32,
+                    estimators: Sequence[str] = ESTIMATORS) -> Dict[str, Dict[str, np.ndarray]]:
+    """{probe: {estimator: (n_probe,) per-prompt values, in the probe's example order}} of
+    KL(π_ft ‖ π_base) for ``probes`` = {name: (task, examples)} (:func:`esjax.tasks.probes.probe_sets`),
+    each completion capped at ``max_new_tokens[name]`` (default: the task's own budget). The per-prompt
+    values feed the bootstrap intervals over prompts (:mod:`esjax.analysis.stats`).
 
     Every probe's prompts run together, ``batch_size`` prompts at a time (the last batch padded to the
     others' size, so one program serves them all): one generation per batch holds a sampled (T = 1) and
@@ -92,7 +101,7 @@ def kl_drift(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task, Seque
                 for e, v in (("sampled_token_k1", k1[r]), ("sampled_token_exact", exact[r])):
                     if e in kl:
                         kl[e].append(v / max(n[r], 1))
-    return {name: {e: float(np.mean(v)) for e, v in kl.items()} for name, kl in acc.items()}
+    return {name: {e: np.asarray(v, np.float64) for e, v in kl.items()} for name, kl in acc.items()}
 
 
 def incremental_kl_matrix(stages: Sequence, model_cfg, tokenizer, probe_sets: dict, key,

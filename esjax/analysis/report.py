@@ -14,14 +14,16 @@ import numpy as np
 from esjax.analysis import connectivity as lmc
 from esjax.analysis import geometry as geo
 from esjax.analysis import theory as th
-from esjax.analysis.drift import ESTIMATORS, kl_drift
+from esjax.analysis.verdicts import seed_verdicts
+from esjax.analysis.drift import ESTIMATORS, kl_drift, kl_drift_values
+from esjax.analysis.intervals import KL_ESTIMATOR, interval_tests
 from esjax.checkpoint import load_params
 from esjax.config import RunConfig
 from esjax.evaluation import evaluate
-from esjax.es.noise import leaf_selection
-from esjax.runs import read_metrics
+from esjax.runs import read_metrics, require_complete
 from esjax.tasks import get_task
 from esjax.tasks.probes import probe_sets
+from esjax.trees import leaf_paths, leaf_selection
 
 # The seeds' headline numbers, for the report (seeds brief §G).
 SEED_FIGURES = {
@@ -32,7 +34,14 @@ SEED_FIGURES = {
     "off-task KL": "Math→BoolQ 0.23 nats ES vs 0.01 GRPO (paper 1, Fig. 2)",
     "interpolation barrier": "none; path smooth, sometimes above the endpoints (paper 1, Fig. 3)",
     "theory": "‖Δθ_T‖ = α√(Td/N) within 0.5 % (paper 1); R² > 0.99, d_eff/d ≈ 96 %",
+    "accuracy": "ES(100) within −2.1…+3.6 points of GRPO (paper 1, Table 1); within 3–4 points (paper 2)",
+    "forgetting": "HellaSwag ≈60 → 50.4 under ES, 59.5–61.3 under GRPO (paper 2, Fig. 1); MMLU −3.7 ES vs +0.8 GRPO (paper 1)",
 }
+# which seed figure each verdict (esjax.analysis.verdicts) sits beside
+FINDING_SEEDS = {"ES ≈ GRPO accuracy": "accuracy", "ES norm ≫ GRPO": "ES/GRPO update-norm ratio",
+                 "ES denser": "sparsity τ=1e-6 (16-bit)", "ES off-task KL > GRPO": "off-task KL",
+                 "forgetting ES > GRPO": "forgetting", "near-orthogonal": "cosine(Δ_ES, Δ_GRPO)",
+                 "no barrier (ES → GRPO)": "interpolation barrier", "norm = theory α√(τd/N)": "theory"}
 
 
 def perturbed_dimension(params, cfg: RunConfig) -> int:
@@ -40,14 +49,42 @@ def perturbed_dimension(params, cfg: RunConfig) -> int:
     return int(sum(x.size for x, s in zip(jax.tree.leaves(params), sel) if s))
 
 
+def dimension_info(params, cfg: RunConfig, tied: bool) -> Dict:
+    """How d counts the embedding. esjax perturbs each leaf once with one noise draw; a tied embedding is
+    the single leaf ``embed`` (there is no separate ``lm_head`` leaf), so it counts once in d when
+    ``cfg.es.param_filter`` selects it and not at all otherwise. (Code that adds noise to ``embed_tokens``
+    and ``lm_head`` separately while they share storage adds two draws to the same matrix: twice the
+    energy, i.e. the embedding counted twice in d, which is how es-awd matched α√(Td/N).)"""
+    paths = leaf_paths(params)
+    sel = dict(zip(paths, leaf_selection(params, cfg.es.param_filter)))
+    embed = next((p for p in paths if p.split("/")[-1] in ("embed", "embed_tokens", "wte")), None)
+    if embed is None:
+        how = "no embedding leaf"
+    elif not sel[embed]:
+        how = "not perturbed (excluded by es.param_filter)"
+    else:
+        how = "once (tied: one leaf, one noise draw)" if tied else "once (untied; lm_head is its own leaf)"
+    return {"tied_embeddings": bool(tied), "embedding_in_d": how}
+
+
+def theory_results(out_dir: str, d: int, sigma: float, dim_info: Dict, cosine: float, kl_rand: float,
+                   trace_f: float, kl_measured: float) -> Dict:
+    """The report's theory section: :func:`theory.drift_theory_of_run` on ``out_dir``/es plus what the
+    report measured beside it (cosine with GRPO, off-task KL, tr(F_off) from a random direction)."""
+    return {**th.drift_theory_of_run(os.path.join(out_dir, "es"), d, trace_f), "sigma": sigma, **dim_info,
+            "cosine_measured": cosine, "random_direction_kl_general": kl_rand,
+            "trace_fisher_general_estimate": trace_f, "offtask_kl_measured": kl_measured}
+
+
 def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int = 64, probe_size: int = 0,
             seed: int = 0) -> Dict:
+    summaries = {m: require_complete(os.path.join(out_dir, m)) for m in ("es", "grpo")}  # refuse unfinished runs
     base = model.params
     es = load_params(os.path.join(out_dir, "es", "params"), base)
     grpo = load_params(os.path.join(out_dir, "grpo", "params"), base)
     d_es, d_grpo = geo.update(es, base), geo.update(grpo, base)
     tied = model.cfg.tie_embeddings
-    res: Dict = {"config": cfg.to_dict(), "seed_figures": SEED_FIGURES}
+    res: Dict = {"config": cfg.to_dict(), "seed_figures": SEED_FIGURES, "n_eval": n_eval}
     norms = {m: {"once": geo.global_norm(d), "tied_twice": geo.global_norm(d, True, tied),
                  "relative": geo.relative_norm(d, base)} for m, d in (("es", d_es), ("grpo", d_grpo))}
     norms["ratio_es_over_grpo"] = norms["es"]["once"] / max(norms["grpo"]["once"], 1e-30)
@@ -69,8 +106,12 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     probes = probe_sets([cfg.task, *cfg.eval_tasks], n_probe, {t: cfg.kwargs_for(t) for t in (cfg.task, *cfg.eval_tasks)})
     key = jax.random.key(seed)
     max_new = cfg.max_new_tokens or task.max_new_tokens
-    drift = lambda p: kl_drift(p, base, model.cfg, model.tokenizer, probes, key, {cfg.task: max_new})  # noqa: E731
-    kl = res["kl_drift"] = {"es": drift(es), "grpo": drift(grpo)}
+    drift = lambda p: kl_drift_values(p, base, model.cfg, model.tokenizer, probes, key, {cfg.task: max_new})  # noqa: E731
+    per_prompt = {"es": drift(es), "grpo": drift(grpo)}
+    res["kl_drift_per_prompt"] = {m: {p: {e: v.tolist() for e, v in est.items()} for p, est in probes_.items()}
+                                  for m, probes_ in per_prompt.items()}
+    kl = res["kl_drift"] = {m: {p: {e: float(np.mean(v)) for e, v in est.items()} for p, est in probes_.items()}
+                            for m, probes_ in per_prompt.items()}
 
     # Linear mode connectivity and direction probes, scored by accuracy (and reward) on the task
     test = task.examples("test", n_eval, cfg.seed)
@@ -90,42 +131,16 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
         name: [ends["base"], *lmc.direction_probe(score, base, d, ts).tolist()]
         for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}
 
-    # Theory vs measured
-    es_rows = [r for r in read_metrics(os.path.join(out_dir, "es")) if r["iteration"] > 0]
-    T = np.array([r["iteration"] for r in es_rows], float)
-    measured = np.array([r["update_norm_from_base"] for r in es_rows])
+    # Theory vs measured: tr(F_off) along a random direction, KL(base + r·u ‖ base) ≈ ½ r² tr(F)/d
     d = perturbed_dimension(base, cfg)
-    N, alpha = cfg.es.population_size, cfg.es.alpha
-    exact = all("noise_energy_factor" in r for r in es_rows)
-    if exact:  # exact for antithetic pairs and zero-variance steps
-        predicted = alpha * np.sqrt(d / N * np.cumsum([r["noise_energy_factor"] for r in es_rows]))
-    else:
-        predicted = th.random_walk_norm(alpha, T, d, N)
-    # ρ from the excess over the walk is only defined when the walk's energy is known
-    # (th.estimate_rho with the logged walk energy in place of α²Td/N)
-    rho = (float(np.sqrt(max(measured[-1] ** 2 - predicted[-1] ** 2, 0.0) / (alpha ** 2 * T[-1] ** 2)))
-           if len(T) and (exact or not cfg.es.antithetic) else None)
-    # with logged energy factors the walk's clock is Σ_t f_t (antithetic pairs and zero-variance steps move
-    # it by 0–2 per iteration), so d_eff/d compares like with like; else the clock is t
-    clock = np.cumsum([r["noise_energy_factor"] for r in es_rows]) if exact else T
-    fit = {**th.fit_random_walk(clock, measured ** 2, alpha, N, d), "clock": "energy" if exact else "iterations"} if len(T) > 2 else {}
-    # tr(F_off) measured along a random direction: KL(base + r·u ‖ base) ≈ ½ r² tr(F)/d
     r = norms["es"]["once"]
     moved = jax.tree.map(lambda p, u: (p + r * u).astype(p.dtype), base, rand)
     kl_rand = kl_drift(moved, base, model.cfg, model.tokenizer, {"general": probes["general"]}, key,
                        estimators=("sampled_token_exact",))["general"]["sampled_token_exact"]
     trace_f = 2 * d * kl_rand / r ** 2
-    res["theory"] = {
-        "d": d, "N": N, "alpha": alpha, "sigma": cfg.es.sigma, "antithetic": cfg.es.antithetic, "T": T.tolist(), "measured_norm": measured.tolist(),
-        "predicted_norm": predicted.tolist(), "final_ratio_measured_over_predicted": float(measured[-1] / predicted[-1]) if len(T) else None,
-        "random_walk_fit": fit, "rho_estimate": rho,
-        "cosine_bound": float(th.cosine_bound(rho, T[-1], N, d)) if rho is not None else None,
-        "cosine_measured": res["cosine"]["global"],
-        "random_direction_kl_general": kl_rand, "trace_fisher_general_estimate": trace_f,
-        "offtask_kl_predicted": float(0.5 * r ** 2 * trace_f / d),
-        "offtask_kl_measured": kl["es"]["general"]["sampled_token_exact"],
-    }
-    res["summaries"] = {m: json.load(open(os.path.join(out_dir, m, "summary.json"))) for m in ("es", "grpo")}
+    res["theory"] = theory_results(out_dir, d, cfg.es.sigma, dimension_info(base, cfg, tied), res["cosine"]["global"],
+                                   kl_rand, trace_f, kl["es"]["general"]["sampled_token_exact"])
+    res["summaries"] = summaries
     return res
 
 
@@ -136,11 +151,20 @@ def _write_csv(path, header, rows):
         w.writerows(rows)
 
 
+def _accuracy_cell(a: Dict) -> str:
+    b, f, c = a["before"], a["after"], a["change"]
+    p = f", p = {c['p_value']:.3g}" if c.get("p_value") is not None else ""
+    return (f"{b['accuracy']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}] → {f['accuracy']:.3f} [{f['ci'][0]:.3f}, "
+            f"{f['ci'][1]:.3f}] (Δ {c['difference']:+.3f} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]{p})")
+
+
 def write_report(out_dir: str, res: Dict) -> str:
     """results.json, tables/*.csv, plots/*.png and report.md under ``out_dir``; returns the report path."""
     from esjax.analysis.plots import make_plots
 
     os.makedirs(os.path.join(out_dir, "tables"), exist_ok=True)
+    tests = interval_tests(res)
+    res = {**res, "intervals": tests, "verdicts": seed_verdicts(res, tests)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(res, f, indent=1, default=float)
     n, s = res["norms"], res["summaries"]
@@ -162,9 +186,16 @@ def write_report(out_dir: str, res: Dict) -> str:
              "| | " + " | ".join(f"{t} before → after" for t in tasks) + " | completions | tokens | fwd | bwd | wall s |",
              "|---|" + "---|" * (len(tasks) + 5)]
     for m in ("es", "grpo"):
-        cells = [f"{acc(m, 'before')[t]:.3f} → {acc(m, 'after')[t]:.3f}" for t in tasks]
+        cells = [_accuracy_cell(tests["accuracy"][m][t]) for t in tasks]
         lines.append(f"| {m.upper()} | " + " | ".join(cells) + f" | {s[m]['completions']:.0f} | {s[m]['tokens']:.0f} | "
                      f"{s[m]['forward_passes']:.0f} | {s[m]['backward_passes']:.0f} | {s[m]['wall_time']:.0f} |")
+    lines += ["", "Accuracy: fraction correct [95 % Wilson interval]; Δ = after − before with its 95 % interval and, "
+              "where per-problem correctness is recorded, the exact McNemar p-value on the same problems.", "",
+              "## Seed findings: verdicts from the intervals", "",
+              "| finding | measured (95 % interval) | seeds | verdict | rule |", "|---|---|---|---|---|"]
+    cell = lambda x: x.replace("|", "\\|")  # noqa: E731  a literal | inside a markdown table cell
+    lines += [f"| {cell(v['finding'])} | {cell(v['evidence'])} | {SEED_FIGURES.get(FINDING_SEEDS.get(v['finding'], ''), '')} | "
+              f"**{v['verdict']}** | {cell(v['rule'])} |" for v in res["verdicts"]]
     sp = res["sparsity"]
     lines += ["", "## Update geometry", "", "| metric | ES | GRPO | seeds |", "|---|---|---|---|",
               f"| ‖Δθ‖₂ (tied once) | {n['es']['once']:.4g} | {n['grpo']['once']:.4g} | {SEED_FIGURES['ES update norm']} |",
@@ -178,28 +209,35 @@ def write_report(out_dir: str, res: Dict) -> str:
               "## KL drift from the base model (nats)", "",
               "| probe | ES k1 (sampled, per token) | GRPO k1 | ES exact per token | GRPO exact | ES greedy seq-sum | GRPO greedy seq-sum |",
               "|---|---|---|---|---|---|---|"]
+    ci = tests.get("kl_intervals")  # bootstrap over prompts, when per-prompt values are recorded
+
+    def kl_cell(m, p, e):
+        v = f"{res['kl_drift'][m][p][e]:.4g}"
+        return v + (f" [{ci[m][p][e]['ci'][0]:.3g}, {ci[m][p][e]['ci'][1]:.3g}]" if ci else "")
     for p in res["kl_drift"]["es"]:
-        e, g = res["kl_drift"]["es"][p], res["kl_drift"]["grpo"][p]
-        lines.append(f"| {p} | {e['sampled_token_k1']:.4g} | {g['sampled_token_k1']:.4g} | {e['sampled_token_exact']:.4g} | "
-                     f"{g['sampled_token_exact']:.4g} | {e['greedy_sequence_sum']:.4g} | {g['greedy_sequence_sum']:.4g} |")
+        lines.append(f"| {p} | " + " | ".join(kl_cell(m, p, e) for e in ("sampled_token_k1", KL_ESTIMATOR, "greedy_sequence_sum")
+                                               for m in ("es", "grpo")) + " |")
+    lines += ["", "[95 % percentile-bootstrap interval over prompts, seed 0, 10,000 resamples]" if ci else
+              "No intervals: per-prompt KL values are not recorded in these results."]
     it = res["interpolation"]
     lines += ["", f"Seeds: {SEED_FIGURES['off-task KL']}.", "", "## Linear mode connectivity (task accuracy)", "",
               "| path | accuracy along λ | barrier |", "|---|---|---|"]
     for name, c in it.items():
         lines.append(f"| {name} | {' '.join(f'{v:.2f}' for v in c['accuracy'])} | {c['barrier']:.3f} |")
     lines += ["", f"Seeds: {SEED_FIGURES['interpolation barrier']}.", "", "## Theory vs measured (ES)", "",
-              f"d = {th_['d']:,} perturbed parameters, N = {th_['N']}, α = {th_['alpha']}, σ = {th_['sigma']}.", "",
+              f"d = {th_['d']:,} perturbed parameters (embedding: {th_.get('embedding_in_d', 'not recorded')}), N = {th_['N']}, "
+              f"α = {th_['alpha']}, σ = {th_['sigma']}. {th_.get('applies_note', '')}", "",
               "| quantity | predicted | measured |", "|---|---|---|"]
     if th_["T"]:
-        lines.append(f"| ‖Δθ_T‖ at T = {int(th_['T'][-1])} (α√(Td/N){'' if th_['antithetic'] is False else '; antithetic pairs: 0–2× the energy'}) | {th_['predicted_norm'][-1]:.4g} | {th_['measured_norm'][-1]:.4g} "
+        lines.append(f"| ‖Δθ_T‖ at T = {int(th_['T'][-1])} (α√(τd/N), τ = {'Σf_t, the logged noise energy' if th_.get('clock') == 'energy' else 'T'}) | {th_['predicted_norm'][-1]:.4g} | {th_['measured_norm'][-1]:.4g} "
                      f"(ratio {th_['final_ratio_measured_over_predicted']:.3f}) |")
         fit = th_["random_walk_fit"]
         if fit:
             lines.append(f"| ‖Δθ_t‖² linear in {'Σf_t (logged noise energy)' if fit.get('clock') == 'energy' else 't'} | R² → 1, d_eff/d → 1 | R² = {fit['r2']:.4f}, d_eff/d = {fit['d_eff_ratio']:.3f} |")
-        if th_["rho_estimate"] is not None:
-            lines.append(f"| \\|cos(Δ_ES, Δ_GRPO)\\| ≲ ρ√(TN/d)+1/√d (ρ̂ = {th_['rho_estimate']:.3g}) | ≤ {th_['cosine_bound']:.3g} | {abs(th_['cosine_measured']):.3g} |")
-        else:
-            lines.append(f"| \\|cos(Δ_ES, Δ_GRPO)\\| (ρ undefined: antithetic run without logged energy factor) | ~1/√d = {1 / np.sqrt(th_['d']):.3g} | {abs(th_['cosine_measured']):.3g} |")
+        rho_txt = f"ρ̂ = {th_['rho_estimate']:.3g}" if th_["rho_estimate"] is not None else "ρ ≤ 1"
+        lines.append(f"| \\|cos(Δ_ES, Δ_GRPO)\\| ≲ ρ√(TN/d)+1/√d ({rho_txt}) | ≤ {th_['cosine_bound']:.3g} | {abs(th_['cosine_measured']):.3g} |")
+        lines.append(f"| ρ (reward–noise correlation) from the excess ‖Δθ_T‖² − α²τd/N | ≤ 1 | "
+                     f"{format(th_['rho_estimate'], '.3g') if th_['rho_estimate'] is not None else th_['rho_status']} |")
     lines += [f"| off-task KL ≈ ½‖Δ‖² tr(F)/d (tr F from a random direction) | {th_['offtask_kl_predicted']:.4g} | "
               f"{th_['offtask_kl_measured']:.4g} |", "", f"Seeds: {SEED_FIGURES['theory']}.", "",
               "## Plots", ""] + [f"![{p}](plots/{p})" for p in sorted(os.listdir(os.path.join(out_dir, "plots")))]

@@ -17,7 +17,9 @@ the variance α² T / N grows without bound. The fitting tools recover these qua
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import json
+import os
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -99,3 +101,84 @@ def estimate_trace_fisher(kl, alpha, T, N):
     """tr(F_off) implied by a measured off-task KL: 2 N KL / (α² T)."""
     return 2 * N * kl / (alpha ** 2 * T)
 
+
+
+def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithetic: bool, optimizer: str = "sgd",
+                    trace_fisher: Optional[float] = None, where: str = "metrics") -> Dict:
+    """The one comparison of an ES run's measured drift with the theory; the report, the sweep and the
+    notebook all call it.
+
+    ``rows``: the run's metrics rows (``metrics.jsonl``; rows with ``iteration`` 0 are the base evaluation
+    and are dropped), each with ``update_norm_from_base`` = ‖θ_t − θ_0‖ and, when the ES step logs it,
+    ``noise_energy_factor`` f_t (E‖u_t‖² = f_t α² d / N; f = 1 for z-scores without antithetic pairs, 0–2
+    with them). The walk's clock is τ_t = Σ_{s≤t} f_s when every row logs f (exact), else t (then only
+    valid without antithetic pairs). Predictions:
+
+        ‖Δθ_t‖_walk = α √(τ_t d / N),         ρ̂² = (‖Δθ_T‖² − α² τ_T d / N) / (α² T²)   (clipped ≥ 0),
+        |cos(Δ_ES, v)| ≲ ρ √(T N / d) + 1/√d,  KL_off(t) ≈ ½ ‖Δθ_t‖²_walk tr(F_off) / d.
+
+    ρ is a correlation (≤ 1): an estimate above 1 means the excess over the walk is not the model's
+    coherent signal (walk fluctuation or a failed assumption), so ``rho_estimate`` is then None and
+    ``rho_status`` says why; the cosine bound then uses ρ ≤ 1, which always holds. ``d`` counts each
+    perturbed leaf once (a tied embedding is one leaf with one noise draw in esjax; see
+    ``report.dimension_info``). The theory is for plain SGD on the ES estimate; other optimizers are
+    flagged in ``applies``."""
+    rows = [r for r in rows if r.get("iteration", 0) > 0]
+    its = [r["iteration"] for r in rows]
+    if its != list(range(1, len(rows) + 1)):
+        raise ValueError(f"{where}: ES iterations must run 1..T without gaps or repeats, got {its[:20]}")
+    missing = [r["iteration"] for r in rows if "update_norm_from_base" not in r]
+    if missing:
+        raise ValueError(f"{where}: rows of iterations {missing[:10]} lack 'update_norm_from_base'")
+    T = np.arange(1, len(rows) + 1, dtype=float)
+    measured = np.array([r["update_norm_from_base"] for r in rows], float)
+    exact = bool(rows) and all("noise_energy_factor" in r for r in rows)
+    clock = np.cumsum([r["noise_energy_factor"] for r in rows]) if exact else T
+    walk_valid = exact or not antithetic
+    predicted = alpha * np.sqrt(clock * d / N)
+    out: Dict = {"d": int(d), "N": int(N), "alpha": float(alpha), "antithetic": bool(antithetic),
+                 "T": T.tolist(), "measured_norm": measured.tolist(), "predicted_norm": predicted.tolist(),
+                 "clock": "energy" if exact else "iterations", "energy_clock": clock.tolist(),
+                 "applies": optimizer == "sgd" and walk_valid,
+                 "applies_note": ("" if optimizer == "sgd" else f"optimizer {optimizer!r}: the walk law is for SGD; ")
+                 + ("" if walk_valid else "antithetic pairs without a logged noise_energy_factor: the walk's "
+                    "energy per step is unknown (0–2× α²d/N)")}
+    if not rows:
+        return {**out, "final_ratio_measured_over_predicted": None, "random_walk_fit": {}, "rho_estimate": None,
+                "rho_status": "undefined: no ES iterations", "cosine_bound": None}
+    out["final_ratio_measured_over_predicted"] = float(measured[-1] / predicted[-1]) if predicted[-1] > 0 else None
+    out["random_walk_fit"] = {**fit_random_walk(clock, measured ** 2, alpha, N, d), "clock": out["clock"]} if len(T) > 2 else {}
+    excess = float(measured[-1] ** 2 - predicted[-1] ** 2)
+    out["excess_over_walk_sq"] = excess
+    rho_raw = float(np.sqrt(max(excess, 0.0) / (alpha ** 2 * T[-1] ** 2)))
+    out["rho_raw"] = rho_raw
+    if not walk_valid:
+        rho, status = None, "undefined: " + out["applies_note"]
+    elif rho_raw > 1:
+        rho, status = None, (f"assumption failed: the excess over the walk ({excess:.3g}) would need ρ = {rho_raw:.3g} > 1; "
+                             "it is walk fluctuation or model mismatch, not a coherent signal")
+    else:
+        rho, status = rho_raw, "ok"
+    out["rho_estimate"], out["rho_status"] = rho, status
+    out["cosine_bound"] = float(cosine_bound(1.0 if rho is None else rho, T[-1], N, d))
+    out["cosine_bound_rho"] = "ρ̂" if rho is not None else "ρ ≤ 1"
+    if trace_fisher is not None:
+        out["trace_fisher"] = float(trace_fisher)
+        out["offtask_kl_curve"] = (0.5 * predicted ** 2 * trace_fisher / d).tolist()
+        out["offtask_kl_predicted"] = out["offtask_kl_curve"][-1]
+    return out
+
+
+def drift_theory_of_run(run_dir: str, d: int, trace_fisher: Optional[float] = None) -> Dict:
+    """:func:`drift_vs_theory` for the ES run folder ``run_dir`` (reads its ``metrics.jsonl`` and the
+    ``es`` section of its ``config.json``); ``d`` = the perturbed dimension (``report.perturbed_dimension``).
+    The report, ``experiments.sweep`` and the theory notebook all call this."""
+    metrics, config = os.path.join(run_dir, "metrics.jsonl"), os.path.join(run_dir, "config.json")
+    with open(config) as f:
+        es = json.load(f).get("es")
+    if not es or any(k not in es for k in ("alpha", "population_size", "antithetic")):
+        raise ValueError(f"{config}: no 'es' section with alpha, population_size and antithetic")
+    with open(metrics) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return drift_vs_theory(rows, es["alpha"], d, es["population_size"], es["antithetic"], es.get("optimizer", "sgd"),
+                           trace_fisher, metrics)

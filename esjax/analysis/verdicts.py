@@ -1,0 +1,142 @@
+"""The seeds' findings, each decided from this run's intervals: reproduced / contradicted / inconclusive.
+
+Every rule is a pure function of numbers with their 95 % intervals (:mod:`esjax.analysis.stats`); norms,
+sparsity and cosines are exact (no sampling noise in them), so their rules are thresholds. The thresholds:
+
+* ``ACCURACY_MARGIN`` = 0.05: accuracy differences inside ±5 points count as "≈" (equivalence margin).
+* ``NORM_RATIO`` = 10: "ES norm ≫ GRPO" means at least an order of magnitude.
+* ``THEORY_TOLERANCE`` = 0.05: "norm = theory" means |measured/predicted − 1| ≤ 5 % (paper 1: 0.5 %;
+  es-awd: 0.2–3.5 %).
+
+Findings (seeds brief §G) and rules, with [lo, hi] the interval of the named difference:
+
+1. ES ≈ GRPO accuracy (paper 1: ES matches or beats GRPO): δ = acc_ES − acc_GRPO after training;
+   reproduced if lo > −margin, contradicted if hi < −margin, else inconclusive.
+2. ES norm ≫ GRPO: reproduced if ‖Δ_ES‖/‖Δ_GRPO‖ ≥ 10, contradicted if ≤ 1, else inconclusive.
+3. ES denser (paper 2): bf16 sparsity at τ = 1e-6; reproduced if ES < GRPO, else contradicted.
+4. ES off-task KL > GRPO: δ = mean over off-task prompts of KL_ES − KL_GRPO (paired bootstrap);
+   reproduced if lo > 0, contradicted if hi < 0, else inconclusive.
+5. Forgetting ES > GRPO (paper 2): δ = drop_ES − drop_GRPO on the off-task eval problems (same base, so
+   = acc_GRPO,after − acc_ES,after); reproduced if lo > 0, contradicted if hi < 0, else inconclusive.
+6. Near-orthogonal: reproduced if |cos(Δ_ES, Δ_GRPO)| ≤ the theory bound ρ√(TN/d) + 1/√d (ρ ≤ 1 unless
+   a valid ρ̂), else contradicted.
+7. No barrier on the ES → GRPO path: barrier b = max_λ(chord − acc(λ)), interval from the Wilson interval
+   of acc at the worst λ (endpoints taken as known); reproduced if hi ≤ margin, contradicted if lo > margin,
+   else inconclusive.
+8. Norm = theory: reproduced if |ratio − 1| ≤ 5 %, contradicted otherwise; inconclusive where the walk law
+   does not apply (non-SGD optimizer, unknown walk energy).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from esjax.analysis import stats
+
+ACCURACY_MARGIN = 0.05
+NORM_RATIO = 10.0
+THEORY_TOLERANCE = 0.05
+REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
+
+
+def _v(finding: str, verdict: str, evidence: str, rule: str) -> Dict:
+    return {"finding": finding, "verdict": verdict, "evidence": evidence, "rule": rule}
+
+
+def _ci(lo, hi):
+    return f"[{lo:+.3g}, {hi:+.3g}]"
+
+
+def _interval_verdict(lo: float, hi: float, repro_above: float, contra_below: float) -> str:
+    if lo > repro_above:
+        return REPRODUCED
+    if hi < contra_below:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def accuracy_parity(diff: Optional[Dict]) -> Dict:
+    f, rule = "ES ≈ GRPO accuracy", f"δ = ES − GRPO; reproduced if lo > −{ACCURACY_MARGIN}, contradicted if hi < −{ACCURACY_MARGIN}"
+    if diff is None:
+        return _v(f, INCONCLUSIVE, "no accuracy on the task", rule)
+    lo, hi = diff["ci"]
+    return _v(f, _interval_verdict(lo, hi, -ACCURACY_MARGIN, -ACCURACY_MARGIN),
+              f"δ = {diff['difference']:+.3f}, 95 % CI {_ci(lo, hi)} ({diff['test']})", rule)
+
+
+def norm_ratio(ratio: float) -> Dict:
+    f, rule = "ES norm ≫ GRPO", f"exact; reproduced if ratio ≥ {NORM_RATIO:g}, contradicted if ≤ 1"
+    v = REPRODUCED if ratio >= NORM_RATIO else CONTRADICTED if ratio <= 1 else INCONCLUSIVE
+    return _v(f, v, f"‖Δ_ES‖/‖Δ_GRPO‖ = {ratio:.3g}×", rule)
+
+
+def denser(es_sparsity: float, grpo_sparsity: float) -> Dict:
+    return _v("ES denser", REPRODUCED if es_sparsity < grpo_sparsity else CONTRADICTED,
+              f"bf16 sparsity τ=1e-6: ES {es_sparsity:.3f} vs GRPO {grpo_sparsity:.3f}",
+              "exact; reproduced if ES sparsity < GRPO's")
+
+
+def offtask_kl(diff: Optional[Dict], missing: str = "") -> Dict:
+    f, rule = "ES off-task KL > GRPO", "δ = KL_ES − KL_GRPO over off-task prompts; reproduced if lo > 0, contradicted if hi < 0"
+    if diff is None:
+        return _v(f, INCONCLUSIVE, missing or "per-prompt KL not recorded", rule)
+    lo, hi = diff["ci"]
+    return _v(f, _interval_verdict(lo, hi, 0.0, 0.0),
+              f"δ = {diff['mean']:+.4g} nats/token, 95 % CI {_ci(lo, hi)} over {diff['n']} prompts ({diff['test']})", rule)
+
+
+def forgetting(diff: Optional[Dict], missing: str = "") -> Dict:
+    f, rule = "forgetting ES > GRPO", "δ = drop_ES − drop_GRPO on off-task problems; reproduced if lo > 0, contradicted if hi < 0"
+    if diff is None:
+        return _v(f, INCONCLUSIVE, missing or "no off-task eval task", rule)
+    lo, hi = diff["ci"]
+    return _v(f, _interval_verdict(lo, hi, 0.0, 0.0),
+              f"δ = {diff['difference']:+.3f}, 95 % CI {_ci(lo, hi)} ({diff['test']})", rule)
+
+
+def near_orthogonal(cosine: float, bound: Optional[float]) -> Dict:
+    f, rule = "near-orthogonal", "exact; reproduced if |cos| ≤ ρ√(TN/d) + 1/√d"
+    if bound is None:
+        return _v(f, INCONCLUSIVE, f"|cos| = {abs(cosine):.3g}; no theory bound (no ES iterations)", rule)
+    return _v(f, REPRODUCED if abs(cosine) <= bound else CONTRADICTED, f"|cos| = {abs(cosine):.3g} vs bound {bound:.3g}", rule)
+
+
+def barrier_interval(lams: Sequence[float], acc: Sequence[float], n: int) -> Dict:
+    """Barrier max_λ(chord − acc(λ)) with the interval from acc's Wilson interval at the worst λ."""
+    lams, acc = np.asarray(lams, float), np.asarray(acc, float)
+    gap = (1 - lams) * acc[0] + lams * acc[-1] - acc
+    i = int(np.argmax(gap))
+    lo, hi = stats.wilson_interval(stats.count_from_accuracy(acc[i], n, f"interpolation point λ={lams[i]}"), n)
+    return {"barrier": float(gap[i]), "lambda": float(lams[i]), "ci": [float(acc[i] + gap[i] - hi), float(acc[i] + gap[i] - lo)], "n": n}
+
+
+def no_barrier(b: Optional[Dict]) -> Dict:
+    f, rule = "no barrier (ES → GRPO)", f"reproduced if hi ≤ {ACCURACY_MARGIN}, contradicted if lo > {ACCURACY_MARGIN}"
+    if b is None:
+        return _v(f, INCONCLUSIVE, "no interpolation recorded", rule)
+    lo, hi = b["ci"]
+    v = REPRODUCED if hi <= ACCURACY_MARGIN else CONTRADICTED if lo > ACCURACY_MARGIN else INCONCLUSIVE
+    return _v(f, v, f"barrier {b['barrier']:.3f} at λ = {b['lambda']:.2f}, 95 % CI {_ci(lo, hi)} (n = {b['n']})", rule)
+
+
+def norm_theory(ratio: Optional[float], applies: bool = True, note: str = "") -> Dict:
+    f, rule = "norm = theory α√(τd/N)", f"reproduced if |measured/predicted − 1| ≤ {THEORY_TOLERANCE:g}"
+    if ratio is None or not applies:
+        return _v(f, INCONCLUSIVE, note or "no ES iterations", rule)
+    return _v(f, REPRODUCED if abs(ratio - 1) <= THEORY_TOLERANCE else CONTRADICTED, f"measured/predicted = {ratio:.4f}", rule)
+
+
+def seed_verdicts(res: Dict, tests: Dict) -> List[Dict]:
+    """The eight verdicts for a report's results ``res`` and its interval ``tests``
+    (:func:`esjax.analysis.report.interval_tests`)."""
+    th_, n = res["theory"], res["norms"]
+    sp = res["sparsity"]
+    return [accuracy_parity(tests.get("es_vs_grpo_after")),
+            norm_ratio(n["ratio_es_over_grpo"]),
+            denser(sp["es"]["bfloat16"]["1e-06"]["global"], sp["grpo"]["bfloat16"]["1e-06"]["global"]),
+            offtask_kl(tests.get("offtask_kl_es_minus_grpo"), tests.get("offtask_kl_missing", "")),
+            forgetting(tests.get("forgetting_es_minus_grpo"), tests.get("forgetting_missing", "")),
+            near_orthogonal(res["cosine"]["global"], th_.get("cosine_bound")),
+            no_barrier(tests.get("barrier_es_to_grpo")),
+            norm_theory(th_.get("final_ratio_measured_over_predicted"), th_.get("applies", True), th_.get("applies_note", ""))]
