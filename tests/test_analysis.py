@@ -1,4 +1,6 @@
 """Analysis functions on hand-made pytrees with known answers."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +129,44 @@ def test_kl_drift_runs_every_probe_in_one_batch_like_one_prompt_at_a_time():
     assert all(abs(v) < 1e-6 for per in same.values() for v in per.values())
     with pytest.raises(ValueError, match="unknown KL estimators"):
         kl_drift(ft, base, cfg, tok, probes, jax.random.key(0), estimators=("k2",))
+
+
+def test_sequential_report_transfer_metrics_and_stage_theory(tmp_path):
+    """BWT/FWT/forgetting against hand computation on a 3-task matrix; the ES walk clock continues across
+    stages; report.md and both plots are written."""
+    import json
+
+    from esjax.analysis import sequential_report as sr
+    from esjax.analysis.stats import wilson_interval
+
+    tasks = ["a", "b", "c"]
+    acc = {"a": [0.25, 0.75, 0.5, 0.375], "b": [0.125, 0.25, 0.875, 0.5], "c": [0.0, 0.125, 0.25, 1.0]}
+    R = sr.accuracy_matrix({"tasks": tasks, "accuracy": acc, "method": "es"})
+    tr = sr.transfer(R)
+    assert tr["forgetting"] == pytest.approx([0.75 - 0.375, 0.875 - 0.5, 0.0])
+    assert tr["bwt"] == pytest.approx(((0.375 - 0.75) + (0.5 - 0.875)) / 2)  # final − just trained, tasks a, b
+    assert tr["fwt"] == pytest.approx(((0.25 - 0.125) + (0.25 - 0.0)) / 2)  # before training it − base, tasks b, c
+    alpha, d, N, f = 0.01, 1000, 4, [1.0, 0.5, 1.5, 2.0, 1.0, 1.0]
+    walk = alpha * np.sqrt(np.cumsum(f) * d / N)
+    dirs = []
+    for s in range(3):  # each stage logs its own iterations 1..2, norms measured from the base model
+        run = tmp_path / f"stage{s + 1}" / "es"
+        run.mkdir(parents=True)
+        rows = [{"iteration": 0}] + [{"iteration": i + 1, "update_norm_from_base": walk[2 * s + i],
+                                      "noise_energy_factor": f[2 * s + i]} for i in range(2)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        dirs.append(str(run))
+    kl = [{"general": 0.01 * (s + 1), "a": 0.02, "b": 0.03, "c": 0.04} for s in range(3)]
+    res = {"method": "es", "tasks": tasks, "columns": ["base", "after a", "after b", "after c"], "accuracy": acc,
+           "incremental_kl": kl}
+    es_cfg = {"alpha": alpha, "population_size": N, "antithetic": True}
+    a = sr.analyze_sequence(res, 8, dirs, d, es_cfg)
+    assert a["stage_norms"] == pytest.approx(walk[1::2].tolist())
+    assert a["theory"]["stage_end_predicted"] == pytest.approx(walk[1::2].tolist())  # cumulative clock Σf
+    assert a["accuracy_ci"][0][1] == pytest.approx(list(wilson_interval(6, 8)))
+    path = sr.write_sequential_report(str(tmp_path), {"es": a, "grpo": {**a, "method": "grpo", "theory": None}})
+    md = open(path).read()
+    assert "0.750 [" in md and "BWT -0.375, FWT +0.188" in md and "| 3 (c) |" in md
+    assert sorted(os.listdir(tmp_path / "plots")) == ["forgetting_curves.png", "matrices.png"]
+    with pytest.raises(ValueError, match="not a count out of n=8"):
+        sr.analyze_sequence({**res, "accuracy": {**acc, "a": [0.3, 0.75, 0.5, 0.375]}}, 8, dirs)
