@@ -100,6 +100,7 @@ def test_drift_vs_theory_uses_the_energy_clock_and_refuses_rho_above_one():
     big = th.drift_vs_theory(_rows(walk * 1.1, f), alpha, d, N, True)
     assert big["rho_estimate"] is None and big["rho_status"].startswith("assumption failed")
     assert big["cosine_bound"] == pytest.approx(th.cosine_bound(1.0, 4, N, d))
+    assert big["cosine_bound_95"] == pytest.approx(np.sqrt(4 * N / d) + 1.96 / np.sqrt(d))
     # antithetic pairs without logged energy: the walk's energy is unknown
     un = th.drift_vs_theory(_rows(walk), alpha, d, N, True)
     assert un["clock"] == "iterations" and un["rho_estimate"] is None and un["rho_status"].startswith("undefined")

@@ -115,7 +115,9 @@ def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithet
     valid without antithetic pairs). Predictions:
 
         ‖Δθ_t‖_walk = α √(τ_t d / N),         ρ̂² = (‖Δθ_T‖² − α² τ_T d / N) / (α² T²)   (clipped ≥ 0),
-        |cos(Δ_ES, v)| ≲ ρ √(T N / d) + 1/√d,  KL_off(t) ≈ ½ ‖Δθ_t‖²_walk tr(F_off) / d.
+        |cos(Δ_ES, v)| ≲ ρ √(T N / d) + 1/√d   (``cosine_bound_95``: + 1.96/√d, the 95 % quantile of the
+                                               cosine of independent directions, sd 1/√d),
+        KL_off(t) ≈ ½ ‖Δθ_t‖²_walk tr(F_off) / d.
 
     ρ is a correlation (≤ 1): an estimate above 1 means the excess over the walk is not the model's
     coherent signal (walk fluctuation or a failed assumption), so ``rho_estimate`` is then None and
@@ -161,6 +163,8 @@ def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithet
         rho, status = rho_raw, "ok"
     out["rho_estimate"], out["rho_status"] = rho, status
     out["cosine_bound"] = float(cosine_bound(1.0 if rho is None else rho, T[-1], N, d))
+    # the 1/√d term is the sd of the cosine of independent directions; 1.96/√d bounds 95 % of them
+    out["cosine_bound_95"] = float(signal_share(1.0 if rho is None else rho, T[-1], N, d) + 1.96 / np.sqrt(d))
     out["cosine_bound_rho"] = "ρ̂" if rho is not None else "ρ ≤ 1"
     if trace_fisher is not None:
         out["trace_fisher"] = float(trace_fisher)

@@ -18,8 +18,8 @@ Findings (seeds brief §G) and rules, with [lo, hi] the interval of the named di
    reproduced if lo > 0, contradicted if hi < 0, else inconclusive.
 5. Forgetting ES > GRPO (paper 2): δ = drop_ES − drop_GRPO on the off-task eval problems (same base, so
    = acc_GRPO,after − acc_ES,after); reproduced if lo > 0, contradicted if hi < 0, else inconclusive.
-6. Near-orthogonal: reproduced if |cos(Δ_ES, Δ_GRPO)| ≤ the theory bound ρ√(TN/d) + 1/√d (ρ ≤ 1 unless
-   a valid ρ̂), else contradicted.
+6. Near-orthogonal: reproduced if |cos(Δ_ES, Δ_GRPO)| ≤ the theory bound ρ√(TN/d) + 1.96/√d (ρ ≤ 1
+   unless a valid ρ̂; 1.96/√d covers 95 % of the cosines of independent directions), else contradicted.
 7. No barrier on the ES → GRPO path: barrier b = max_λ(chord − acc(λ)), interval from the Wilson interval
    of acc at the worst λ (endpoints taken as known); reproduced if hi ≤ margin, contradicted if lo > margin,
    else inconclusive.
@@ -96,7 +96,7 @@ def forgetting(diff: Optional[Dict], missing: str = "") -> Dict:
 
 
 def near_orthogonal(cosine: float, bound: Optional[float]) -> Dict:
-    f, rule = "near-orthogonal", "exact; reproduced if |cos| ≤ ρ√(TN/d) + 1/√d"
+    f, rule = "near-orthogonal", "exact; reproduced if |cos| ≤ ρ√(TN/d) + 1.96/√d"
     if bound is None:
         return _v(f, INCONCLUSIVE, f"|cos| = {abs(cosine):.3g}; no theory bound (no ES iterations)", rule)
     return _v(f, REPRODUCED if abs(cosine) <= bound else CONTRADICTED, f"|cos| = {abs(cosine):.3g} vs bound {bound:.3g}", rule)
@@ -137,6 +137,6 @@ def seed_verdicts(res: Dict, tests: Dict) -> List[Dict]:
             denser(sp["es"]["bfloat16"]["1e-06"]["global"], sp["grpo"]["bfloat16"]["1e-06"]["global"]),
             offtask_kl(tests.get("offtask_kl_es_minus_grpo"), tests.get("offtask_kl_missing", "")),
             forgetting(tests.get("forgetting_es_minus_grpo"), tests.get("forgetting_missing", "")),
-            near_orthogonal(res["cosine"]["global"], th_.get("cosine_bound")),
+            near_orthogonal(res["cosine"]["global"], th_.get("cosine_bound_95", th_.get("cosine_bound"))),
             no_barrier(tests.get("barrier_es_to_grpo")),
             norm_theory(th_.get("final_ratio_measured_over_predicted"), th_.get("applies", True), th_.get("applies_note", ""))]
