@@ -163,10 +163,13 @@ def test_interval_tests_and_verdicts_from_recorded_per_problem_and_per_prompt_va
     for m in ("es", "grpo"):
         for when in ("before", "after"):
             res["summaries"][m][when] = {k: v for k, v in res["summaries"][m][when].items() if not k.endswith("correct")}
-    del res["kl_drift_per_prompt"]
+    del res["kl_drift_per_prompt"], res["n_eval"]
     t = interval_tests(res)
     assert t["accuracy"]["es"]["arith"]["change"]["p_value"] is None
-    assert {x["finding"]: x["verdict"] for x in seed_verdicts(res, t)}["ES off-task KL > GRPO"] == "inconclusive"
+    got = {x["finding"]: x for x in seed_verdicts(res, t)}
+    assert got["ES off-task KL > GRPO"]["verdict"] == "inconclusive"
+    # the interpolation's problem count is compare's --eval-size, not config eval_size: never guessed
+    assert got["no barrier (ES → GRPO)"]["verdict"] == "inconclusive" and "n_eval" in got["no barrier (ES → GRPO)"]["evidence"]
     res["summaries"]["es"]["after"]["eval/arith/accuracy"] = 0.123456
     with pytest.raises(ValueError, match=r"summaries\['es'\]\['after'\]\['eval/arith/accuracy'\]"):
         interval_tests(res)

@@ -96,6 +96,10 @@ def interval_tests(res: Dict, seed: int = BOOTSTRAP_SEED) -> Dict:
         out["offtask_kl_es_minus_grpo"] = {**stats.paired_bootstrap_difference(x, y, seed), "probes": probes,
                                            "estimator": KL_ESTIMATOR}
     it = res.get("interpolation", {}).get("es_to_grpo")
-    if it:
-        out["barrier_es_to_grpo"] = barrier_interval(it["lambda"], it["accuracy"], int(res.get("n_eval", n)))
+    if not it:
+        out["barrier_missing"] = "no ES → GRPO interpolation recorded"
+    elif "n_eval" not in res:  # compare's --eval-size, not cfg.eval_size (32 vs 64 in cpu-quick)
+        out["barrier_missing"] = "problems per interpolation point (n_eval) not recorded in these results"
+    else:
+        out["barrier_es_to_grpo"] = barrier_interval(it["lambda"], it["accuracy"], int(res["n_eval"]))
     return out

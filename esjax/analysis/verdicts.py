@@ -111,10 +111,10 @@ def barrier_interval(lams: Sequence[float], acc: Sequence[float], n: int) -> Dic
     return {"barrier": float(gap[i]), "lambda": float(lams[i]), "ci": [float(acc[i] + gap[i] - hi), float(acc[i] + gap[i] - lo)], "n": n}
 
 
-def no_barrier(b: Optional[Dict]) -> Dict:
+def no_barrier(b: Optional[Dict], missing: str = "") -> Dict:
     f, rule = "no barrier (ES → GRPO)", f"reproduced if hi ≤ {ACCURACY_MARGIN}, contradicted if lo > {ACCURACY_MARGIN}"
     if b is None:
-        return _v(f, INCONCLUSIVE, "no interpolation recorded", rule)
+        return _v(f, INCONCLUSIVE, missing or "no interpolation recorded", rule)
     lo, hi = b["ci"]
     v = REPRODUCED if hi <= ACCURACY_MARGIN else CONTRADICTED if lo > ACCURACY_MARGIN else INCONCLUSIVE
     return _v(f, v, f"barrier {b['barrier']:.3f} at λ = {b['lambda']:.2f}, 95 % CI {_ci(lo, hi)} (n = {b['n']})", rule)
@@ -138,5 +138,5 @@ def seed_verdicts(res: Dict, tests: Dict) -> List[Dict]:
             offtask_kl(tests.get("offtask_kl_es_minus_grpo"), tests.get("offtask_kl_missing", "")),
             forgetting(tests.get("forgetting_es_minus_grpo"), tests.get("forgetting_missing", "")),
             near_orthogonal(res["cosine"]["global"], th_.get("cosine_bound_95", th_.get("cosine_bound"))),
-            no_barrier(tests.get("barrier_es_to_grpo")),
+            no_barrier(tests.get("barrier_es_to_grpo"), tests.get("barrier_missing", "")),
             norm_theory(th_.get("final_ratio_measured_over_predicted"), th_.get("applies", True), th_.get("applies_note", ""))]
