@@ -119,6 +119,7 @@ def _plots(out_dir: str, per: Dict[str, Dict]) -> List[str]:
     fig.savefig(os.path.join(pdir, "forgetting_curves.png"), dpi=110)
     plt.close(fig)
     fig, axes = plt.subplots(2, len(methods), figsize=(5 * len(methods), 7), squeeze=False)
+    kl_max = max([v for a in per.values() for row in a["incremental_kl"] for v in row.values()] + [1e-12])
     for col, m in enumerate(methods):
         a = per[m]
         R = np.array(a["accuracy"])
@@ -129,7 +130,7 @@ def _plots(out_dir: str, per: Dict[str, Dict]) -> List[str]:
         fig.colorbar(im, ax=axes[0][col])
         probes = list(a["incremental_kl"][0]) if a["incremental_kl"] else []
         K = np.array([[row[p] for p in probes] for row in a["incremental_kl"]])
-        im = axes[1][col].imshow(K if K.size else np.zeros((1, 1)), cmap="magma")
+        im = axes[1][col].imshow(K if K.size else np.zeros((1, 1)), cmap="magma", vmin=0, vmax=kl_max)  # one scale
         axes[1][col].set_xticks(range(len(probes)), probes, rotation=20, fontsize=7)
         axes[1][col].set_yticks(range(len(a["tasks"])), [f"stage {s + 1}" for s in range(len(a["tasks"]))])
         axes[1][col].set_title(f"{m.upper()} incremental KL (nats/token)")
