@@ -11,7 +11,9 @@ Presets live in :mod:`esjax.presets`, one module each, every value cited to its 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
 import typing
 from typing import Any, Dict, Optional, Tuple
@@ -47,6 +49,14 @@ class RunConfig:
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # types first: NaN / inf / strings are named, not compared
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"RunConfig.{f.name} must be an integer, got {v!r}")
+            if f.type == "bool" and not isinstance(v, bool):
+                raise ValueError(f"RunConfig.{f.name} must be true or false, got {v!r}")
+            if f.type == "str" and not isinstance(v, str):
+                raise ValueError(f"RunConfig.{f.name} must be a string, got {v!r}")
         for name in ("train_pool", "es_batch", "eval_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -92,19 +102,59 @@ def _coerce(value: str, typ):
     origin = typing.get_origin(typ)
     if typ is bool:
         if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected a boolean, got {value!r}")
+            raise ValueError(f"expected true or false, got {value!r}")
         return value.lower() in ("true", "1")
-    if typ in (int, float, str):
-        return typ(value)
+    if typ is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(x):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return x
+    if typ is str:
+        return value
     if origin is typing.Union and type(None) in typing.get_args(typ):
         return None if value.lower() == "none" else _coerce(value, [a for a in typing.get_args(typ) if a is not type(None)][0])
-    return json.loads(value) if value[:1] in "[{\"" or value in ("true", "false", "null") or value[:1].isdigit() else value
+    if value[:1] in "[{\"" or value in ("true", "false", "null") or value[:1].isdigit():
+        try:
+            return json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"expected JSON, got {value!r} ({e})") from None
+    return value
+
+
+def _valid_keys(hints: dict) -> list:
+    """Every ``--set`` key of the config (task kwargs keys are free-form: shown as ``task_kwargs.<key>``)."""
+    keys = [k for k in hints[""] if k not in ("es", "grpo")]
+    keys += [f"{sec}.{k}" for sec in ("es", "grpo") for k in hints[sec]]
+    keys += ["task_kwargs.<key>", "eval_task_kwargs.<task>.<key>"]
+    return keys
+
+
+def _unknown(key: str, hints: dict) -> ValueError:
+    """An error for an unknown key: the nearest valid keys, and the valid keys of its section."""
+    valid = _valid_keys(hints)
+    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    section = key.split(".")[0] if "." in key and key.split(".")[0] in ("es", "grpo") else ""
+    listed = [k for k in valid if k.startswith(section + ".")] if section else [k for k in valid if "." not in k or "<" in k]
+    hint = f"; did you mean {' or '.join(near)}?" if near else ""
+    return ValueError(f"unknown config key {key!r}{hint} (valid{' ' + section + '.*' if section else ''} keys: "
+                      f"{', '.join(listed)})")
 
 
 def build_config(preset: Optional[str] = None, overrides=(), base: Optional[dict] = None) -> RunConfig:
-    """Preset (or defaults) + ``key=value`` overrides → validated RunConfig. Unknown keys are errors."""
+    """Preset (or defaults) + ``key=value`` overrides → validated RunConfig. Unknown keys are errors that
+    suggest the nearest valid keys; a value that does not parse names its key."""
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        near = difflib.get_close_matches(preset, PRESETS, n=1)
+        raise ValueError(f"unknown preset {preset!r}{'; did you mean ' + near[0] + '?' if near else ''} "
+                         f"(choose from {sorted(PRESETS)})")
     d = json.loads(json.dumps(base if base is not None else PRESETS.get(preset, {})))
     hints = {"": typing.get_type_hints(RunConfig), "es": typing.get_type_hints(ESConfig),
              "grpo": typing.get_type_hints(GRPOConfig)}
@@ -116,19 +166,32 @@ def build_config(preset: Optional[str] = None, overrides=(), base: Optional[dict
             raise ValueError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         parts = key.split(".")
-        if parts[0] in ("es", "grpo") and len(parts) == 2:
-            if parts[1] not in hints[parts[0]]:
-                raise ValueError(f"unknown config key {key!r}")
-            d.setdefault(parts[0], {})[parts[1]] = _coerce(value, hints[parts[0]][parts[1]])
-        elif parts[0] == "task_kwargs" and len(parts) == 2:
-            d.setdefault("task_kwargs", {})[parts[1]] = _coerce(value, Any)
-        elif parts[0] == "eval_task_kwargs" and len(parts) == 3:  # eval_task_kwargs.<task>.<key>=value
-            d.setdefault("eval_task_kwargs", {}).setdefault(parts[1], {})[parts[2]] = _coerce(value, Any)
-        elif len(parts) == 1 and key in hints[""]:
-            typ = hints[""][key]
-            d[key] = tuple(value.split(",")) if typing.get_origin(typ) is tuple else _coerce(value, typ)
-        else:
-            raise ValueError(f"unknown config key {key!r}")
+        try:
+            if parts[0] in ("es", "grpo") and len(parts) == 2:
+                if parts[1] not in hints[parts[0]]:
+                    raise _unknown(key, hints)
+                d.setdefault(parts[0], {})[parts[1]] = _coerce(value, hints[parts[0]][parts[1]])
+            elif parts[0] == "task_kwargs" and len(parts) == 2:
+                d.setdefault("task_kwargs", {})[parts[1]] = _coerce(value, Any)
+            elif parts[0] == "eval_task_kwargs" and len(parts) == 3:  # eval_task_kwargs.<task>.<key>=value
+                d.setdefault("eval_task_kwargs", {}).setdefault(parts[1], {})[parts[2]] = _coerce(value, Any)
+            elif len(parts) == 1 and key in hints[""] and key not in ("es", "grpo"):
+                typ = hints[""][key]
+                if typing.get_origin(typ) is tuple:
+                    items = value.split(",") if value else []
+                    if any(not v for v in items):
+                        raise ValueError(f"empty item in the list {value!r}")
+                    d[key] = tuple(items)
+                elif typing.get_origin(typ) is dict:
+                    d[key] = _coerce(value, Any)
+                else:
+                    d[key] = _coerce(value, typ)
+            else:
+                raise _unknown(key, hints)
+        except ValueError as e:
+            if str(e).startswith("unknown config key"):
+                raise
+            raise ValueError(f"--set {key}={value}: {e}") from None
     try:
         return from_dict(d)
     except TypeError as e:

@@ -1,14 +1,34 @@
 """Fine-tune one base model with ES or GRPO under a RunConfig: the loop behind every experiment.
 
-Writes ``<out>/<method>/``: ``config.json`` (resolved), ``metrics.jsonl`` (one row per iteration; row 0
-is the base model's evaluation), ``ckpt/`` (orbax run state every ``checkpoint_every`` iterations) and
-``params/`` (final params). A killed run restarted with the same arguments restores the newest
-checkpoint, rewrites the metrics log from it and continues; because data, noise and sampling keys are
-pure functions of (seed, iteration), the resumed run reproduces the uninterrupted one.
+Output files of ``<out>/<method>/``:
+
+- ``config.json``: the resolved :class:`~esjax.config.RunConfig`;
+- ``summary.json``: ``status`` is ``"incomplete"`` from the start of a run (or of its extension) until it
+  finishes, then ``"complete"``; ``"failed"`` (with ``error``) if it stopped on an error or on a non-finite
+  update. Totals, accuracies before/after and the update norm are there once complete;
+- ``metrics.jsonl``: one row per iteration; row 0 is the base model's evaluation;
+- ``ckpt/``: orbax run state every ``checkpoint_every`` iterations, each step verified by a checksum
+  (:mod:`esjax.checkpoint`); two steps are kept during a run, the newest one after it finishes;
+- ``params/``: the final params (written when the run completes).
+
+All JSON is strict: a non-finite number (NaN, ±inf) is written as ``null`` and the row (or summary) lists
+those keys under ``non_finite``.
+
+Resume rules. A run restarted with the same arguments restores the newest verified checkpoint, rewrites
+the metrics log from it and continues; because data, noise and sampling keys are pure functions of
+(seed, iteration), the resumed run reproduces the uninterrupted one. Before anything in the folder is
+touched, the folder's ``config.json`` is compared with the new resolved config: only
+:data:`RESUMABLE_KEYS` may differ (raising the iteration count extends a finished run; the checkpoint and
+eval cadences do not change what is learned), and the other method's settings are ignored (``es.*``,
+``es_batch``, ``es_iterations`` for GRPO; ``grpo.*``, ``grpo_steps`` for ES). Any other difference, or a
+checkpoint past the new iteration count, raises :class:`RunConfigMismatch` naming the keys (old -> new):
+use another ``--out`` folder or delete the old one. An iteration whose update, loss or params turn
+non-finite stops the run with :class:`RunFailed`; its checkpoints (all from earlier iterations) are kept.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -16,6 +36,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from esjax.checkpoint import RunCheckpointer, save_params
 from esjax.config import RunConfig
@@ -30,6 +51,17 @@ from esjax.tasks import get_task
 
 METHODS = ("es", "grpo")
 TIMING_KEYS = ("time_generate", "time_reward", "time_update", "tokens_per_s", "wall_time")
+RESUMABLE_KEYS = ("es_iterations", "grpo_steps", "checkpoint_every", "eval_every")
+OTHER_METHOD_KEYS = {"es": ("grpo", "grpo_steps"), "grpo": ("es", "es_batch", "es_iterations")}
+FINITE_KEYS = ("update_norm", "update_norm_from_base", "loss", "grad_norm")  # a non-finite one stops the run
+
+
+class RunConfigMismatch(ValueError):
+    """A results folder holds a run whose config differs from the requested one (it is not resumed)."""
+
+
+class RunFailed(RuntimeError):
+    """A run stopped because an update turned non-finite (see ``summary.json``)."""
 
 
 def batch_indices(pool: int, size: int, seed: int, iteration: int):
@@ -40,6 +72,147 @@ def batch_indices(pool: int, size: int, seed: int, iteration: int):
 def tree_distance(a, b) -> float:
     return float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32) - y.astype(jnp.float32)))
                               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float replaced by None (JSON null); (obj, dotted keys replaced)."""
+    bad = []
+
+    def walk(x, key):
+        if isinstance(x, dict):
+            return {k: walk(v, f"{key}.{k}" if key else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{key}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, (float, np.floating)) and not math.isfinite(x):
+            bad.append(key)
+            return None
+        return x.item() if isinstance(x, np.generic) else x
+
+    return walk(obj, ""), bad
+
+
+def safe_row(row: dict) -> dict:
+    """A metrics row / summary as strict JSON: non-finite values → null, listed under ``non_finite``."""
+    out, bad = json_safe(row)
+    if bad:
+        out["non_finite"] = bad
+    return out
+
+
+def write_json(path: str, obj) -> None:
+    """Strict JSON (no NaN/inf: see :func:`safe_row`), written atomically."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
+
+
+def read_summary(run_dir: str) -> dict:
+    """``summary.json`` of a run folder; ``{"status": "missing"}`` if the run never wrote one."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return {"status": "missing"}
+    with open(path) as f:
+        return json.load(f)
+
+
+def require_complete(run_dir: str) -> dict:
+    """The summary of a finished run, or a ValueError naming the folder and its status (analysis refuses
+    incomplete or failed runs: their params are missing, stale or broken)."""
+    s = read_summary(run_dir)
+    status = s.get("status", "unknown (summary.json without a status: written by an older esjax)")
+    if status != "complete":
+        why = f": {s['error']}" if s.get("error") else ""
+        raise ValueError(f"run {run_dir} is not complete (status {status}{why}); finish it by rerunning the same "
+                         f"command, or analyse another folder")
+    return s
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: dict, new: dict, method: str) -> list:
+    """``["key: old -> new", ...]`` for the fields that forbid resuming ``method`` (see module docstring)."""
+    ignored = RESUMABLE_KEYS + OTHER_METHOD_KEYS[method]
+    a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] in ignored or a.get(key, "<absent>") == b.get(key, "<absent>"):
+            continue
+        out.append(f"{key}: {json.dumps(a.get(key, '<absent>'))} -> {json.dumps(b.get(key, '<absent>'))}")
+    return out
+
+
+def _saved_steps(ckpt_dir: str) -> list:
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(ckpt_dir) else []
+
+
+def check_resumable(cfg: RunConfig, run_dir: str, method: str) -> None:
+    """Raise :class:`RunConfigMismatch` if ``run_dir`` holds checkpoints of a run that ``cfg`` may not
+    resume: another config (beyond :data:`RESUMABLE_KEYS`), no readable config.json, or a checkpoint past
+    the iteration count. Touches nothing."""
+    steps = _saved_steps(os.path.join(run_dir, "ckpt"))
+    if not steps:
+        return
+    way_out = f"use another --out folder, or delete {run_dir} to start over"
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            old = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RunConfigMismatch(f"{run_dir} holds checkpoints but no readable config.json ({e}), so resuming it "
+                                f"cannot be checked; {way_out}") from None
+    changes = config_changes(old, cfg.to_dict(), method)
+    if changes:
+        raise RunConfigMismatch(f"{run_dir} holds a {method} run with another config, not resumed: {'; '.join(changes)} "
+                                f"(only {', '.join(RESUMABLE_KEYS)} may change on resume); {way_out}")
+    key = "es_iterations" if method == "es" else "grpo_steps"
+    if steps[-1] > getattr(cfg, key):
+        raise RunConfigMismatch(f"{run_dir} holds a {method} checkpoint at iteration {steps[-1]}, past {key}="
+                                f"{getattr(cfg, key)} (a run cannot be shortened); {way_out}")
+
+
+def check_data(cfg: RunConfig, methods=METHODS, log=print) -> None:
+    """Before any work: the trained task's train and test splits do not overlap, its train split holds
+    at least one iteration's prompts for each method, and every evaluated task has test examples."""
+    task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
+    if hasattr(task, "check_disjoint"):
+        task.check_disjoint("train", "test")
+    where = ""
+    if getattr(task, "splits", None) is not None:
+        where = f" (data {getattr(task, 'path', None) or getattr(task, 'data_dir', None)}, split {task.splits.get('train')!r})"
+    need = {"es": ("es_batch", cfg.es_batch, cfg.es_iterations),
+            "grpo": ("grpo.prompts_per_step", cfg.grpo.prompts_per_step, cfg.grpo_steps)}
+    sizes = [(need[m][1], need[m][0]) for m in methods if need[m][2] > 0]
+    if sizes:
+        n = len(task.examples("train", cfg.train_pool, cfg.seed))
+        per_step, key = max(sizes)
+        if n < per_step:
+            raise ValueError(f"task {cfg.task!r}: the train split has {n} example{'s' * (n != 1)}{where}, fewer than "
+                             f"the {per_step} prompts of one iteration ({key}={per_step}); give more data or lower {key}")
+        if n < cfg.train_pool:
+            log(f"note: task {cfg.task!r} has {n} train examples{where}, fewer than train_pool={cfg.train_pool}; "
+                f"iterations sample from those {n}")
+    for name in (cfg.task, *cfg.eval_tasks):
+        t = task if name == cfg.task else get_task(name, **cfg.kwargs_for(name))
+        if not t.examples("test", 1, cfg.seed):
+            raise ValueError(f"task {name!r} has no test examples: check its data path and splits ({cfg.kwargs_for(name)})")
+
+
+def preflight(cfg: RunConfig, out_dir: str, methods=METHODS, log=print) -> None:
+    """Every check that can fail before a model is loaded: resumability of each ``<out_dir>/<method>``
+    (:func:`check_resumable`) and the data (:func:`check_data`)."""
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {m!r}")
+        check_resumable(cfg, os.path.join(out_dir, m), m)
+    check_data(cfg, methods, log)
 
 
 def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
@@ -62,13 +235,26 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     """Train ``method`` from the base model (resuming if a checkpoint exists); returns the summary.
     ``base_eval`` reuses an evaluation of the base model (identical for both methods);
     ``initial_state`` continues from an earlier run's learner state (sequential training: params and
-    optimizer moments carry over, norms stay measured from ``model.params``)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    optimizer moments carry over, norms stay measured from ``model.params``). Checks resumability and
+    data (:func:`preflight`) before writing anything; see the module docstring for files and statuses."""
+    preflight(cfg, out_dir, (method,), log)
     run_dir = os.path.join(out_dir, method)
+    n_steps = cfg.es_iterations if method == "es" else cfg.grpo_steps
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
+    write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
+    write_json(os.path.join(run_dir, "summary.json"), {"method": method, "status": "incomplete", "iterations": n_steps})
+    try:
+        summary, state = _train(cfg, method, run_dir, n_steps, model, progress, log, base_eval, initial_state)
+    except RunFailed:
+        raise
+    except Exception as e:
+        write_json(os.path.join(run_dir, "summary.json"),
+                   {"method": method, "status": "failed", "iterations": n_steps, "error": f"{type(e).__name__}: {e}"})
+        raise
+    return (summary, state) if return_state else summary
+
+
+def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progress, log, base_eval, initial_state):
     model = model or load_model(cfg.model_spec(), seed=cfg.seed)
     task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
     max_new = cfg.max_new_tokens or task.max_new_tokens
@@ -80,7 +266,7 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
         state = initial_state or es_init(base, jax.random.fold_in(root, 1), cfg.es)
         iterate = make_es_iteration(model.cfg, model.tokenizer, task, cfg.es, max_new, cfg.es_batch, mesh,
                                     base_params=base)
-        n_steps, per_step = cfg.es_iterations, cfg.es_batch
+        per_step = cfg.es_batch
 
         def step(state, t):
             exs = [pool[i] for i in batch_indices(len(pool), per_step, cfg.seed, t)]
@@ -89,58 +275,75 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
         state = initial_state or grpo_init(base, jax.random.fold_in(root, 3), cfg.grpo)
         ref = base if cfg.grpo.beta > 0 or cfg.probe_size else None
         iterate = make_grpo_iteration(model.cfg, model.tokenizer, task, cfg.grpo, max_new, ref, mesh)
-        n_steps, per_step = cfg.grpo_steps, cfg.grpo.prompts_per_step
+        per_step = cfg.grpo.prompts_per_step
 
         def step(state, t):
             return iterate(state, [pool[i] for i in batch_indices(len(pool), per_step, cfg.seed, t)])
 
-    ckpt = RunCheckpointer(os.path.join(run_dir, "ckpt"))
-    restored = ckpt.restore(state)
+    ckpt_dir = os.path.join(run_dir, "ckpt")
+    ckpt = RunCheckpointer(ckpt_dir)
+    restored = ckpt.restore(state, log=lambda msg: log(f"[{method}] {msg}"))
     if restored is not None:
         start, state, record = restored
         history = record["history"]
         log(f"[{method}] resumed from iteration {start}")
     else:
         first = base_eval if base_eval is not None else evaluate_all(state.params, model, cfg, max_new)
-        start, history = 0, [{"iteration": 0, "wall_time": 0.0, **first}]
+        start, history = 0, [safe_row({"iteration": 0, "wall_time": 0.0, **first})]
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-        f.writelines(json.dumps(h) + "\n" for h in history)
+        f.writelines(json.dumps(h, allow_nan=False) + "\n" for h in history)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_steps, initial=start, desc=method, dynamic_ncols=True)
-    wall = history[-1]["wall_time"]
+    wall, last_saved = history[-1]["wall_time"], (start if restored is not None else None)
     for t in range(start, n_steps):
         t0 = time.perf_counter()
         state, m = step(state, t)
         m["iteration"] = t + 1
-        m["update_norm_from_base"] = tree_distance(state.params, base)
-        if (cfg.eval_every and (t + 1) % cfg.eval_every == 0) or t + 1 == n_steps:
+        m["update_norm_from_base"] = tree_distance(state.params, base)  # non-finite if any param is
+        bad = {k: float(m[k]) for k in FINITE_KEYS if k in m and not math.isfinite(m[k])}
+        if not bad and ((cfg.eval_every and (t + 1) % cfg.eval_every == 0) or t + 1 == n_steps):
             m.update(evaluate_all(state.params, model, cfg, max_new))
         wall += time.perf_counter() - t0
         m["wall_time"] = wall
+        m = safe_row(m)
+        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(m, allow_nan=False) + "\n")
+        if bad:
+            if bar is not None:
+                bar.close()
+            ckpt.close()
+            kept = (f"the last good checkpoint (iteration {last_saved}) is kept in {ckpt_dir}" if last_saved
+                    else "no checkpoint was saved before it")
+            msg = (f"[{method}] iteration {t + 1} turned non-finite ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+                   f"run stopped: {kept}; "
+                   f"lower the step size (es.alpha / grpo.learning_rate) and rerun into another --out folder")
+            write_json(os.path.join(run_dir, "summary.json"),
+                       {"method": method, "status": "failed", "iterations": n_steps, "iterations_done": t,
+                        "last_checkpoint": last_saved, "error": msg})
+            raise RunFailed(msg)
         history.append(m)
         if (t + 1) % cfg.checkpoint_every == 0 or t + 1 == n_steps:
             ckpt.save(t + 1, state, {"history": history})
-        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(m) + "\n")
+            last_saved = t + 1
         if bar is not None:
-            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", acc=f"{m['train_accuracy']:.2f}",
+            bar.set_postfix(reward=f"{m.get('reward_mean') or 0:.3f}", acc=f"{m.get('train_accuracy') or 0:.2f}",
                             norm=f"{m['update_norm_from_base']:.3g}")
             bar.update(1)
     if bar is not None:
         bar.close()
+    ckpt.keep_latest_only()
     ckpt.close()
     save_params(os.path.join(run_dir, "params"), state.params)
-    totals = {k: float(sum(h.get(k, 0) for h in history)) for k in ("completions", "tokens", "forward_passes", "backward_passes")}
-    summary = {"method": method, "iterations": n_steps, "wall_time": wall, **totals,
-               "before": {k: v for k, v in history[0].items() if k.startswith("eval/")},
-               "after": {k: v for k, v in history[-1].items() if k.startswith("eval/")},
-               "update_norm": history[-1].get("update_norm_from_base", 0.0)}
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return (summary, state) if return_state else summary
+    totals = {k: float(sum(h.get(k) or 0 for h in history)) for k in ("completions", "tokens", "forward_passes", "backward_passes")}
+    summary = safe_row({"method": method, "status": "complete", "iterations": n_steps, "wall_time": wall, **totals,
+                        "before": {k: v for k, v in history[0].items() if k.startswith("eval/")},
+                        "after": {k: v for k, v in history[-1].items() if k.startswith("eval/")},
+                        "update_norm": history[-1].get("update_norm_from_base", 0.0)})
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    return summary, state
 
 
 def read_metrics(run_dir: str):

@@ -1,9 +1,14 @@
-"""Shared command-line options of the experiment scripts (one place, no copies)."""
+"""Shared command-line options of the experiment scripts (one place, no copies).
+
+Errors reach a command-line user as one line, ``error: <message> (<type>; ...)``, with exit status 1;
+``--traceback`` (or the environment variable ``ESJAX_TRACEBACK=1``) shows the full traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import sys
 
 from esjax.config import PRESETS, build_config
 
@@ -19,7 +24,25 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print what the run will cost (counts, memory per device, wall time from a probe) and exit")
     p.add_argument("--no-probe", action="store_true", help="with --dry-run: skip loading the model for the timing probe")
+    p.add_argument("--traceback", action="store_true",
+                   help="on an error show the full traceback, not one line (also: ESJAX_TRACEBACK=1)")
     return p
+
+
+def one_line_errors(enabled: bool = True) -> None:
+    """Report an uncaught exception as one line on stderr (exit status 1) instead of a traceback."""
+    if not enabled:
+        return
+
+    def hook(kind, err, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return
+        msg = " ".join(str(err).split()) or kind.__name__
+        print(f"error: {msg} ({kind.__name__}; rerun with --traceback or ESJAX_TRACEBACK=1 for the traceback)",
+              file=sys.stderr)
+
+    sys.excepthook = hook
 
 
 def dry_run(cfg, tasks, probe: bool = True) -> dict:
@@ -49,6 +72,8 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
 
 
 def setup(args, script: str):
+    """Error reporting, compilation cache, distributed start-up; the resolved config and the results folder."""
+    one_line_errors(not (getattr(args, "traceback", False) or os.environ.get("ESJAX_TRACEBACK", "") not in ("", "0")))
     import jax
 
     # compiled programs persist across runs (the first cpu-quick run spends minutes compiling)

@@ -8,7 +8,7 @@ import json
 
 from experiments.cli import dry_run, parser, setup
 from esjax.models.registry import load_model
-from esjax.runs import run_method
+from esjax.runs import preflight, run_method
 
 
 def main(argv=None):
@@ -18,8 +18,10 @@ def main(argv=None):
     cfg, out = setup(args, "single_task")
     if args.dry_run:
         return dry_run(cfg, (cfg.task,), not args.no_probe)
+    methods = ("es", "grpo") if args.method == "both" else (args.method,)
+    preflight(cfg, out, methods)  # config of any earlier run in ``out``, data sizes and splits: before any work
     model = load_model(cfg.model_spec(), seed=cfg.seed)
-    for m in (("es", "grpo") if args.method == "both" else (args.method,)):
+    for m in methods:
         s = run_method(cfg, m, out, model, progress=not args.no_progress)
         print(json.dumps({"method": m, "before": s["before"], "after": s["after"], "update_norm": s["update_norm"],
                           "wall_time": round(s["wall_time"], 1)}))

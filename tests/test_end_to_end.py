@@ -41,6 +41,7 @@ def test_compare_produces_every_measurement(tiny_results):
         rows = read_metrics(os.path.join(tiny_results, m))
         assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
         assert json.load(open(os.path.join(tiny_results, m, "config.json")))["model"] == "tiny-random-llama"
+        assert res["summaries"][m]["status"] == "complete"
 
 
 @pytest.mark.parametrize("name", ["theory_vs_measured_drift", "geometry_es_vs_grpo"])
@@ -76,9 +77,13 @@ def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tmp_path, method):
     out = resumed.communicate(timeout=600)[0].decode()
     assert resumed.returncode == 0, out[-2000:]
     assert "resumed from iteration" in out
+    assert "restored verified step" in out
     a = strip_timing(read_metrics(str(tmp_path / "ref" / method)))
     b = strip_timing(read_metrics(str(tmp_path / "killed" / method)))
     assert a == b
+    n = 5 if method == "es" else 4
+    assert json.load(open(tmp_path / "killed" / method / "summary.json"))["status"] == "complete"
+    assert sorted(os.listdir(tmp_path / "killed" / method / "ckpt")) == [str(n)]  # one checkpoint kept once finished
 
 
 def test_config_overrides_and_errors():

@@ -65,13 +65,31 @@ class GRPOConfig:
     top_p: float = 1.0
 
     def __post_init__(self):
+        # types first, so that NaN / inf / strings are named here instead of passing the comparisons below
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"GRPOConfig.{f.name} must be an integer, got {v!r}")
+            if f.type in ("float", "Optional[float]") and not (v is None and f.type != "float") and (
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"GRPOConfig.{f.name} must be a finite number, got {v!r}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 for group advantages, got {self.group_size}")
         if self.prompts_per_step < 1 or self.total_steps < 1 or self.num_inner_updates < 1:
             raise ValueError("prompts_per_step, total_steps and num_inner_updates must be >= 1")
-        if self.learning_rate <= 0 or self.beta < 0 or self.clip_eps <= 0:
-            raise ValueError(f"need learning_rate > 0, beta >= 0, clip_eps > 0; got {self.learning_rate}, "
-                             f"{self.beta}, {self.clip_eps}")
+        for name in ("learning_rate", "clip_eps", "adam_eps", "max_grad_norm", "temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"GRPOConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("beta", "weight_decay", "adv_eps", "warmup_steps", "micro_batch_size", "std_ddof"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GRPOConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("adam_b1", "adam_b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"GRPOConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"GRPOConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.clip_eps_high is not None and not self.clip_eps_high > 0:
+            raise ValueError(f"GRPOConfig.clip_eps_high must be > 0 (or None), got {self.clip_eps_high}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
         if self.loss_aggregation not in LOSS_AGGREGATION:
@@ -86,8 +104,6 @@ class GRPOConfig:
         if self.micro_batch_size and (self.group_size * (self.mini_batch_prompts or self.prompts_per_step)) % self.micro_batch_size:
             raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide the (mini-)batch of "
                              f"{self.group_size * (self.mini_batch_prompts or self.prompts_per_step)} sequences")
-        if self.temperature <= 0:
-            raise ValueError(f"GRPO samples: temperature must be > 0, got {self.temperature}")
 
     @property
     def batch_size(self) -> int:

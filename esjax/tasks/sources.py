@@ -12,6 +12,13 @@ and test sets out of one HF split (seeds brief §C.1, §C.5), e.g. ``{"train": "
 "test": "train[200:2200]"}``; ``name`` may also be a file inside the folder (``"countdown.json[-2000:]"``). Rows are validated as they are read; a malformed row raises
 :class:`~esjax.tasks.base.DatasetError` naming the file and row, or, with ``skip_malformed``, is counted
 in ``task.skipped`` (never silently dropped).
+
+Train and test must not share rows: :meth:`DataTask.check_disjoint` (run before training) refuses two
+splits that resolve to the same file (or split of a folder) with overlapping row ranges, e.g. a single
+JSONL given as ``path`` (it would serve both splits). Carve it with slices, ``{"train": "x[0:200]",
+"test": "x[200:]"}``, or give a folder with separate split files. A task whose own default splits name
+one split for both (chemistry carves train and test apart in ``select``; IFEval is evaluation only) is
+exempt while those defaults are used.
 """
 from __future__ import annotations
 
@@ -89,6 +96,21 @@ def _locate(path: str, split: str):
                             f"{split}.json, {split}/, {split}-*.parquet, a save_to_disk folder; found {sorted(os.listdir(path))})")
 
 
+def _target(path: Optional[str], name: str, source: str, tfds_name: Optional[str]):
+    """(identity, label) of the rows split/file ``name`` reads: equal identities read the same rows."""
+    if source == "tfds":
+        return ("tfds", tfds_name, name), f"tfds {tfds_name}/{name}"
+    if path is None:
+        raise ValueError("this task needs path= to local data (or source='tfds' with data_dir=)")
+    kind, target = _locate(path, name)
+    if kind == "parquet":
+        files = tuple(os.path.abspath(f) for f in target)
+        return ("parquet", files), files[0] if len(files) == 1 else f"{len(files)} parquet shards {files[0]}…"
+    if kind == "hf" and os.path.exists(os.path.join(target, "dataset_dict.json")):
+        return ("hf", os.path.abspath(target), name), f"{target} [{name}]"
+    return (kind, os.path.abspath(target)), target
+
+
 def read_split(path: Optional[str], split: str, source: str = "auto", data_dir: Optional[str] = None,
                tfds_name: Optional[str] = None, validate=None, skip_malformed: bool = False):
     """Rows of one split (spec ``name[a:b]`` allowed) → (rows, skipped). See the module docstring."""
@@ -133,7 +155,8 @@ class DataTask(Task):
             parse_split(spec)
         self.path, self.source, self.data_dir, self.order, self.skip_malformed = path, source, data_dir, order, skip_malformed
         self.skipped: List[str] = []
-        self._rows: Dict[str, List[dict]] = {}  # split → validated rows, read once per task instance
+        self._rows: Dict[str, List[dict]] = {}  # split → validated rows of its spec
+        self._full: Dict[tuple, List[dict]] = {}  # file identity → every validated row, read once per task instance
 
     def validate(self, row: dict) -> None:
         raise NotImplementedError
@@ -141,16 +164,47 @@ class DataTask(Task):
     def to_example(self, row: dict, uid: str) -> Example:
         raise NotImplementedError
 
+    def _all_rows(self, name: str) -> List[dict]:
+        """Every validated row of split/file ``name`` (no slice), read once per underlying file."""
+        key, _ = _target(self.path, name, self.source, self.tfds_name)
+        if key not in self._full:
+            self._full[key], skipped = read_split(self.path, name, self.source, self.data_dir, self.tfds_name,
+                                                  self.validate, self.skip_malformed)
+            self.skipped += skipped
+        return self._full[key]
+
     def rows(self, split: str) -> List[dict]:
         if split == "probe" and split not in self.splits:
             split = "test"  # off-task KL probes: held-out prompts
         if split not in self.splits:
             raise ValueError(f"task {self.name!r} has no split {split!r} (has {sorted(self.splits)})")
         if split not in self._rows:
-            self._rows[split], skipped = read_split(self.path, self.splits[split], self.source, self.data_dir,
-                                                    self.tfds_name, self.validate, self.skip_malformed)
-            self.skipped += skipped
+            name, start, stop = parse_split(self.splits[split])
+            self._rows[split] = self._all_rows(name)[start:stop]
         return self._rows[split]
+
+    def check_disjoint(self, a: str = "train", b: str = "test") -> None:
+        """Raise :class:`DatasetError` naming the task, the specs and the file if splits ``a`` and ``b``
+        read overlapping rows of one file (see the module docstring); reads the file only when the two
+        specs resolve to the same one."""
+        if a not in self.splits or b not in self.splits:
+            return
+        spec_a, spec_b = self.splits[a], self.splits[b]
+        if spec_a == spec_b == self.default_splits.get(a) == self.default_splits.get(b):
+            return  # the task's own design (it carves the split itself, or never trains on it)
+        (na, sa, ea), (nb, sb, eb) = parse_split(spec_a), parse_split(spec_b)
+        key_a, label = _target(self.path, na, self.source, self.tfds_name)
+        if key_a != _target(self.path, nb, self.source, self.tfds_name)[0]:
+            return
+        n = len(self._all_rows(na))
+        ra, rb = range(*slice(sa, ea).indices(n)), range(*slice(sb, eb).indices(n))
+        lo, hi = max(ra.start, rb.start), min(ra.stop, rb.stop)
+        if lo < hi:
+            raise DatasetError(
+                f"task {self.name!r}: the {a} split {spec_a!r} and the {b} split {spec_b!r} both read rows {lo}..{hi - 1} "
+                f"({hi - lo} of {n}) of {label}, so the model would be tested on its training data; give a folder with "
+                f"separate {a}/{b} files, or disjoint slices, e.g. task_kwargs.splits="
+                f'{{"{a}": "{na}[0:K]", "{b}": "{na}[K:]"}}')
 
     def select(self, rows: List[dict], split: str, n: int, seed: int) -> List[int]:
         order = list(range(len(rows)))
