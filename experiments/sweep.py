@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from esjax.analysis import geometry as geo
+from esjax.analysis import stats
 from esjax.analysis.drift import kl_drift
 from esjax.analysis.report import perturbed_dimension
 from esjax.analysis.theory import drift_theory_of_run
@@ -62,6 +63,8 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
            "alpha": cfg.es.alpha if method == "es" else cfg.grpo.learning_rate,
            "accuracy_before": s["before"][f"eval/{cfg.task}/accuracy"],
            "accuracy_after": s["after"][f"eval/{cfg.task}/accuracy"],
+           "accuracy_after_ci": list(stats.wilson_interval(stats.count_from_accuracy(
+               s["after"][f"eval/{cfg.task}/accuracy"], cfg.eval_size, f"{name}: eval/{cfg.task}/accuracy"), cfg.eval_size)),
            "forgetting": float(np.mean([s["before"][k] - s["after"][k] for k in s["before"]
                                         if k.endswith("/accuracy") and not k.startswith(f"eval/{cfg.task}/")] or [0.0])),
            "update_norm": geo.global_norm(delta), "sparsity_bf16": geo.sparsity(geo.cast_delta(params, model.params, "bfloat16")),

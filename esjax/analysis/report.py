@@ -163,10 +163,14 @@ def write_report(out_dir: str, res: Dict) -> str:
     from esjax.analysis.plots import make_plots
 
     os.makedirs(os.path.join(out_dir, "tables"), exist_ok=True)
+
+    def dump(r):
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(r, f, indent=1, default=float)
+    dump(res)  # the measurements first: a bad input to the interval tests below cannot lose them
     tests = interval_tests(res)
     res = {**res, "intervals": tests, "verdicts": seed_verdicts(res, tests)}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(res, f, indent=1, default=float)
+    dump(res)
     n, s = res["norms"], res["summaries"]
     _write_csv(os.path.join(out_dir, "tables", "norms.csv"), ["method", "l2_once", "l2_tied_twice", "relative"],
                [[m, n[m]["once"], n[m]["tied_twice"], n[m]["relative"]] for m in ("es", "grpo")])
