@@ -170,3 +170,18 @@ def test_sequential_report_transfer_metrics_and_stage_theory(tmp_path):
     assert sorted(os.listdir(tmp_path / "plots")) == ["forgetting_curves.png", "matrices.png"]
     with pytest.raises(ValueError, match="not a count out of n=8"):
         sr.analyze_sequence({**res, "accuracy": {**acc, "a": [0.3, 0.75, 0.5, 0.375]}}, 8, dirs)
+
+
+def test_dimension_counts_the_tied_embedding_once_or_not_at_all():
+    from esjax.analysis.report import dimension_info, perturbed_dimension
+    from esjax.config import build_config
+    from esjax.models.registry import load_model
+
+    model = load_model("tiny-random-llama")
+    p, tied = model.params, model.cfg.tie_embeddings
+    assert tied and "lm_head" not in p
+    every, layers = build_config("tiny", ["es.param_filter=.*"]), build_config("tiny", ["es.param_filter=^layers/"])
+    n_embed = p["embed"].size
+    assert perturbed_dimension(p, every) - perturbed_dimension(p, layers) == n_embed + p["final_norm"].size
+    assert dimension_info(p, every, tied)["embedding_in_d"].startswith("once")
+    assert dimension_info(p, layers, tied)["embedding_in_d"].startswith("not perturbed")
