@@ -12,8 +12,9 @@ Context: the longest prompt, padded as the rollout pads it (multiples of 8), plu
 ``max_position_embeddings``, or generation stops with an error; ``--dry-run`` flags it beforehand.
 Memory per device (bytes; params replicated, rows split over devices):
     params  = d · 4 (fp32 master; GRPO adds grads and two AdamW moments: × 4, plus a reference copy);
-    noise   = full: c · d · 4 (c members per chunk hold a dense perturbation each);
-              low-rank: c · r · Σ_matrices (n_in + n_out) · 4;
+    noise   = c · the noise scheme's ``member_bytes`` (c members per chunk): full-rank d · (4 + bytes(compute
+              dtype)) (θ + σε formed in the compute dtype from an fp32 draw); low-rank r · Σ_matrices
+              (n_in + n_out) · 4 plus the vectors' dense draws;
     KV      = 2 · L · rows · K · (prompt + M) · Dh · bytes(compute dtype), rows = c · B (ES) or G · P / D.
 Wall time: a short measured probe (decode tokens/s and scoring tokens/s of the actual model on this
 machine) extrapolated to the counts above, an upper bound since completions often stop early.
@@ -26,7 +27,6 @@ import jax
 import numpy as np
 
 from esjax.models.config import DTYPES
-from esjax.models.decoder import param_shapes
 
 
 PROMPT_MULTIPLE = 8  # rollout prompt widths are multiples of this (esjax.rollout.prompt_batch)
@@ -72,25 +72,20 @@ def context_problem(model_cfg, longest_prompt: int, max_new_tokens: int):
             f"max_new_tokens to {max(ctx - width, 0)}")
 
 
-def matrix_dims(model_cfg):
-    """Σ (n_in + n_out) over the model's matrices (low-rank noise size per rank)."""
-    shapes = jax.tree.leaves(param_shapes(model_cfg), is_leaf=lambda s: isinstance(s, tuple))
-    return sum(sum(s) for s in shapes if len(s) == 2)
-
-
 def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_prompt: int = None) -> dict:
     """Counts and per-device memory of one task under ``cfg`` (see the module docstring); ``prompt_tokens``
     is a typical prompt length, ``longest_prompt`` (default ``prompt_tokens``) the longest one, checked
     against the model context (``"context_problem"``: None or a line saying what does not fit)."""
-    from esjax.es.step import auto_chunk_size
+    from esjax.es.population import auto_chunk_size
+    from esjax.es.schemes import get_scheme
 
     d, M, es, gr = model_cfg.param_count(), cfg.max_new_tokens, cfg.es, cfg.grpo
     M = M or 1024
     kv_row = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * (prompt_tokens + M) * model_cfg.head_dim \
         * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize
-    chunk = auto_chunk_size(d, es, cfg.es_batch)
+    chunk = auto_chunk_size(model_cfg, es, cfg.es_batch, prompt_tokens, M)
     es_completions = es.population_size * cfg.es_batch
-    noise = chunk * (d * 4 if es.noise == "full" else es.rank * matrix_dims(model_cfg) * 4)
+    noise = chunk * get_scheme(es.noise).member_bytes(model_cfg, es)  # members' weights or deltas
     updates = gr.updates_per_step
     gr_completions = gr.group_size * gr.prompts_per_step
     es_passes = pass_counts("es", es_completions, es)

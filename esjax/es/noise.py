@@ -6,7 +6,8 @@ whose odd member takes the negated noise). Leaf i of the params pytree draws fro
 independent noise. ``correlated=True`` reproduces the seeds' PyTorch bug instead (one key for every
 leaf: same-shaped tensors share noise; seeds brief §A.3): for fidelity studies only.
 
-Two perturbation families, both with unit-variance entries so ``σ`` means the same thing:
+The draws of the two registered noise schemes (:mod:`esjax.es.schemes`), both with unit-variance entries
+so ``σ`` means the same thing:
 
 * ``full``:     ε ~ N(0, I) for every leaf.
 * ``lowrank``:  E = A Bᵀ / √r for every matrix leaf (A: (n_in, r), B: (n_out, r) ~ N(0, 1)) — EGGROLL;
@@ -18,31 +19,11 @@ to matching leaves: the sparse / subset ES variant.
 """
 from __future__ import annotations
 
-import re
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
 from esjax.models.delta import LowRank
-
-
-def leaf_paths(params) -> list:
-    """'embed', 'layers/0/wq', … for every leaf, in ``jax.tree`` order."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) for path, _ in flat]
-
-
-def leaf_selection(params, param_filter: Optional[str]) -> list:
-    """Per-leaf booleans: which leaves ES perturbs and updates."""
-    paths = leaf_paths(params)
-    if param_filter is None:
-        return [True] * len(paths)
-    pat = re.compile(param_filter)
-    sel = [bool(pat.search(p)) for p in paths]
-    if not any(sel):
-        raise ValueError(f"param_filter {param_filter!r} matches no parameter (paths look like {paths[:3]})")
-    return sel
+from esjax.trees import leaf_paths, leaf_selection  # noqa: F401  (re-exported: their old home)
 
 
 def member_key(base_key, iteration, member, antithetic: bool = False):
@@ -52,24 +33,35 @@ def member_key(base_key, iteration, member, antithetic: bool = False):
     return jax.random.fold_in(jax.random.fold_in(base_key, iteration), idx), sign
 
 
-def _leaf_key(key, i, correlated):
+def leaf_key(key, i, correlated: bool = False):
+    """The key of leaf i of a member: ``fold_in(key, i)``, or ``key`` itself with the seeds' correlated bug."""
     return key if correlated else jax.random.fold_in(key, i)
 
 
-def leaf_normals(key, shapes: dict, correlated: bool = False) -> dict:
-    """{leaf index i: N(0, 1) float32 draw of shapes[i] from ``fold_in(key, i)``} (``key`` if correlated).
+def normal(key, shape):
+    """N(0, 1) float32 entries: the Gaussian sampler of full-rank and low-rank noise."""
+    return jax.random.normal(key, shape, jnp.float32)
 
-    Same-shaped draws run as one vmapped threefry call (values identical to one call per leaf): a
-    transformer's ~300 leaves take ~10 shapes, so the compiled program stays small."""
+
+def leaf_draws(key, shapes: dict, correlated: bool = False, sample=normal) -> dict:
+    """{leaf index i: ``sample(fold_in(key, i), shapes[i])``} (``key`` itself if correlated).
+
+    Same-shaped draws run as one vmapped call (values identical to one call per leaf): a transformer's
+    ~300 leaves take ~10 shapes, so the compiled program stays small."""
     groups = {}
     for i, shape in shapes.items():
         groups.setdefault(tuple(shape), []).append(i)
     out = {}
     for shape, idx in groups.items():
-        keys = jax.vmap(lambda i: _leaf_key(key, i, correlated))(jnp.asarray(idx, jnp.uint32))
-        draws = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+        keys = jax.vmap(lambda i: leaf_key(key, i, correlated))(jnp.asarray(idx, jnp.uint32))
+        draws = jax.vmap(lambda k: sample(k, shape))(keys)
         out.update((i, draws[j]) for j, i in enumerate(idx))
     return out
+
+
+def leaf_normals(key, shapes: dict, correlated: bool = False) -> dict:
+    """:func:`leaf_draws` with N(0, 1) entries."""
+    return leaf_draws(key, shapes, correlated)
 
 
 def full_noise(params, key, selection=None, correlated: bool = False):
@@ -80,23 +72,28 @@ def full_noise(params, key, selection=None, correlated: bool = False):
     return jax.tree.unflatten(treedef, [draws.get(i, jnp.zeros(x.shape, jnp.float32)) for i, x in enumerate(leaves)])
 
 
+def lowrank_draw_shape(shape, rank: int) -> tuple:
+    """What a low-rank leaf draws: (n_in + n_out, r) for a matrix (A stacked on B), the leaf's shape otherwise."""
+    return (shape[0] + shape[1], rank) if len(shape) == 2 else tuple(shape)
+
+
+def lowrank_leaf(draw, shape, rank: int, scale=1.0):
+    """One leaf's scaled low-rank perturbation from its draw: LowRank(scale·A/√r, B) for a matrix, scale·ε else."""
+    if len(shape) == 2:
+        return LowRank(draw[..., :shape[0], :] * (scale / jnp.sqrt(rank)), draw[..., shape[0]:, :])
+    return scale * draw
+
+
 def lowrank_noise(params, key, rank: int, scale=1.0, selection=None, correlated: bool = False):
     """Delta pytree for one member: LowRank(scale·A/√r, B) per matrix, dense scale·ε per vector.
 
     Unselected leaves are ``None`` (no perturbation)."""
     leaves, treedef = jax.tree.flatten(params)
     selection = selection or [True] * len(leaves)
-    draws = leaf_normals(key, {i: (x.shape[0] + x.shape[1], rank) if x.ndim == 2 else x.shape
+    draws = leaf_normals(key, {i: lowrank_draw_shape(x.shape, rank)
                                for i, (x, s) in enumerate(zip(leaves, selection)) if s}, correlated)
-    out = []
-    for i, x in enumerate(leaves):
-        if i not in draws:
-            out.append(None)
-        elif x.ndim == 2:
-            out.append(LowRank(draws[i][:x.shape[0]] * (scale / jnp.sqrt(rank)), draws[i][x.shape[0]:]))
-        else:
-            out.append(scale * draws[i])
-    return jax.tree.unflatten(treedef, out)
+    return jax.tree.unflatten(treedef, [lowrank_leaf(draws[i], x.shape, rank, scale) if i in draws else None
+                                        for i, x in enumerate(leaves)])
 
 
 def densify(delta):

@@ -1,11 +1,14 @@
 """Population evaluation: every member's fitness inputs, as ``vmap`` over member ids in chunks.
 
-``evaluate(params, delta, member, *args)`` is any pure function of one member's model: full-rank members
-get ``params = θ + σε_n`` and ``delta = None``; low-rank members get the shared ``θ`` and a
-``delta`` (σ A_n B_nᵀ/√r) that the decoder applies inside its matmuls. :func:`population_fn` maps it over
-member ids with ``lax.map(..., batch_size=chunk)`` (vmap within a chunk, sequential across chunks) and,
-given a mesh, shards the member ids over the ``pop`` axis with ``shard_map`` (params replicated; each
-device draws only its own members' noise).
+``evaluate(params, delta, member, *args)`` is any pure function of one member's model. The noise scheme
+(:mod:`esjax.es.schemes`) says what a member's model is: dense schemes (full-rank) give ``params =
+θ + σ s_n E_n`` formed once per member directly in the compute dtype and ``delta = None``; delta schemes
+(low-rank) give one shared compute-dtype copy of θ, cast once per call, and a ``delta`` (σ A_n B_nᵀ/√r)
+that the decoder applies inside its matmuls. Either way the decoder's loop reads weights in the compute
+dtype, never the fp32 master. :func:`population_fn` maps members with ``lax.map(..., batch_size=chunk)``
+(vmap within a chunk, sequential across chunks) and, given a mesh, shards the member ids over the ``pop``
+axis with ``shard_map`` (params replicated; each device draws only its own members' noise).
+:func:`auto_chunk_size` sizes the chunk from the device's free memory where the backend reports it.
 """
 from __future__ import annotations
 
@@ -14,23 +17,32 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from esjax.es.step import ESConfig, ESState, member_perturbation, perturbed_params
+from esjax.es.schemes import get_scheme
+from esjax.es.step import ESConfig, ESState, member_perturbation
 from esjax.parallel import POP
 from esjax.sampling import SamplingConfig, generate
 
-
-def member_output(evaluate: Callable, state: ESState, member, cfg: ESConfig, *args):
-    if cfg.noise == "full":
-        return evaluate(perturbed_params(state.params, state.key, state.iteration, member, cfg), None, member, *args)
-    delta = member_perturbation(state.params, state.key, state.iteration, member, cfg, cfg.sigma)
-    return evaluate(state.params, delta, member, *args)
+F32 = jnp.dtype(jnp.float32)
 
 
-def evaluate_population(evaluate: Callable, state: ESState, members, cfg: ESConfig, chunk: int, *args):
+def member_output(evaluate: Callable, state: ESState, member, cfg: ESConfig, *args, dtype=F32, shared=None):
+    """``evaluate`` on member ``member``'s model, in compute ``dtype``; ``shared``: the scheme's
+    ``shared_params`` when the caller already has them."""
+    scheme = get_scheme(cfg.noise)
+    shared = scheme.shared_params(state.params, dtype) if shared is None else shared
+    params, delta = scheme.member(shared, member_perturbation(state.params, state.key, state.iteration, member, cfg,
+                                                              cfg.sigma), dtype)
+    return evaluate(params, delta, member, *args)
+
+
+def evaluate_population(evaluate: Callable, state: ESState, members, cfg: ESConfig, chunk: int, *args, dtype=F32):
     """Outputs of ``evaluate`` for each member id in ``members`` (M,), stacked on a leading axis."""
-    return jax.lax.map(lambda m: member_output(evaluate, state, m, cfg, *args), members, batch_size=chunk)
+    shared = get_scheme(cfg.noise).shared_params(state.params, dtype)
+    return jax.lax.map(lambda m: member_output(evaluate, state, m, cfg, *args, dtype=dtype, shared=shared), members,
+                       batch_size=chunk)
 
 
 def _compiled(fn, mesh: Optional[Mesh], in_specs: tuple):
@@ -41,34 +53,42 @@ def _compiled(fn, mesh: Optional[Mesh], in_specs: tuple):
 
 
 def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[Mesh] = None,
-                  arg_specs: tuple = ()):
-    """``f(state, members, *args)``: outputs of ``evaluate`` per member id, compiled; with a mesh, members
-    are split over ``pop`` (len(members) must be a multiple of the pop axis size) and args use
-    ``arg_specs`` (default replicated).
+                  arg_specs: tuple = (), dtype=F32):
+    """``f(state, members, *args)``: outputs of ``evaluate`` per member id, compiled, members' models in
+    compute ``dtype``; with a mesh, members are split over ``pop`` (len(members) must be a multiple of the
+    pop axis size) and args use ``arg_specs`` (default replicated).
 
-    Low-rank members' deltas (a few MB) are drawn by a separate compiled program and passed in: one
-    program holding both the noise generator and the model compiled 2× slower (SmolLM2: 68 s vs 12 + 19 s)
-    and ran no faster. Full-rank members draw θ + σε inside the evaluator, one chunk at a time (memory)."""
-    if cfg.noise == "full":
-        draw, extra = None, ()
+    Dense members are formed inside the program, one chunk at a time (memory). Delta members (a few MB)
+    are drawn by a program of their own and passed in with the shared compute-dtype weights: one program
+    holding both the noise generator and the model compiled 2× slower (SmolLM2: 68 s vs 12 + 19 s) and
+    ran no faster."""
+    scheme = get_scheme(cfg.noise)
+    dtype = jnp.dtype(dtype)
+    if scheme.dense:
+        prepare, extra = None, ()
 
         def body(state, members, *args):
-            return evaluate_population(evaluate, state, members, cfg, chunk, *args)
+            return evaluate_population(evaluate, state, members, cfg, chunk, *args, dtype=dtype)
     else:
         def noise(state, members):
             return jax.vmap(lambda n: member_perturbation(state.params, state.key, state.iteration, n, cfg, cfg.sigma))(members)
 
-        def body(state, members, deltas, *args):
-            return jax.lax.map(lambda md: evaluate(state.params, md[1], md[0], *args), (members, deltas), batch_size=chunk)
+        def body(shared, members, deltas, *args):
+            return jax.lax.map(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
+                               (members, deltas), batch_size=chunk)
 
-        draw, extra = _compiled(noise, mesh, (P(), P(POP))), (P(POP),)
+        prepare, extra = _compiled(noise, mesh, (P(), P(POP))), (P(POP),)
     compiled = functools.lru_cache(maxsize=None)(  # per number of evaluator args (their default specs)
         lambda n_args: _compiled(body, mesh, (P(), P(POP), *extra, *(tuple(arg_specs) or (P(),) * n_args))))
 
     def f(state, members, *args):
-        deltas = () if draw is None else (draw(state, members),)
-        return compiled(len(args))(state, members, *deltas, *args)
+        if prepare is None:
+            return compiled(len(args))(state, members, *args)
+        cast = any(x.dtype != dtype for x in jax.tree.leaves(state.params))  # else no copy (CPU, fp32)
+        shared = share(state.params, dtype) if cast else state.params
+        return compiled(len(args))(shared, members, prepare(state, members), *args)
 
+    share = jax.jit(scheme.shared_params, static_argnames="dtype")  # its own program: the weights arrive cast
     return f
 
 
@@ -89,3 +109,46 @@ def member_ids(n: int, shards: int = 1):
     """0..n-1 padded (with repeats of the last id) to a multiple of ``shards``; slice outputs to n."""
     pad = (-n) % shards
     return jnp.concatenate([jnp.arange(n, dtype=jnp.int32), jnp.full((pad,), n - 1, jnp.int32)])
+
+
+CPU_BUDGET_BYTES = 2e9  # where the backend reports no memory (CPU): the measured default
+CPU_MAX_ROWS = 512  # rows (member × prompt sequences) decoded together on CPU
+ACCEL_MAX_ROWS = 16384
+ACCEL_MEMORY_FRACTION = 0.7
+
+
+def device_memory_budget(fraction: float = ACCEL_MEMORY_FRACTION) -> Optional[float]:
+    """``fraction`` of the first local device's free memory (bytes_limit − bytes_in_use), or None where the
+    backend does not report memory (CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+        return None
+    return fraction * (stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+
+
+def row_bytes(model_cfg, prompt_len: int, max_new_tokens: int) -> int:
+    """Device memory of one decoded sequence: its KV cache (2·L·K·Dh per slot) plus the prefill's MLP
+    activations (3·F per prompt token), in the compute dtype, and one float32 vocabulary row."""
+    item = np.dtype(model_cfg.dtype).itemsize
+    kv = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * model_cfg.head_dim * (prompt_len + max_new_tokens)
+    return item * (kv + 3 * model_cfg.intermediate_size * prompt_len) + 4 * model_cfg.vocab_size
+
+
+def auto_chunk_size(model_cfg, cfg: ESConfig, rows_per_member: int, prompt_len: int = 0, max_new_tokens: int = 0,
+                    budget_bytes: Optional[float] = None) -> int:
+    """Members evaluated at once (vmapped) per device: ``cfg.chunk_size`` if set, else as many as fit.
+
+    On a device that reports its memory: budget = 70 % of free memory, a member costs its scheme's
+    ``member_bytes`` plus ``rows_per_member`` × :func:`row_bytes`, at most 16,384 rows at once. Elsewhere
+    (CPU): a 2 GB budget for the members' weights and at most 512 rows (measured on 2 cores)."""
+    if cfg.chunk_size:
+        return cfg.chunk_size
+    rows = max(1, rows_per_member)
+    free = device_memory_budget()
+    if budget_bytes is None:
+        budget_bytes = CPU_BUDGET_BYTES if free is None else free
+    per_member = get_scheme(cfg.noise).member_bytes(model_cfg, cfg)
+    if free is not None:
+        per_member += rows * row_bytes(model_cfg, prompt_len, max_new_tokens)
+    max_rows = CPU_MAX_ROWS if free is None else ACCEL_MAX_ROWS
+    return max(1, min(cfg.population_size, int(budget_bytes // per_member), max_rows // rows))

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.es.population import lm_evaluator, member_ids, population_fn
-from esjax.es.step import ESConfig, auto_chunk_size, es_update
+from esjax.es.population import auto_chunk_size, lm_evaluator, member_ids, population_fn
+from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
@@ -22,22 +22,24 @@ from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
                       mesh=None, base_params=None):
-    """``base_params`` (the model before fine-tuning) sizes the member chunks automatically and is the
-    reference of the ``kl_penalty`` fitness term; without it the chunk is ``cfg.chunk_size or 1``."""
+    """``base_params`` (the model before fine-tuning) is the reference of the ``kl_penalty`` fitness term.
+    Members decode in the model's compute dtype (``model_cfg.compute_dtype``; the fp32 master weights stay
+    the update's) in chunks of ``cfg.chunk_size`` members, or as many as fit (:func:`auto_chunk_size`)."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     shards = 1 if mesh is None else mesh.shape[POP]
-    chunk = auto_chunk_size(sum(x.size for x in jax.tree.leaves(base_params)), cfg, batch_size) if base_params is not None else (cfg.chunk_size or 1)
-    population = functools.lru_cache(maxsize=None)(  # one compiled population per shared-prefix length
-        lambda prefix_len: population_fn(lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len), cfg, chunk, mesh))
-    update = jax.jit(functools.partial(es_update, cfg=cfg))
+    population = functools.lru_cache(maxsize=None)(  # one compiled population per prompt layout
+        lambda prefix_len, width: population_fn(
+            lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len), cfg,
+            auto_chunk_size(model_cfg, cfg, batch_size, width, max_new_tokens), mesh, dtype=model_cfg.dtype))
+    update = functools.partial(es_update, cfg=cfg)  # per-leaf-shape programs: compiles in seconds at LLM scale
     members = member_ids(cfg.population_size, shards)
     N = cfg.population_size
 
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
-        pop = population(pb.prefix_len)
+        pop = population(pb.prefix_len, pb.tokens.shape[1])
         gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
         t1 = time.perf_counter()
         texts = decode(tokenizer, gen.tokens, gen.lengths)

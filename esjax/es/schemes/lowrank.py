@@ -1,0 +1,46 @@
+"""Low-rank EGGROLL noise: E = A Bᵀ/√r per matrix (A: (n_in, r), B: (n_out, r) ~ N(0, 1)), full Gaussian
+noise for vectors. Members share the weights and apply σ s (x A) Bᵀ/√r inside each matmul (a ``delta``);
+the update's matrix leaf is Σ_n w_n s_n A_n B_nᵀ / (√r N) = [A_1…A_N] diag(w s) [B_1…B_N]ᵀ / (√r N),
+one (n_in × N·r)·(N·r × n_out) matmul."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from esjax.es.noise import leaf_key, lowrank_draw_shape, lowrank_leaf, lowrank_noise, member_key, normal
+from esjax.es.schemes.base import NoiseScheme, cast_tree, register_scheme
+
+
+class LowRankScheme(NoiseScheme):
+    name = "lowrank"
+    dense = False
+
+    def perturbation(self, params, key, scale, selection, cfg):
+        return lowrank_noise(params, key, cfg.rank, scale, selection, cfg.correlated_noise)
+
+    def shared_params(self, params, dtype):
+        return cast_tree(params, dtype)  # one compute-dtype copy per population call
+
+    def member(self, shared, perturbation, dtype):
+        return shared, cast_tree(perturbation, dtype)
+
+    def leaf_gradient(self, key, iteration, weights, i, shape, cfg):
+        def draw(n):
+            k, sign = member_key(key, iteration, n, cfg.antithetic)
+            return lowrank_leaf(normal(leaf_key(k, i, cfg.correlated_noise), lowrank_draw_shape(shape, cfg.rank)),
+                                shape, cfg.rank, 1.0 * sign)
+
+        N = weights.shape[0]
+        d = jax.vmap(draw)(jnp.arange(N))
+        if len(shape) == 2:  # a: (N, n_in, r) already / √r, b: (N, n_out, r)
+            return jnp.einsum("n,nir,njr->ij", weights, d.a, d.b) / N
+        return jnp.einsum("n,n...->...", weights, d) / N
+
+    def member_bytes(self, model_cfg, cfg) -> int:
+        """r·(n_in + n_out) fp32 factors per matrix and one dense draw per vector."""
+        from esjax.models.decoder import param_shapes
+        shapes = jax.tree.leaves(param_shapes(model_cfg), is_leaf=lambda s: isinstance(s, tuple))
+        return 4 * sum(cfg.rank * sum(s) if len(s) == 2 else s[0] for s in shapes)
+
+
+LOWRANK = register_scheme(LowRankScheme())
