@@ -23,7 +23,7 @@ import numpy as np
 
 from esjax.analysis import geometry as geo
 from esjax.analysis import stats
-from esjax.analysis.drift import kl_drift
+from esjax.analysis.drift import kl_drift_values
 from esjax.analysis.report import perturbed_dimension
 from esjax.analysis.theory import drift_theory_of_run
 from esjax.checkpoint import load_params
@@ -57,8 +57,9 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
     s = run_method(cfg, method, os.path.join(out, name), model, progress=False, base_eval=base_eval)
     params = load_params(os.path.join(out, name, method, "params"), model.params)
     delta = geo.update(params, model.params)
-    kl = kl_drift(params, model.params, model.cfg, model.tokenizer, {"general": (GeneralChat(), general_examples(probe_n))},
-                  jax.random.key(cfg.seed), estimators=("greedy_sequence_sum",))["general"]
+    kl = kl_drift_values(params, model.params, model.cfg, model.tokenizer,
+                         {"general": (GeneralChat(), general_examples(probe_n))}, jax.random.key(cfg.seed),
+                         estimators=("greedy_sequence_sum",))["general"]  # per prompt, for the interval
     row = {"run": name, "method": method, "N": cfg.es.population_size if method == "es" else None,
            "alpha": cfg.es.alpha if method == "es" else cfg.grpo.learning_rate,
            "accuracy_before": s["before"][f"eval/{cfg.task}/accuracy"],
@@ -68,7 +69,9 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
            "forgetting": float(np.mean([s["before"][k] - s["after"][k] for k in s["before"]
                                         if k.endswith("/accuracy") and not k.startswith(f"eval/{cfg.task}/")] or [0.0])),
            "update_norm": geo.global_norm(delta), "sparsity_bf16": geo.sparsity(geo.cast_delta(params, model.params, "bfloat16")),
-           "offtask_kl": kl["greedy_sequence_sum"], "completions": s["completions"], "wall_time": s["wall_time"]}
+           "offtask_kl": float(kl["greedy_sequence_sum"].mean()),
+           "offtask_kl_ci": stats.bootstrap_mean_interval(kl["greedy_sequence_sum"], cfg.seed)["ci"],
+           "completions": s["completions"], "wall_time": s["wall_time"]}
     if method == "es":
         row.update(theory_columns(os.path.join(out, name, "es"), perturbed_dimension(model.params, cfg)))
     return row
