@@ -15,6 +15,7 @@ import numpy as np
 from esjax.cost import pass_counts
 from esjax.grpo.losses import group_advantages
 from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs
+from esjax.models.precision import compute_params
 from esjax.parallel import batch_sharding, put_global, replicated, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 from esjax.sampling import SamplingConfig, make_generate
@@ -58,7 +59,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         t0 = time.perf_counter()
         key = jax.random.fold_in(state.key, state.step)
         gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len, pb.group)
-        out = to_host(gen(state.params, put(pb.tokens), put(pb.mask), key))
+        out = to_host(gen(compute_params(state.params, model_cfg), put(pb.tokens), put(pb.mask), key))  # cast once
         t1 = time.perf_counter()
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
         groups = rewards.reshape(cfg.prompts_per_step, cfg.group_size)

@@ -1,0 +1,35 @@
+"""The precision policy, in one place.
+
+* **Master weights: float32.** ES (``es.step.init_state``) and GRPO keep θ, the optimizer state and every
+  update in float32 whatever the checkpoint's dtype, so updates far below bf16 resolution (GRPO's, the
+  ES random walk's first steps) accumulate instead of rounding away.
+* **Compute dtype: ``ModelConfig.compute_dtype``** (float32 by default, the CPU setting; bfloat16 is the
+  accelerator setting: ``--set model_compute_dtype=bfloat16``). Activations, the KV cache and the
+  weights a decode loop reads are in it. Whatever generates in a loop gets weights cast **once** before
+  the loop (:func:`compute_params`): GRPO rollouts per step, low-rank ES members once per population call
+  (shared), full-rank ES members once per member (θ + σε summed in float32, then cast). The decoder never
+  reads float32 weights inside a decode step when the compute dtype is narrower (tested on the lowered
+  program). Norm statistics, RoPE, softmax and logits are computed in float32.
+* **Matmul precision: JAX's default** (``jax_default_matmul_precision``): exact float32 on CPU, TF32 for
+  float32 matmuls on NVIDIA GPUs, bf16 passes on TPU. Tests that compare float32 logits with a reference
+  run at ``highest`` (tests/conftest.py), so they hold on every backend.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+
+def compute_params(params, cfg):
+    """``params`` with every leaf in ``cfg.dtype`` (the compute dtype): the same arrays when they already
+    are, else one cast copy made by its own compiled program (so a generating program receives them cast)."""
+    dtype = cfg.dtype
+    if all(x.dtype == dtype for x in jax.tree.leaves(params)):
+        return params
+    return _cast(params, dtype)
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _cast(params, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype), params)
