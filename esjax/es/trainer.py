@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.cost import pass_counts
 from esjax.es.population import auto_chunk_size, lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import make_token_logprobs
@@ -67,7 +68,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         metrics.update(rollout_metrics(rewards, correct, gen.lengths, t0, t1, t2, t3),
                        reward_std=float(fitness.std()), reward_max=float(fitness.max()),
                        reward_min=float(fitness.min()), zero_variance=float(fitness.std() == 0),
-                       forward_passes=int(rewards.size), backward_passes=0)
+                       **pass_counts("es", rewards.size, cfg))
         return state, metrics
 
     return iterate
