@@ -23,6 +23,9 @@ from esjax.grpo.step import GRPOConfig
 from esjax.presets import load_presets
 
 
+LOGGERS = ("jsonl", "tensorboard")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     model: str = "smollm2-135m-instruct"
@@ -45,6 +48,7 @@ class RunConfig:
     probe_size: int = 16  # off-task prompts per probe set for KL drift
     checkpoint_every: int = 10
     use_mesh: bool = True  # shard over all local/global devices
+    logger: str = "jsonl"  # "jsonl": metrics.jsonl only; "tensorboard": also <run>/tensorboard/ event files
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
@@ -63,6 +67,8 @@ class RunConfig:
         for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens", "eval_max_new_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RunConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"RunConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
         if self.es_batch > self.train_pool or self.grpo.prompts_per_step > self.train_pool:
             raise ValueError(f"es_batch ({self.es_batch}) and grpo.prompts_per_step ({self.grpo.prompts_per_step}) "
                              f"cannot exceed train_pool ({self.train_pool})")

@@ -7,6 +7,9 @@ Output files of ``<out>/<method>/``:
   finishes, then ``"complete"``; ``"failed"`` (with ``error``) if it stopped on an error or on a non-finite
   update. Totals, accuracies before/after and the update norm are there once complete;
 - ``metrics.jsonl``: one row per iteration; row 0 is the base model's evaluation;
+- ``tensorboard/``: with ``--set logger=tensorboard``, the same rows as TensorBoard scalars (step =
+  iteration; :mod:`esjax.tensorboard`, no TensorFlow needed); per-example lists such as
+  ``eval/<task>/correct`` stay in metrics.jsonl only. Rewritten from the restored history on resume;
 - ``ckpt/``: orbax run state every ``checkpoint_every`` iterations, each step verified by a checksum
   (:mod:`esjax.checkpoint`); two steps are kept during a run, the newest one after it finishes;
 - ``params/``: the final params (written when the run completes).
@@ -19,7 +22,7 @@ the metrics log from it and continues; because data, noise and sampling keys are
 (seed, iteration), the resumed run reproduces the uninterrupted one. Before anything in the folder is
 touched, the folder's ``config.json`` is compared with the new resolved config: only
 :data:`RESUMABLE_KEYS` may differ (raising the iteration count extends a finished run; the checkpoint and
-eval cadences do not change what is learned), and the other method's settings are ignored (``es.*``,
+eval cadences and the logger do not change what is learned), and the other method's settings are ignored (``es.*``,
 ``es_batch``, ``es_iterations`` for GRPO; ``grpo.*``, ``grpo_steps`` for ES). Any other difference, or a
 checkpoint past the new iteration count, raises :class:`RunConfigMismatch` naming the keys (old -> new):
 use another ``--out`` folder or delete the old one. An iteration whose update, loss or params turn
@@ -48,10 +51,11 @@ from esjax.grpo.trainer import make_grpo_iteration
 from esjax.models.registry import Model, load_model
 from esjax.parallel import make_mesh
 from esjax.tasks import get_task
+from esjax.tensorboard import EventWriter
 
 METHODS = ("es", "grpo")
 TIMING_KEYS = ("time_generate", "time_reward", "time_update", "tokens_per_s", "wall_time")
-RESUMABLE_KEYS = ("es_iterations", "grpo_steps", "checkpoint_every", "eval_every")
+RESUMABLE_KEYS = ("es_iterations", "grpo_steps", "checkpoint_every", "eval_every", "logger")
 OTHER_METHOD_KEYS = {"es": ("grpo", "grpo_steps"), "grpo": ("es", "es_batch", "es_iterations")}
 FINITE_KEYS = ("update_norm", "update_norm_from_base", "loss", "grad_norm")  # a non-finite one stops the run
 
@@ -125,6 +129,24 @@ def require_complete(run_dir: str) -> dict:
         raise ValueError(f"run {run_dir} is not complete (status {status}{why}); finish it by rerunning the same "
                          f"command, or analyse another folder")
     return s
+
+
+def tensorboard_scalars(row: dict) -> dict:
+    """A metrics row less its lists (per-example ``eval/<task>/correct``; ``non_finite``, the keys written
+    as null), which TensorBoard scalars cannot hold; anything else must be a number
+    (:func:`esjax.tensorboard.scalar_values` names the key otherwise)."""
+    return {k: v for k, v in row.items() if not isinstance(v, (list, tuple))}
+
+
+def open_tensorboard(run_dir: str) -> EventWriter:
+    """A writer on ``<run_dir>/tensorboard`` after deleting the folder's earlier event files: the run
+    writes its whole history again (as it rewrites metrics.jsonl), so a resumed run shows no duplicates."""
+    logdir = os.path.join(run_dir, "tensorboard")
+    if os.path.isdir(logdir):
+        for name in os.listdir(logdir):
+            if name.startswith("events.out.tfevents."):
+                os.remove(os.path.join(logdir, name))
+    return EventWriter(logdir)
 
 
 def _flatten(d, prefix=""):
@@ -243,18 +265,23 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"), cfg.to_dict())
     write_json(os.path.join(run_dir, "summary.json"), {"method": method, "status": "incomplete", "iterations": n_steps})
+    tb = open_tensorboard(run_dir) if cfg.logger == "tensorboard" else None
     try:
-        summary, state = _train(cfg, method, run_dir, n_steps, model, progress, log, base_eval, initial_state)
+        summary, state = _train(cfg, method, run_dir, n_steps, model, progress, log, base_eval, initial_state, tb)
     except RunFailed:
         raise
     except Exception as e:
         write_json(os.path.join(run_dir, "summary.json"),
                    {"method": method, "status": "failed", "iterations": n_steps, "error": f"{type(e).__name__}: {e}"})
         raise
+    finally:
+        if tb is not None:
+            tb.close()
     return (summary, state) if return_state else summary
 
 
-def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progress, log, base_eval, initial_state):
+def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progress, log, base_eval, initial_state,
+           tb: Optional[EventWriter] = None):
     model = model or load_model(cfg.model_spec(), seed=cfg.seed)
     task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
     max_new = cfg.max_new_tokens or task.max_new_tokens
@@ -292,6 +319,9 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
         start, history = 0, [safe_row({"iteration": 0, "wall_time": 0.0, **first})]
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(h, allow_nan=False) + "\n" for h in history)
+    if tb is not None:
+        for h in history:
+            tb.add_scalars(tensorboard_scalars(h), h["iteration"])
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -311,6 +341,8 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
         m = safe_row(m)
         with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(m, allow_nan=False) + "\n")
+        if tb is not None:
+            tb.add_scalars(tensorboard_scalars(m), t + 1)
         if bad:
             if bar is not None:
                 bar.close()

@@ -272,3 +272,49 @@ def test_command_line_errors_are_one_line_unless_traceback_is_asked(tmp_path):
     assert lines[0].startswith("error: --set es.population_size=abc: expected an integer, got 'abc'") and "--traceback" in lines[0]
     full = subprocess.run(cmd + ["--traceback"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 1 and "Traceback (most recent call last)" in full.stderr
+
+
+def test_tensorboard_logger_mirrors_the_metrics_rows_on_every_exit_path(tmp_path, fake, monkeypatch):
+    from esjax.tensorboard import read_events
+
+    with pytest.raises(ValueError, match=r"RunConfig.logger must be one of \('jsonl', 'tensorboard'\), got 'tb'"):
+        tiny("logger=tb")
+    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new: {
+        f"eval/{cfg.task}/accuracy": 0.25, f"eval/{cfg.task}/correct": [1, 0, 0, 0]})
+    writers = []
+
+    class Spy(runs.EventWriter):
+        def __init__(self, logdir):
+            super().__init__(logdir)
+            writers.append(self)
+    monkeypatch.setattr(runs, "EventWriter", Spy)
+
+    def events(out):
+        files = glob.glob(os.path.join(str(out), "es", "tensorboard", "events.out.tfevents.*"))
+        assert len(files) == 1, files  # a resumed run rewrites the history: one file, no duplicate steps
+        ev = read_events(files[0])
+        assert ev[0]["file_version"] == "brain.Event:2"
+        return ev[1:]
+
+    run(tiny(), tmp_path)  # jsonl only: no tensorboard folder
+    assert not os.path.exists(tmp_path / "es" / "tensorboard")
+    run(tiny("logger=tensorboard"), tmp_path)  # the logger may change on resume: the whole history is written
+    run(tiny("logger=tensorboard", "es_iterations=5"), tmp_path)  # extends the run
+    rows = runs.read_metrics(str(tmp_path / "es"))
+    ev = events(tmp_path)
+    assert [e["step"] for e in ev] == [r["iteration"] for r in rows] == [0, 1, 2, 3, 4, 5]
+    for e, r in zip(ev, rows):  # every number of the row, as float32; the per-problem list only in metrics.jsonl
+        want = {k: v for k, v in r.items() if k != "iteration" and not isinstance(v, list)}
+        assert set(e["scalars"]) == set(want) and "eval/lowercase/correct" not in e["scalars"]
+        assert all(e["scalars"][k] == pytest.approx(v, rel=1e-6) for k, v in want.items())
+    assert "update_norm" in ev[1]["scalars"] and "eval/lowercase/accuracy" in ev[0]["scalars"]
+    assert rows[0]["eval/lowercase/correct"] == rows[5]["eval/lowercase/correct"] == [1, 0, 0, 0]
+    fake["nan_at"] = 2
+    with pytest.raises(RuntimeError, match="turned non-finite"):
+        run(tiny("logger=tensorboard"), tmp_path / "nan")
+    ev = events(tmp_path / "nan")
+    assert [e["step"] for e in ev] == [0, 1, 2] and math.isnan(ev[2]["scalars"]["update_norm"])
+    fake.update(nan_at=None, raise_at=2, exc=OSError("disk full"))
+    with pytest.raises(OSError):
+        run(tiny("logger=tensorboard"), tmp_path / "err")
+    assert len(writers) == 4 and all(w._f.closed for w in writers)
