@@ -24,6 +24,7 @@ from esjax.presets import load_presets
 
 
 LOGGERS = ("jsonl", "tensorboard")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RunConfig:
     checkpoint_every: int = 10
     use_mesh: bool = True  # shard over all local/global devices
     logger: str = "jsonl"  # "jsonl": metrics.jsonl only; "tensorboard": also <run>/tensorboard/ event files
+    compute_dtype: str = "float32"  # activations, KV cache, decode weights (esjax.models.precision); master θ stays fp32
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
@@ -69,6 +71,8 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.logger not in LOGGERS:
             raise ValueError(f"RunConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"RunConfig.compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.es_batch > self.train_pool or self.grpo.prompts_per_step > self.train_pool:
             raise ValueError(f"es_batch ({self.es_batch}) and grpo.prompts_per_step ({self.grpo.prompts_per_step}) "
                              f"cannot exceed train_pool ({self.train_pool})")

@@ -237,6 +237,21 @@ def preflight(cfg: RunConfig, out_dir: str, methods=METHODS, log=print) -> None:
     check_data(cfg, methods, log)
 
 
+def load_run_model(cfg: RunConfig) -> Model:
+    """The base model of a run: ``cfg.model`` (resolved against ``model_root``) with float32 master weights
+    computing in ``cfg.compute_dtype`` (:mod:`esjax.models.precision`)."""
+    return load_model(cfg.model_spec(), seed=cfg.seed, compute_dtype=cfg.compute_dtype)
+
+
+def check_model_dtype(model, cfg: RunConfig) -> None:
+    """A model handed to a run must compute in the run's ``compute_dtype`` (else the config would claim a
+    precision the run did not use)."""
+    have = getattr(getattr(model, "cfg", None), "compute_dtype", cfg.compute_dtype)
+    if have != cfg.compute_dtype:
+        raise ValueError(f"the model computes in {have} but the run config says compute_dtype={cfg.compute_dtype}: "
+                         f"load it with esjax.runs.load_run_model(cfg) (load_model(..., compute_dtype=...))")
+
+
 def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
     """Greedy accuracy on the training task's test split and on every eval task."""
     out = {}
@@ -260,6 +275,8 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     optimizer moments carry over, norms stay measured from ``model.params``). Checks resumability and
     data (:func:`preflight`) before writing anything; see the module docstring for files and statuses."""
     preflight(cfg, out_dir, (method,), log)
+    if model is not None:
+        check_model_dtype(model, cfg)
     run_dir = os.path.join(out_dir, method)
     n_steps = cfg.es_iterations if method == "es" else cfg.grpo_steps
     os.makedirs(run_dir, exist_ok=True)
@@ -282,7 +299,7 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
 
 def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progress, log, base_eval, initial_state,
            tb: Optional[EventWriter] = None):
-    model = model or load_model(cfg.model_spec(), seed=cfg.seed)
+    model = model or load_run_model(cfg)
     task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
     max_new = cfg.max_new_tokens or task.max_new_tokens
     pool = task.examples("train", cfg.train_pool, cfg.seed)

@@ -52,11 +52,12 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
     import numpy as np
 
     from esjax.cost import estimate_wall_time, format_cost, probe_throughput, run_cost
-    from esjax.models.registry import load_model, model_config
+    from esjax.models.registry import model_config
+    from esjax.runs import load_run_model
     from esjax.tasks import encode_prompts, get_task
 
-    model = load_model(cfg.model_spec(), seed=cfg.seed) if probe else None
-    mcfg = model.cfg if model else model_config(cfg.model_spec())
+    model = load_run_model(cfg) if probe else None
+    mcfg = model.cfg if model else model_config(cfg.model_spec()).replace(compute_dtype=cfg.compute_dtype)
     report = {}
     for name in tasks:
         task = get_task(name, **cfg.kwargs_for(name))

@@ -9,8 +9,7 @@ import time
 
 from experiments.cli import dry_run, parser, setup
 from esjax.analysis.report import analyze, write_report
-from esjax.models.registry import load_model
-from esjax.runs import METHODS, evaluate_all, preflight, run_method
+from esjax.runs import METHODS, evaluate_all, load_run_model, preflight, run_method
 
 
 def main(argv=None):
@@ -23,7 +22,7 @@ def main(argv=None):
         return dry_run(cfg, (cfg.task,), not args.no_probe)
     preflight(cfg, out, METHODS)  # config of any earlier run in ``out``, data sizes and splits: before any work
     t0 = time.perf_counter()
-    model = load_model(cfg.model_spec(), seed=cfg.seed)
+    model = load_run_model(cfg)
     base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
     phases = {"load_and_base_eval": time.perf_counter() - t0}
     summaries = {}

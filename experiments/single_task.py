@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 
 from experiments.cli import dry_run, parser, setup
-from esjax.models.registry import load_model
-from esjax.runs import preflight, run_method
+from esjax.runs import load_run_model, preflight, run_method
 
 
 def main(argv=None):
@@ -20,7 +19,7 @@ def main(argv=None):
         return dry_run(cfg, (cfg.task,), not args.no_probe)
     methods = ("es", "grpo") if args.method == "both" else (args.method,)
     preflight(cfg, out, methods)  # config of any earlier run in ``out``, data sizes and splits: before any work
-    model = load_model(cfg.model_spec(), seed=cfg.seed)
+    model = load_run_model(cfg)
     for m in methods:
         s = run_method(cfg, m, out, model, progress=not args.no_progress)
         print(json.dumps({"method": m, "before": s["before"], "after": s["after"], "update_norm": s["update_norm"],

@@ -4,8 +4,9 @@
   update in float32 whatever the checkpoint's dtype, so updates far below bf16 resolution (GRPO's, the
   ES random walk's first steps) accumulate instead of rounding away.
 * **Compute dtype: ``ModelConfig.compute_dtype``** (float32 by default, the CPU setting; bfloat16 is the
-  accelerator setting: ``--set model_compute_dtype=bfloat16``). Activations, the KV cache and the
-  weights a decode loop reads are in it. Whatever generates in a loop gets weights cast **once** before
+  accelerator setting: ``--set compute_dtype=bfloat16``, i.e. ``RunConfig.compute_dtype``, which
+  ``runs.load_run_model`` passes to ``load_model(..., compute_dtype=...)``). Activations, the KV cache and
+  the weights a decode loop reads are in it. Whatever generates in a loop gets weights cast **once** before
   the loop (:func:`compute_params`): GRPO rollouts per step, low-rank ES members once per population call
   (shared), full-rank ES members once per member (θ + σε summed in float32, then cast). The decoder never
   reads float32 weights inside a decode step when the compute dtype is narrower (tested on the lowered

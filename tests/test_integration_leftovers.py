@@ -1,0 +1,39 @@
+"""Run settings wired end to end on the tiny random model: ``compute_dtype`` reaches the loaded model,
+``logger=tensorboard`` writes the metrics rows as TensorBoard scalars in a real run."""
+import glob
+import os
+
+import pytest
+
+from esjax import runs
+from esjax.config import build_config
+from esjax.models.registry import load_model
+from esjax.tensorboard import read_events
+
+
+def test_bfloat16_compute_dtype_reaches_the_model_and_a_run_completes(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"RunConfig.compute_dtype must be one of \('float32', 'bfloat16', 'float16'\), "
+                                         r"got 'bf16'"):
+        build_config("tiny", ["compute_dtype=bf16"])
+    cfg = build_config("tiny", ["compute_dtype=bfloat16", "es_iterations=1", "eval_size=2", "use_mesh=false", "eval_tasks=",
+                                "logger=tensorboard"])
+    loaded = []
+    real = runs.load_model
+
+    def spy(*a, **k):
+        loaded.append(real(*a, **k))
+        return loaded[-1]
+    monkeypatch.setattr(runs, "load_model", spy)
+    s = runs.run_method(cfg, "es", str(tmp_path), None, progress=False, log=lambda m: None)
+    assert len(loaded) == 1 and loaded[0].cfg.compute_dtype == "bfloat16" and loaded[0].cfg.param_dtype == "float32"
+    assert s["status"] == "complete" and s["iterations"] == 1 and s["update_norm"] > 0
+    rows = runs.read_metrics(str(tmp_path / "es"))
+    ev = read_events(glob.glob(os.path.join(str(tmp_path), "es", "tensorboard", "events.out.tfevents.*"))[0])
+    assert [e["step"] for e in ev[1:]] == [r["iteration"] for r in rows] == [0, 1]
+    assert ev[2]["scalars"]["update_norm"] == pytest.approx(rows[1]["update_norm"], rel=1e-6)
+    assert ev[2]["scalars"]["eval/lowercase/accuracy"] == rows[1]["eval/lowercase/accuracy"]
+    # a model loaded in another compute dtype than the config's is refused (the config would misreport the run)
+    fp32 = load_model("tiny-random-llama")
+    with pytest.raises(ValueError, match=r"the model computes in float32 but the run config says "
+                                         r"compute_dtype=bfloat16"):
+        runs.run_method(cfg, "es", str(tmp_path / "other"), fp32, progress=False, log=lambda m: None)
