@@ -36,7 +36,9 @@ def make_choice_scorer(model_cfg):
 
 
 def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 64) -> dict:
-    """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches."""
+    """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches, and 'correct': a list of
+    0/1 per example in the order of ``examples`` (accuracy = its mean; paired tests on the same problems,
+    :mod:`esjax.analysis.intervals`)."""
     choices = task.choice_letters
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
@@ -55,5 +57,6 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
         rewards.append(r)
         correct.append(c)
         lengths.append(n_tokens)
-    return {"accuracy": float(np.concatenate(correct).mean()), "reward": float(np.concatenate(rewards).mean()),
-            "completion_length": float(np.concatenate(lengths).mean())}
+    correct = np.concatenate(correct)
+    return {"accuracy": float(correct.mean()), "reward": float(np.concatenate(rewards).mean()),
+            "completion_length": float(np.concatenate(lengths).mean()), "correct": [int(c) for c in correct]}

@@ -253,7 +253,9 @@ def check_model_dtype(model, cfg: RunConfig) -> None:
 
 
 def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
-    """Greedy accuracy on the training task's test split and on every eval task."""
+    """Greedy accuracy and mean reward on the training task's test split and on every eval task, and each
+    task's per-problem correctness ``eval/<task>/correct`` (0/1 in the test examples' order: the paired
+    before → after tests of :mod:`esjax.analysis.intervals`; TensorBoard leaves it out)."""
     out = {}
     for name in (cfg.task, *cfg.eval_tasks):
         task = get_task(name, **cfg.kwargs_for(name))
@@ -264,6 +266,7 @@ def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
         res = evaluate(params, model.cfg, model.tokenizer, task, ex, n_new)
         out[f"eval/{name}/accuracy"] = res["accuracy"]
         out[f"eval/{name}/reward"] = res["reward"]
+        out[f"eval/{name}/correct"] = res["correct"]
     return out
 
 

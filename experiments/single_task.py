@@ -20,10 +20,11 @@ def main(argv=None):
     methods = ("es", "grpo") if args.method == "both" else (args.method,)
     preflight(cfg, out, methods)  # config of any earlier run in ``out``, data sizes and splits: before any work
     model = load_run_model(cfg)
+    scalars = lambda d: {k: v for k, v in d.items() if not k.endswith("/correct")}  # noqa: E731  (lists: summary.json)
     for m in methods:
         s = run_method(cfg, m, out, model, progress=not args.no_progress)
-        print(json.dumps({"method": m, "before": s["before"], "after": s["after"], "update_norm": s["update_norm"],
-                          "wall_time": round(s["wall_time"], 1)}))
+        print(json.dumps({"method": m, "before": scalars(s["before"]), "after": scalars(s["after"]),
+                          "update_norm": s["update_norm"], "wall_time": round(s["wall_time"], 1)}))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,17 @@ def test_compare_produces_every_measurement(tiny_results):
         assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
         assert json.load(open(os.path.join(tiny_results, m, "config.json")))["model"] == "tiny-random-llama"
         assert res["summaries"][m]["status"] == "complete"
+        # per-problem correctness recorded in example order: the report's before → after test is paired
+        for when in ("before", "after"):
+            c = res["summaries"][m][when]["eval/lowercase/correct"]
+            assert len(c) == 8 and set(c) <= {0, 1} and sum(c) / 8 == res["summaries"][m][when]["eval/lowercase/accuracy"]
+            assert len(res["summaries"][m][when]["eval/arithmetic/correct"]) == 8
+        assert res["intervals"]["accuracy"][m]["lowercase"]["change"]["test"] == "exact McNemar"
+        assert rows[-1]["eval/lowercase/correct"] == res["summaries"][m]["after"]["eval/lowercase/correct"]
+    assert res["intervals"]["es_vs_grpo_after"]["test"] == "exact McNemar"
+    assert res["intervals"]["forgetting_es_minus_grpo"]["test"] == "exact McNemar"
+    assert len(res["verdicts"]) == 8 and {v["verdict"] for v in res["verdicts"]} <= {"reproduced", "contradicted",
+                                                                                       "inconclusive"}
 
 
 @pytest.mark.parametrize("name", ["theory_vs_measured_drift", "geometry_es_vs_grpo"])
