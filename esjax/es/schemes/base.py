@@ -5,6 +5,8 @@ Member n of iteration t is scored at θ + σ s_n E_n and the update is g = (1/N)
 
 * ``perturbation(params, key, scale, selection, cfg)``: scale·E of one member from its key, a pytree whose
   leaves are dense arrays, :class:`~esjax.models.delta.LowRank` factors or ``None`` (leaf not perturbed);
+  ``leaf_perturbation(key, i, shape, scale, cfg)``: its leaf i alone (the same values), which
+  delta populations draw with one program per leaf shape;
 * ``shared_params(params, dtype)`` / ``member(shared, perturbation, dtype)``: how members run — what all
   members of a population call share (computed once per call) and the (params, delta) one member's
   decoder reads, in the compute ``dtype`` (the fp32 master stays the optimizer's);
@@ -46,6 +48,9 @@ class NoiseScheme:
     def perturbation(self, params, key, scale, selection, cfg):
         raise NotImplementedError
 
+    def leaf_perturbation(self, key, i, shape, scale, cfg):
+        raise NotImplementedError
+
     def shared_params(self, params, dtype):
         return params
 
@@ -76,6 +81,9 @@ class DenseScheme(NoiseScheme):
                            cfg.correlated_noise, self.sample)
         return jax.tree.unflatten(treedef, [scale * draws[i] if i in draws else jnp.zeros(x.shape, jnp.float32)
                                             for i, x in enumerate(leaves)])
+
+    def leaf_perturbation(self, key, i, shape, scale, cfg):
+        return scale * self.sample(leaf_key(key, i, cfg.correlated_noise), shape)
 
     def member(self, shared, perturbation, dtype):
         return jax.tree.map(lambda p, e: (p + e).astype(dtype), shared, perturbation), None

@@ -24,11 +24,14 @@ class LowRankScheme(NoiseScheme):
     def member(self, shared, perturbation, dtype):
         return shared, cast_tree(perturbation, dtype)
 
+    def leaf_perturbation(self, key, i, shape, scale, cfg):
+        draw = normal(leaf_key(key, i, cfg.correlated_noise), lowrank_draw_shape(shape, cfg.rank))
+        return lowrank_leaf(draw, shape, cfg.rank, scale)
+
     def leaf_gradient(self, key, iteration, weights, i, shape, cfg):
         def draw(n):
             k, sign = member_key(key, iteration, n, cfg.antithetic)
-            return lowrank_leaf(normal(leaf_key(k, i, cfg.correlated_noise), lowrank_draw_shape(shape, cfg.rank)),
-                                shape, cfg.rank, 1.0 * sign)
+            return self.leaf_perturbation(k, i, shape, 1.0 * sign, cfg)
 
         N = weights.shape[0]
         d = jax.vmap(draw)(jnp.arange(N))

@@ -1,0 +1,332 @@
+"""Accelerator benchmark: one table measured in one run on whatever device JAX finds, random weights of
+real shapes (EOS disabled: every row decodes its whole budget), each ratio measured side by side.
+
+    python -m experiments.bench_accel [--shapes qwen2.5-1.5b|smollm2-135m|tiny] [--quick] [--out DIR]
+                                      [--budget-s S] [--no-reference] [--sections a,b,...]
+
+Sections, in order (a section that would start after ``--budget-s`` seconds is listed as skipped):
+
+* ``generate``: R rows × M new tokens, esjax vs transformers ``generate`` (same device and dtype, SDPA,
+  run in a subprocess: JAX preallocates 75 % of GPU memory), and the decode step against its roofline
+  max(bytes / bandwidth, FLOPs / peak) with bytes = weights + the filled KV cache.
+* ``es16`` / ``es200``: ES populations, N members × P prompts per member, low-rank and full-rank, against
+  plain batched inference of the same N·P rows.
+* ``update``: the ES update's first call (compile + run) and its run time, both noise schemes.
+* ``grpo``: one GRPO learner update (B sequences of prompt + M tokens, micro-batches), model FLOPs
+  utilisation against the device's bf16 peak.
+* ``n1024``: N = 1,024 low-rank members (one prompt each) against plain inference of the same rows.
+* ``paper2``: a paper-2 ES iteration (N = 30 × 200 prompts × 1,024 tokens), extrapolated from the es200
+  rates (measured directly with ``--paper2-direct``).
+
+Writes ``table.md`` and ``results.json`` to ``--out`` (``$OUT`` on the device machine) after every section.
+``--quick`` is sized to finish in about 7 minutes on one H100 with qwen2.5-1.5b shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esjax.es.population import auto_chunk_size, lm_evaluator, member_ids, population_fn
+from esjax.es.step import ESConfig, es_update, init_state
+from esjax.models.decoder import init_params
+from esjax.models.precision import compute_params
+from esjax.sampling import make_generate
+from experiments.shapes import shape_config
+
+# (bf16 dense peak FLOP/s, memory bytes/s) by a substring of jax's device_kind (vendor data sheets)
+PEAKS = {"H200": (989e12, 4.8e12), "H100": (989e12, 3.35e12), "A100": (312e12, 2.0e12), "L4": (121e12, 0.3e12),
+         "TPU v6": (918e12, 1.64e12), "TPU v5p": (459e12, 2.76e12), "TPU v5": (197e12, 0.82e12),
+         "TPU v4": (275e12, 1.2e12)}
+
+
+def device_peaks():
+    kind = jax.devices()[0].device_kind
+    for name, peaks in PEAKS.items():
+        if name.lower() in kind.lower():
+            return kind, peaks
+    return kind, None
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def wall(fn, *args):
+    """(result, seconds) of one call, blocking on the result."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t0
+
+
+def first_and_best(fn, *args, repeats: int = 1):
+    """(first call seconds incl. compile, best of ``repeats`` later calls)."""
+    _, first = wall(fn, *args)
+    return first, min(wall(fn, *args)[1] for _ in range(repeats))
+
+
+def prompts(rows: int, length: int, vocab: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab, (rows, length)).astype(np.int32), np.ones((rows, length), bool)
+
+
+def roofline_step(mcfg, rows: int, context: float, peaks) -> dict:
+    """Ideal seconds of one decode step at ``rows`` rows and mean ``context`` filled cache slots."""
+    item = np.dtype(mcfg.dtype).itemsize
+    d = mcfg.param_count()
+    kv = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * context * rows * item
+    flops = 2 * d * rows + 4 * rows * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
+    flop_peak, bandwidth = peaks
+    return {"bytes": d * item + kv, "flops": flops, "ideal_s": max((d * item + kv) / bandwidth, flops / flop_peak)}
+
+
+HF_SCRIPT = r"""
+import json, sys, time, torch, transformers
+a = json.loads(sys.argv[1])
+dev = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = getattr(torch, a["dtype"]) if dev == "cuda" else torch.float32
+common = dict(vocab_size=a["vocab_size"], hidden_size=a["hidden_size"], intermediate_size=a["intermediate_size"],
+              num_hidden_layers=a["num_layers"], num_attention_heads=a["num_heads"], num_key_value_heads=a["num_kv_heads"],
+              rope_theta=a["rope_theta"], rms_norm_eps=a["rms_norm_eps"], tie_word_embeddings=a["tie_embeddings"],
+              max_position_embeddings=a["max_position_embeddings"], head_dim=a["head_dim"])
+cfg = (transformers.Qwen2Config if a["arch"] == "qwen2" else transformers.LlamaConfig)(**common)
+with torch.device(dev):
+    model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation="sdpa").eval()
+g = torch.Generator().manual_seed(0)
+ids = torch.randint(3, a["vocab_size"], (a["rows"], a["prompt_len"]), generator=g).to(dev)
+kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, eos_token_id=None, pad_token_id=0)
+with torch.no_grad():
+    model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
+    if dev == "cuda": torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=a["new"], min_new_tokens=a["new"], **kw)
+    if dev == "cuda": torch.cuda.synchronize()
+    t = time.perf_counter() - t0
+print(json.dumps({"tokens_per_s": a["rows"] * (out.shape[1] - ids.shape[1]) / t, "seconds": t, "device": dev,
+                  "dtype": str(dtype), "torch": torch.__version__, "transformers": transformers.__version__}))
+"""
+
+
+def transformers_reference(mcfg, rows: int, prompt_len: int, new: int, timeout: float) -> dict:
+    import dataclasses
+    args = {**dataclasses.asdict(mcfg), "rows": rows, "prompt_len": prompt_len, "new": new, "dtype": mcfg.compute_dtype}
+    args.pop("rope_scaling", None)
+    proc = subprocess.run([sys.executable, "-c", HF_SCRIPT, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+class Bench:
+    def __init__(self, args):
+        self.args, self.t_start, self.rows, self.results = args, time.perf_counter(), [], {}
+        self.mcfg = shape_config(args.shapes, args.compute_dtype)
+        self.kind, self.peaks = device_peaks()
+        key = jax.random.key(0)
+        self.master = init_params(self.mcfg.replace(param_dtype="float32"), key)  # fp32 master weights
+        self.params = compute_params(self.master, self.mcfg)  # what plain inference reads
+        self.plain_cache = {}
+
+    # --- bookkeeping -------------------------------------------------------------------------------
+    def add(self, what, esjax, reference="", ratio=None, target="", **extra):
+        self.rows.append({"what": what, "esjax": esjax, "reference": reference,
+                          "ratio": "" if ratio is None else f"{ratio:.2f}x", "target": target})
+        self.results[what] = {"esjax": esjax, "reference": reference, "ratio": ratio, **extra}
+        print(f"{what:58s} {esjax:>28s} {reference:>34s} {self.rows[-1]['ratio']:>7s}", flush=True)
+
+    def write(self):
+        a = self.args
+        head = [f"# esjax on {self.kind}: {a.shapes} shapes, compute {a.compute_dtype}, random weights, EOS off",
+                "", f"jax {jax.__version__} ({jax.default_backend()}), commit {commit()}, "
+                f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                f"`python -m experiments.bench_accel --shapes {a.shapes}{' --quick' if a.quick else ''}`, "
+                f"{time.perf_counter() - self.t_start:.0f} s in all", "",
+                "| measurement | esjax | reference (same device, this run) | ratio | target |", "|---|---|---|---|---|"]
+        body = [f"| {r['what']} | {r['esjax']} | {r['reference']} | {r['ratio']} | {r['target']} |" for r in self.rows]
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "table.md"), "w") as f:
+            f.write("\n".join(head + body) + "\n")
+        with open(os.path.join(a.out, "results.json"), "w") as f:
+            json.dump({"device": self.kind, "jax": jax.__version__, "commit": commit(), "args": vars(a),
+                       "results": self.results}, f, indent=1, default=str)
+
+    # --- shared measurements ---------------------------------------------------------------------
+    def plain(self, rows: int, new: int):
+        """(tokens/s, first-call s) of plain batched greedy inference of ``rows`` rows (cached per shape)."""
+        if (rows, new) not in self.plain_cache:
+            tokens, mask = prompts(rows, self.args.prompt_len, self.mcfg.vocab_size)
+            gen = make_generate(self.mcfg, new)
+            first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0)).tokens)
+            self.plain_cache[rows, new] = (rows * new / t, first)
+        return self.plain_cache[rows, new]
+
+    def population(self, noise: str, members: int, per_member: int, new: int):
+        cfg = ESConfig(population_size=members, noise=noise, sigma=1e-3, rank=1)
+        chunk = auto_chunk_size(self.mcfg, cfg, per_member, self.args.prompt_len, new)
+        state = init_state(self.master, jax.random.key(1), cfg)
+        pop = population_fn(lm_evaluator(self.mcfg, new, cfg), cfg, chunk, dtype=self.mcfg.dtype)
+        tokens, mask = prompts(per_member, self.args.prompt_len, self.mcfg.vocab_size, seed=1)
+        ids = member_ids(members)
+        first, t = first_and_best(lambda: pop(state, ids, tokens, mask, jax.random.key(2)).tokens)
+        return members * per_member * new / t, first, chunk
+
+    # --- sections --------------------------------------------------------------------------------
+    def generate(self):
+        a, m = self.args, self.mcfg
+        rows, new = a.gen_rows, a.new
+        tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
+        gen = make_generate(m, new)
+        budget = np.full(rows, new, np.int32)  # per-row budgets: the one-step timing below reuses this program
+        first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, budget).tokens)
+        tps = rows * new / t
+        ref, ratio = "(--no-reference)", None
+        if not a.no_reference:
+            try:
+                hf = transformers_reference(m, rows, a.prompt_len, new, timeout=a.reference_timeout)
+                ref, ratio = f"transformers generate {hf['tokens_per_s']:,.0f} tok/s ({hf['dtype']})", tps / hf["tokens_per_s"]
+            except Exception as e:  # noqa: BLE001  (the table says why)
+                ref = f"transformers failed: {str(e)[:80]}"
+        self.add(f"generate {rows} rows x {new} new", f"{tps:,.0f} tok/s (first call {first:.0f} s)", ref, ratio)
+        if self.peaks is None:
+            self.add(f"decode step at {rows} rows vs roofline", "no peak figures for this device", "")
+            return
+        # one step = (full budget − one token) / (new − 1): the same program with every row stopped after 1
+        one = np.ones(rows, np.int32)
+        _, t1 = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, one).tokens)
+        step = (t - t1) / (new - 1)
+        roof = roofline_step(m, rows, a.prompt_len + new / 2, self.peaks)
+        self.add(f"decode step at {rows} rows vs roofline", f"{step * 1e3:.2f} ms",
+                 f"roofline {roof['ideal_s'] * 1e3:.2f} ms ({roof['bytes'] / 1e9:.2f} GB, {roof['flops'] / 1e12:.2f} TFLOP)",
+                 roof["ideal_s"] / step, ">= 0.60x", step_s=step, roofline=roof)
+
+    def es(self, per_member: int, kinds=("lowrank", "full")):
+        a = self.args
+        for noise in kinds:
+            tps, first, chunk = self.population(noise, a.members, per_member, a.es_new)
+            plain, _ = self.plain(a.members * per_member, a.es_new)
+            target = {"lowrank": ">= 0.90x", "full": ">= 0.50x" if per_member >= 200 else ""}[noise]
+            self.add(f"ES {noise} N={a.members} x {per_member} prompts x {a.es_new} new (chunk {chunk})",
+                     f"{tps:,.0f} tok/s (first call {first:.0f} s)",
+                     f"plain inference, same {a.members * per_member} rows: {plain:,.0f} tok/s", tps / plain, target,
+                     tokens_per_s=tps, plain_tokens_per_s=plain)
+
+    def update(self):
+        for noise in ("lowrank", "full"):
+            cfg = ESConfig(population_size=self.args.members, noise=noise, sigma=1e-3, alpha=5e-4)
+            state = init_state(self.master, jax.random.key(3), cfg)
+            fit = jnp.asarray(np.random.default_rng(0).normal(size=cfg.population_size), jnp.float32)
+            (state2, _), first = wall(lambda: es_update(state, fit, cfg))
+            _, t = wall(lambda: es_update(state2, fit, cfg))
+            self.add(f"ES update {noise}, N={cfg.population_size}", f"first call {first:.1f} s, run {t:.3f} s", "",
+                     None, "compile <= 20 s, run <= 1 s", first_s=first, run_s=t)
+            del state, state2
+
+    def grpo(self):
+        from esjax.grpo.step import GRPOConfig, grpo_step
+        from esjax.grpo.step import init_state as grpo_init
+        a, m = self.args, self.mcfg
+        B, P, M = a.grpo_rows, a.prompt_len, a.grpo_new
+        cfg = GRPOConfig(group_size=8, prompts_per_step=B // 8, micro_batch_size=a.grpo_micro, beta=0.0)
+        state = grpo_init(self.master, jax.random.key(4), cfg)
+        tokens, _ = prompts(B, P + M, m.vocab_size, seed=3)
+        batch = {"tokens": jnp.asarray(tokens), "attn_mask": jnp.ones((B, P + M), bool),
+                 "loss_mask": jnp.ones((B, M), jnp.float32),
+                 "advantages": jnp.asarray(np.random.default_rng(0).normal(size=B), jnp.float32)}
+        step = jax.jit(lambda s, b: grpo_step(s, b, None, m, cfg))
+        first, t = first_and_best(lambda: step(state, batch)[0].params)
+        head = 2 * m.vocab_size * m.hidden_size
+        fwd = 2 * (m.param_count() - m.vocab_size * m.hidden_size * m.tie_embeddings) * B * (P + M) + head * B * M \
+            + 4 * B * m.num_layers * m.num_heads * m.head_dim * (P + M) ** 2 / 2
+        mfu = 3 * fwd / t / self.peaks[0] if self.peaks else None
+        self.add(f"GRPO learner {B} seqs x {P + M} tokens, micro-batch {a.grpo_micro}",
+                 f"{t:.2f} s (first call {first:.0f} s)", "bf16 peak" if self.peaks else "no peak figures",
+                 mfu, ">= 0.50x of peak", mfu=mfu)
+        del state
+
+    def n1024(self):
+        a = self.args
+        tps, first, chunk = self.population("lowrank", 1024, 1, a.es_new)
+        plain, _ = self.plain(1024, a.es_new)
+        self.add(f"ES lowrank N=1024 x 1 prompt x {a.es_new} new (chunk {chunk})",
+                 f"{tps:,.0f} tok/s (first call {first:.0f} s)", f"plain inference, same 1024 rows: {plain:,.0f} tok/s",
+                 tps / plain, ">= 0.90x")
+
+    def paper2(self):
+        a, rows = self.args, 30 * 200 * 1024
+        for noise in ("lowrank", "full"):
+            key = f"ES {noise} N={a.members} x 200 prompts x {a.es_new} new"
+            hit = [v for k, v in self.results.items() if k.startswith(key)]
+            if a.paper2_direct:
+                tps, _, _ = self.population(noise, 30, 200, 1024)
+                how = "measured"
+            elif hit:
+                tps, how = hit[0]["tokens_per_s"], f"extrapolated from {a.es_new}-token rows (longer rows decode slower)"
+            else:
+                continue
+            self.add(f"paper-2 ES iteration, {noise}: 30 x 200 x 1,024 tokens", f"{rows / tps:,.0f} s ({how})", "",
+                     None, "<= 60 s (H200), <= 90 s (H100)")
+
+    def run(self):
+        a = self.args
+        sections = {"generate": self.generate, "es16": lambda: self.es(16), "es200": lambda: self.es(200, a.es200_kinds),
+                    "update": self.update, "grpo": self.grpo, "n1024": self.n1024, "paper2": self.paper2}
+        print(f"{self.kind}, {a.shapes} ({self.mcfg.param_count():,} parameters, compute {a.compute_dtype}), jax {jax.__version__}")
+        for name in a.sections.split(","):
+            if time.perf_counter() - self.t_start > a.budget_s:
+                self.add(f"{name}: skipped", f"time budget of {a.budget_s:.0f} s spent", "")
+            else:
+                try:
+                    sections[name]()
+                except Exception as e:  # noqa: BLE001  (one failed section must not lose the others)
+                    self.add(f"{name}: failed", f"{type(e).__name__}: {str(e)[:120]}", "")
+            self.write()
+        return self.results
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="qwen2.5-1.5b")
+    p.add_argument("--compute-dtype", default=None, help="default: bfloat16 on an accelerator, float32 on CPU")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=os.environ.get("OUT", "runs/bench_accel"))
+    p.add_argument("--sections", default="generate,es16,es200,update,grpo,n1024,paper2")
+    p.add_argument("--budget-s", type=float, default=None)
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--reference-timeout", type=float, default=240)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--gen-rows", type=int, default=128)
+    p.add_argument("--new", type=int, default=None)
+    p.add_argument("--members", type=int, default=30)
+    p.add_argument("--es-new", type=int, default=None)
+    p.add_argument("--grpo-rows", type=int, default=64)
+    p.add_argument("--grpo-new", type=int, default=256)
+    p.add_argument("--grpo-micro", type=int, default=16)
+    p.add_argument("--paper2-direct", action="store_true")
+    a = p.parse_args(argv)
+    a.compute_dtype = a.compute_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    a.new = a.new or (128 if a.quick else 256)
+    a.es_new = a.es_new or (64 if a.quick else 256)
+    a.budget_s = a.budget_s or (330 if a.quick else 3600)
+    a.es200_kinds = ("full",) if a.quick else ("lowrank", "full")
+    return a
+
+
+def main(argv=None):
+    return Bench(parse(argv)).run()
+
+
+if __name__ == "__main__":
+    main()
