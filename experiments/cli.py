@@ -46,8 +46,10 @@ def one_line_errors(enabled: bool = True) -> None:
 
 
 def dry_run(cfg, tasks, probe: bool = True) -> dict:
-    """Costs of each task of the run (see :mod:`esjax.cost`); loads the tokenizer, the data and, with
-    ``probe``, the model for a short timing probe."""
+    """Costs of each task of the run (see :mod:`esjax.cost`); loads the data and, with ``probe``, the model
+    (and its tokenizer) for a short timing probe. With the tokenizer, the typical prompt length is the mean
+    over 16 train prompts and the context check uses the longest prompt of the train pool and the test
+    examples; without it (``--no-probe``) both are taken as 256 tokens, and the output says so."""
     import jax
     import numpy as np
 
@@ -64,10 +66,15 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
         tok = model.tokenizer if model else None
         exs = task.examples("train", min(16, cfg.train_pool), cfg.seed)
         prompt = int(np.mean([len(p) for p in encode_prompts(tok, task, exs)])) if tok else 256
+        longest = None
+        if tok:  # every prompt the run will encode: the train pool and the evaluated test examples
+            pool = task.examples("train", cfg.train_pool, cfg.seed) + task.examples("test", cfg.eval_size, cfg.seed)
+            longest = max(len(p) for p in encode_prompts(tok, task, pool))
         c = run_cost(dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens),
-                     mcfg, prompt, jax.device_count())
+                     mcfg, prompt, jax.device_count(), longest_prompt=longest)
         wall = estimate_wall_time(c, probe_throughput(model, prompt)) if model else None
-        print(f"== {name}\n{format_cost(c, wall)}")
+        note = "" if tok else "\n(prompt lengths not measured with --no-probe: 256 tokens assumed for the context check)"
+        print(f"== {name}\n{format_cost(c, wall)}{note}")
         report[name] = {"cost": c, "wall": wall}
     return report
 

@@ -37,3 +37,22 @@ def test_bfloat16_compute_dtype_reaches_the_model_and_a_run_completes(tmp_path, 
     with pytest.raises(ValueError, match=r"the model computes in float32 but the run config says "
                                          r"compute_dtype=bfloat16"):
         runs.run_method(cfg, "es", str(tmp_path / "other"), fp32, progress=False, log=lambda m: None)
+
+
+def test_dry_run_checks_the_longest_prompt_of_the_train_pool_and_the_test_examples(tmp_path, capsys):
+    import shutil
+
+    from experiments.cli import dry_run
+
+    data = tmp_path / "gsm8k"
+    data.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(__file__), "fixtures", "gsm8k", "train.jsonl"), data / "train.jsonl")
+    long_q = "Count the apples. " * 700  # ~2,800 tokens: beyond the tiny model's 2,048-token context
+    (data / "test.jsonl").write_text('{"question": "2 + 2?", "answer": "#### 4"}\n'
+                                     + '{"question": "%s", "answer": "#### 1"}\n' % long_q)
+    cfg = build_config("tiny", ["task=gsm8k", f"task_kwargs.path={data}", "eval_tasks=", "eval_size=2"])
+    report = dry_run(cfg, ("gsm8k",), probe=True)["gsm8k"]["cost"]
+    assert report["longest_prompt"] > 2048 > 4 * report["prompt_tokens"]  # the mean over train prompts is short
+    assert "WARNING: the longest prompt" in capsys.readouterr().out
+    dry_run(cfg, ("gsm8k",), probe=False)
+    assert "256 tokens assumed" in capsys.readouterr().out
