@@ -165,6 +165,24 @@ def es_update(state: ESState, fitness, cfg: ESConfig):
     return _apply_gradient(state, estimate_gradient(state.params, state.key, state.iteration, z, cfg), fitness, z, cfg)
 
 
+def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
+    """{program name: ``jax.stages.Lowered``} of the programs :func:`es_update` runs (shaping, one gradient
+    program per distinct leaf shape, the optimizer step), for abstract ``state`` leaves
+    (``jax.ShapeDtypeStruct`` allowed): ahead-of-time compilation that allocates no weights."""
+    f = jax.ShapeDtypeStruct((cfg.population_size,), jnp.float32)
+    u32 = jax.ShapeDtypeStruct((), jnp.uint32)
+    out = {"shaping": _shaped.lower(f, cfg)}
+    if cfg.inplace_dtype is not None:
+        return {**out, "in-place update": _inplace_step.lower(state, f, cfg)}
+    program = _leaf_gradient_program(cfg)
+    sel = leaf_selection(state.params, cfg.param_filter)
+    for shape in sorted({tuple(x.shape) for x, s in zip(jax.tree.leaves(state.params), sel) if s}):
+        out[f"gradient {shape}"] = program.lower(state.key, state.iteration, f, u32, shape=shape)
+    g = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), state.params)
+    out["optimizer step"] = _apply_gradient.lower(state, g, f, f, cfg)
+    return out
+
+
 @functools.partial(jax.jit, static_argnames="cfg")
 def _shaped(fitness, cfg: ESConfig):
     return SHAPING[cfg.shaping](fitness)
