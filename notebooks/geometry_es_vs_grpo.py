@@ -26,6 +26,11 @@ from esjax.analysis.geometry import BUCKETS  # noqa: E402
 
 RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(os.path.dirname(os.path.abspath("__file__")), "..", "docs", "cpu-quick"))
 res = json.load(open(os.path.join(RESULTS, "results.json")))
+# runs that did not finish are flagged (a results.json from before the status field counts as complete)
+for m in ("es", "grpo"):
+    status = res["summaries"][m].get("status", "complete")
+    if status != "complete":
+        print(f"WARNING: the {m.upper()} run in {RESULTS} is {status}, not complete: its numbers are not final")
 layers = sorted((k for k in res["layer_norms"]["es"] if k != "None"), key=int)
 
 # %% [markdown]

@@ -31,6 +31,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) if "__file__"
 RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(ROOT, "docs", "cpu-quick"))
 FIGURES = os.environ.get("ESJAX_FIGURES", os.path.join(RESULTS, "notebook_figures"))
 res = json.load(open(os.path.join(RESULTS, "results.json")))
+# runs that did not finish are flagged (a results.json from before the status field counts as complete)
+for m in ("es", "grpo"):
+    status = res["summaries"][m].get("status", "complete")
+    if status != "complete":
+        print(f"WARNING: the {m.upper()} run in {RESULTS} is {status}, not complete: its numbers are not final")
 stored = res["theory"]
 # the one theory-vs-measured function the report and the sweep call, on this folder's ES metrics
 t = drift_theory_of_run(os.path.join(RESULTS, "es"), stored["d"], stored["trace_fisher_general_estimate"])

@@ -63,6 +63,18 @@ def test_notebooks_execute_on_tiny_results(tiny_results, name):
     assert os.listdir(os.path.join(tiny_results, "notebook_figures"))
 
 
+def test_notebooks_flag_an_unfinished_run(tmp_path):
+    """The committed cpu-quick results predate the status field (read as complete); a failed run is named."""
+    res = json.load(open(os.path.join(ROOT, "docs", "cpu-quick", "results.json")))
+    res["summaries"]["es"].pop("status", None)
+    res["summaries"]["grpo"]["status"] = "failed"
+    json.dump(res, open(tmp_path / "results.json", "w"))
+    env = dict(os.environ, ESJAX_RESULTS=str(tmp_path), XLA_FLAGS="")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "notebooks", "geometry_es_vs_grpo.py")], check=True,
+                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300).stdout
+    assert f"WARNING: the GRPO run in {tmp_path} is failed, not complete" in out and "the ES run" not in out
+
+
 def _single_task(out, method, extra=()):
     cmd = [sys.executable, "-m", "experiments.single_task", "--preset", "tiny", "--method", method, "--out", out,
            "--no-progress", "--set", "es_iterations=5", "--set", "grpo_steps=4", *extra]
