@@ -74,6 +74,26 @@ def test_sharded_checkpoint_and_export_round_trip(tmp_path):
     assert np.abs(_hf_logits(reloaded, ids, mask) - _our_logits(params, cfg, ids, mask)).max() < 1e-4
 
 
+def test_export_saves_the_tokenizer_and_a_directory_without_one_is_named(tmp_path):
+    from esjax.models.hf import load_hf_tokenizer
+    from esjax.models.registry import load_model
+
+    model = load_model("tiny-random-qwen2")
+    bare, full = str(tmp_path / "bare"), str(tmp_path / "full")
+    save_hf_checkpoint(model.params, model.cfg, bare)  # no tokenizer known: weights only
+    with pytest.raises(FileNotFoundError, match=rf"^{bare}: no tokenizer files \(looked for tokenizer\.json or "
+                                                r"tokenizer\.model or vocab\.json \+ merges\.txt or vocab\.txt"):
+        load_hf_tokenizer(bare)
+    save_hf_checkpoint(model.params, model.cfg, full, tokenizer=model.tokenizer)
+    tok = load_hf_tokenizer(full)
+    messages = [{"role": "user", "content": "What is 12 + 30?"}]
+    assert tok.apply_chat_template(messages, tokenize=False) == model.tokenizer.apply_chat_template(messages, tokenize=False)
+    assert tok("héllo <|im_end|> 42")["input_ids"] == model.tokenizer("héllo <|im_end|> 42")["input_ids"]
+    again = load_model(f"hf:{full}")  # the export loads back as a model: same weights, same tokenizer
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(model.params)))
+    assert again.tokenizer("12 + 30")["input_ids"] == model.tokenizer("12 + 30")["input_ids"]
+
+
 def test_left_padding_does_not_change_logits():
     cfg = ModelConfig(arch="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=8)

@@ -5,13 +5,15 @@ A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or
 HF tensor names and esjax leaves is the declarative table :data:`HF_LAYER_TABLE` (per layer) and
 :data:`HF_GLOBAL_TABLE`; HF stores linear weights as (out, in), esjax as (in, out), hence ``transpose``.
 The same tables drive :func:`save_hf_checkpoint`, so an esjax model exports back to a directory that
-``transformers`` loads.
+``transformers`` loads; given the model's tokenizer it saves that too (``tokenizer.json``,
+``tokenizer_config.json``, the chat template), so the export loads again as ``hf:<dir>``.
+:func:`load_hf_tokenizer` refuses a directory without tokenizer files in one line naming what is missing.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +41,8 @@ HF_GLOBAL_TABLE: Tuple[Tuple[str, str, bool], ...] = (  # (HF name, leaf, transp
     ("model.norm.weight", "final_norm", False),
     ("lm_head.weight", "lm_head", True),
 )
+# files from which transformers builds a tokenizer: any one of these vocabularies suffices
+TOKENIZER_VOCAB_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
 MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 HF_ARCH_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -205,8 +209,32 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     return out
 
 
-def save_hf_checkpoint(params: dict, cfg: ModelConfig, path: str) -> None:
-    """Write ``config.json`` + ``model.safetensors`` (float32) that transformers loads as the same model."""
+def missing_tokenizer(path: str) -> Optional[str]:
+    """None if the HF directory ``path`` holds a tokenizer vocabulary (:data:`TOKENIZER_VOCAB_FILES`), else a
+    one-line message naming the directory, the files looked for and the ways out."""
+    if any(all(os.path.exists(os.path.join(path, f)) for f in group) for group in TOKENIZER_VOCAB_FILES):
+        return None
+    wanted = " or ".join(" + ".join(g) for g in TOKENIZER_VOCAB_FILES)
+    return (f"{path}: no tokenizer files (looked for {wanted}, with tokenizer_config.json for the chat template); "
+            f"copy them from the base model's directory, or export with save_hf_checkpoint(..., tokenizer=tok)")
+
+
+def load_hf_tokenizer(path: str):
+    """The tokenizer of the HF directory ``path``; FileNotFoundError (:func:`missing_tokenizer`) when it
+    has no tokenizer files, instead of an error from deep inside transformers."""
+    from transformers import AutoTokenizer
+
+    problem = missing_tokenizer(path) if os.path.isdir(path) else f"checkpoint directory not found: {path}"
+    if problem:
+        raise FileNotFoundError(problem)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def save_hf_checkpoint(params: dict, cfg: ModelConfig, path: str, tokenizer=None) -> None:
+    """Write ``config.json`` + ``model.safetensors`` (float32) that transformers loads as the same model,
+    and, given ``tokenizer`` (a transformers tokenizer, e.g. ``Model.tokenizer``), its files
+    (``tokenizer.save_pretrained``); without one the directory loads as weights only
+    (:func:`load_hf_tokenizer` then names the missing files)."""
     from safetensors.numpy import save_file
 
     check_params(params, cfg)
@@ -224,3 +252,5 @@ def save_hf_checkpoint(params: dict, cfg: ModelConfig, path: str) -> None:
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config_to_hf(cfg), f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
