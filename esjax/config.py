@@ -71,6 +71,8 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.logger not in LOGGERS:
             raise ValueError(f"RunConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
+        if not isinstance(self.grpo.track_kl, bool):
+            raise ValueError(f"GRPOConfig.track_kl must be true or false, got {self.grpo.track_kl!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"RunConfig.compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.es_batch > self.train_pool or self.grpo.prompts_per_step > self.train_pool:

@@ -89,7 +89,7 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
     updates = gr.updates_per_step
     gr_completions = gr.group_size * gr.prompts_per_step
     es_passes = pass_counts("es", es_completions, es)
-    gr_passes = pass_counts("grpo", gr_completions, gr, reference=gr.beta > 0 or cfg.probe_size > 0)  # as runs.py
+    gr_passes = pass_counts("grpo", gr_completions, gr, reference=gr.beta > 0 or gr.track_kl)  # as runs.py
     longest = prompt_tokens if longest_prompt is None else longest_prompt
     return {
         "parameters": d, "prompt_tokens": prompt_tokens, "max_new_tokens": M, "devices": n_devices,

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.checkpoint import RunCheckpointer, save_params
-from esjax.config import RunConfig
+from esjax.config import RunConfig, from_dict
 from esjax.es.step import init_state as es_init
 from esjax.es.trainer import make_es_iteration
 from esjax.evaluation import evaluate
@@ -163,6 +163,10 @@ def _flatten(d, prefix=""):
 def config_changes(old: dict, new: dict, method: str) -> list:
     """``["key: old -> new", ...]`` for the fields that forbid resuming ``method`` (see module docstring)."""
     ignored = RESUMABLE_KEYS + OTHER_METHOD_KEYS[method]
+    try:  # a key added since the old run was written (e.g. compute_dtype) reads as its default, which it used
+        old = json.loads(json.dumps(from_dict(old).to_dict()))
+    except (TypeError, ValueError):
+        pass
     a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
     out = []
     for key in sorted(set(a) | set(b)):
@@ -320,7 +324,7 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
             return iterate(state, exs, jax.random.fold_in(jax.random.fold_in(root, 2), t))
     else:
         state = initial_state or grpo_init(base, jax.random.fold_in(root, 3), cfg.grpo)
-        ref = base if cfg.grpo.beta > 0 or cfg.probe_size else None
+        ref = base if cfg.grpo.beta > 0 or cfg.grpo.track_kl else None  # the KL penalty, or the KL logged
         iterate = make_grpo_iteration(model.cfg, model.tokenizer, task, cfg.grpo, max_new, ref, mesh)
         per_step = cfg.grpo.prompts_per_step
 

@@ -318,3 +318,42 @@ def test_tensorboard_logger_mirrors_the_metrics_rows_on_every_exit_path(tmp_path
     with pytest.raises(OSError):
         run(tiny("logger=tensorboard"), tmp_path / "err")
     assert len(writers) == 4 and all(w._f.closed for w in writers)
+
+
+def test_grpo_reference_model_is_an_explicit_setting_not_the_probe_size(tmp_path, monkeypatch):
+    from esjax.cost import run_cost
+    from esjax.models.registry import model_config
+
+    refs = []
+
+    def make_grpo_iteration(model_cfg, tokenizer, task, cfg, max_new, ref_params=None, mesh=None):
+        refs.append(ref_params)
+        return lambda state, examples: (state.replace(step=state.step + 1), {"loss": 0.0, "completions": 8})
+    monkeypatch.setattr(runs, "make_grpo_iteration", make_grpo_iteration)
+    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new: {f"eval/{cfg.task}/accuracy": 0.25})
+    cases = {"probe_size=0": True, "grpo.track_kl=false": False, "grpo.track_kl=false,grpo.beta=0.1": True}
+    mcfg = model_config("tiny-random-llama")
+    for i, (overrides, reference) in enumerate(cases.items()):
+        cfg = tiny("grpo_steps=1", *overrides.split(","))
+        runs.run_method(cfg, "grpo", str(tmp_path / str(i)), FakeModel(), progress=False, log=lambda s: None)
+        assert (refs[-1] is FakeModel.params) == reference, overrides
+        n = cfg.grpo.group_size * cfg.grpo.prompts_per_step  # generation, learner, and the reference if scored
+        assert run_cost(cfg, mcfg, 16)["grpo"]["forward_passes_per_step"] == n * (2 + reference), overrides
+    with pytest.raises(ValueError, match="--set grpo.track_kl=maybe: expected true or false"):
+        tiny("grpo.track_kl=maybe")
+
+
+def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tmp_path, fake):
+    run(tiny(), tmp_path)
+    path = tmp_path / "es" / "config.json"
+    old = json.load(open(path))
+    for key in ("compute_dtype", "logger"):
+        del old[key]
+    del old["grpo"]["track_kl"]
+    json.dump(old, open(path, "w"))
+    logs = []
+    assert run(tiny("es_iterations=4"), tmp_path, logs)["status"] == "complete"
+    assert any("resumed from iteration 3" in m for m in logs)
+    json.dump({**old, "compute_dtype": "bfloat16"}, open(path, "w"))
+    with pytest.raises(ValueError, match=r'compute_dtype: "bfloat16" -> "float32"'):
+        run(tiny("es_iterations=5"), tmp_path)

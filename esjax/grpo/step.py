@@ -52,6 +52,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     beta: float = 0.0
     kl_estimator: str = "k3"
+    track_kl: bool = True  # beta = 0: still score the reference model to log the KL (paper 1 tracks k3)
     clip_eps: float = 0.2
     clip_eps_high: Optional[float] = None  # None = clip_eps (DAPO suggests 0.28)
     loss_aggregation: str = "seq_mean_token_mean"
