@@ -75,6 +75,23 @@ def ou_stationary_variance(alpha, N, kappa):
     return (alpha ** 2 / N) / (1 - (1 - kappa) ** 2)
 
 
+def awd_clock(energy: Sequence[float], rate: float) -> np.ndarray:
+    """The walk's clock under anchored weight decay (AWD-ℓ2, es-awd) at rate αλ: with c = 1 − αλ and
+    Δ_t = c (Δ_{t−1} + α g_t), E‖Δ_t‖² = α² (d/N) τ_t with τ_t = c² (τ_{t−1} + f_t) = Σ_{s≤t} f_s c^{2(t−s+1)}:
+    an Ornstein–Uhlenbeck process whose stationary τ is f c² / (1 − c²) (rate 0: τ_t = Σ f_s, the walk)."""
+    c2, tau, out = (1 - rate) ** 2, 0.0, []
+    for f in energy:
+        tau = c2 * (tau + f)
+        out.append(tau)
+    return np.asarray(out, float)
+
+
+def awd_norm_prediction(alpha, lam, energy: Sequence[float], d, N) -> np.ndarray:
+    """Predicted ‖θ_t − θ₀‖ of pure-noise ES under AWD-ℓ2 with strength λ (transient; tends to the
+    stationary α √(f d c² / (N (1 − c²))), c = 1 − αλ)."""
+    return alpha * np.sqrt(awd_clock(energy, alpha * lam) * d / N)
+
+
 def drift_sq_at_fixed_progress(alpha, d, progress, N, rho, grad_norm):
     """drift² ≈ α d P / (N ρ ‖g‖): larger N, smaller α or better ρ buy the same progress for less drift."""
     return alpha * d * progress / (N * rho * grad_norm)
@@ -104,7 +121,8 @@ def estimate_trace_fisher(kl, alpha, T, N):
 
 
 def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithetic: bool, optimizer: str = "sgd",
-                    trace_fisher: Optional[float] = None, where: str = "metrics") -> Dict:
+                    trace_fisher: Optional[float] = None, where: str = "metrics", awd_lambda: float = 0.0,
+                    awd_norm: str = "l2") -> Dict:
     """The one comparison of an ES run's measured drift with the theory; the report, the sweep and the
     notebook all call it.
 
@@ -124,7 +142,9 @@ def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithet
     ``rho_status`` says why; the cosine bound then uses ρ ≤ 1, which always holds. ``d`` counts each
     perturbed leaf once (a tied embedding is one leaf with one noise draw in esjax; see
     ``report.dimension_info``). The theory is for plain SGD on the ES estimate; other optimizers are
-    flagged in ``applies``."""
+    flagged in ``applies``. With anchored weight decay (``awd_lambda`` λ > 0, ℓ2) the clock is the
+    discounted one of :func:`awd_clock` (an Ornstein–Uhlenbeck process; ``awd`` gives the stationary norm)
+    and ρ is not estimated; ℓ1 decay has no closed form (``applies`` False)."""
     rows = [r for r in rows if r.get("iteration", 0) > 0]
     its = [r["iteration"] for r in rows]
     if its != list(range(1, len(rows) + 1)):
@@ -135,16 +155,23 @@ def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithet
     T = np.arange(1, len(rows) + 1, dtype=float)
     measured = np.array([r["update_norm_from_base"] for r in rows], float)
     exact = bool(rows) and all("noise_energy_factor" in r for r in rows)
-    clock = np.cumsum([r["noise_energy_factor"] for r in rows]) if exact else T
-    walk_valid = exact or not antithetic
+    energy = [r["noise_energy_factor"] for r in rows] if exact else [1.0] * len(rows)
+    clock = awd_clock(energy, alpha * awd_lambda) if awd_lambda else np.cumsum(energy)
+    walk_valid = (exact or not antithetic) and not (awd_lambda and awd_norm != "l2")
     predicted = alpha * np.sqrt(clock * d / N)
     out: Dict = {"d": int(d), "N": int(N), "alpha": float(alpha), "antithetic": bool(antithetic),
                  "T": T.tolist(), "measured_norm": measured.tolist(), "predicted_norm": predicted.tolist(),
                  "clock": "energy" if exact else "iterations", "energy_clock": clock.tolist(),
                  "applies": optimizer == "sgd" and walk_valid,
                  "applies_note": ("" if optimizer == "sgd" else f"optimizer {optimizer!r}: the walk law is for SGD; ")
-                 + ("" if walk_valid else "antithetic pairs without a logged noise_energy_factor: the walk's "
-                    "energy per step is unknown (0–2× α²d/N)")}
+                 + ("" if walk_valid or awd_lambda else "antithetic pairs without a logged noise_energy_factor: the "
+                    "walk's energy per step is unknown (0–2× α²d/N)")
+                 + (f"AWD-{awd_norm}: no closed form for the soft threshold" if awd_lambda and awd_norm != "l2" else "")}
+    if awd_lambda:
+        c = 1 - alpha * awd_lambda
+        f_mean = float(np.mean(energy)) if energy else 1.0
+        out["awd"] = {"lambda": float(awd_lambda), "norm": awd_norm,
+                      "stationary_norm": float(alpha * np.sqrt(f_mean * d / N * c ** 2 / (1 - c ** 2)))}
     if not rows:
         return {**out, "final_ratio_measured_over_predicted": None, "random_walk_fit": {}, "rho_estimate": None,
                 "rho_status": "undefined: no ES iterations", "cosine_bound": None}
@@ -154,7 +181,9 @@ def drift_vs_theory(rows: Sequence[dict], alpha: float, d: int, N: int, antithet
     out["excess_over_walk_sq"] = excess
     rho_raw = float(np.sqrt(max(excess, 0.0) / (alpha ** 2 * T[-1] ** 2)))
     out["rho_raw"] = rho_raw
-    if not walk_valid:
+    if awd_lambda:
+        rho, status = None, "undefined: anchored weight decay bounds the drift (the walk-excess estimate assumes none)"
+    elif not walk_valid:
         rho, status = None, "undefined: " + out["applies_note"]
     elif rho_raw > 1:
         rho, status = None, (f"assumption failed: the excess over the walk ({excess:.3g}) would need ρ = {rho_raw:.3g} > 1; "
@@ -185,4 +214,4 @@ def drift_theory_of_run(run_dir: str, d: int, trace_fisher: Optional[float] = No
     with open(metrics) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return drift_vs_theory(rows, es["alpha"], d, es["population_size"], es["antithetic"], es.get("optimizer", "sgd"),
-                           trace_fisher, metrics)
+                           trace_fisher, metrics, es.get("awd_lambda", 0.0), es.get("awd_norm", "l2"))

@@ -48,13 +48,15 @@ class ESConfig:
     member_top_p: float = 1.0
     kl_penalty: float = 0.0  # fitness = reward − kl_penalty · KL(member ‖ base) on the batch
     inplace_dtype: Optional[str] = None  # "bfloat16" | "float16": simulate the seeds' in-place 16-bit arithmetic
+    awd_lambda: float = 0.0  # anchored weight decay toward the base model (es-awd, arXiv 2605.30148); 0 = off
+    awd_norm: str = "l2"  # "l2": θ₀ + (1 − αλ)(θ − θ₀) | "l1": θ₀ + soft-threshold(θ − θ₀, αλ)
 
     def __post_init__(self):
         if self.population_size < 2:
             raise ValueError(f"population_size must be >= 2, got {self.population_size}")
         if self.antithetic and self.population_size % 2:
             raise ValueError(f"antithetic sampling needs an even population_size, got {self.population_size}")
-        for name in ("sigma", "alpha", "member_temperature", "member_top_p", "kl_penalty"):
+        for name in ("sigma", "alpha", "member_temperature", "member_top_p", "kl_penalty", "awd_lambda"):
             if not np.isfinite(getattr(self, name)):
                 raise ValueError(f"ESConfig.{name} must be a finite number, got {getattr(self, name)}")
         if self.sigma <= 0 or self.alpha <= 0:
@@ -66,6 +68,9 @@ class ESConfig:
             raise ValueError(f"rank must be >= 1 and chunk_size >= 0, got {self.rank}, {self.chunk_size}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.awd_lambda < 0 or self.awd_norm not in ("l2", "l1") or (self.awd_norm == "l2" and self.alpha * self.awd_lambda >= 1):
+            raise ValueError(f"awd_lambda must be >= 0 (with alpha·awd_lambda < 1 for l2) and awd_norm 'l2' or 'l1', "
+                             f"got awd_lambda={self.awd_lambda}, awd_norm={self.awd_norm!r}, alpha={self.alpha}")
         if self.member_temperature < 0 or not 0 < self.member_top_p <= 1 or self.kl_penalty < 0:
             raise ValueError("member_temperature >= 0, 0 < member_top_p <= 1 and kl_penalty >= 0 are required")
         if self.inplace_dtype is not None and (self.inplace_dtype not in ("bfloat16", "float16")
@@ -150,19 +155,39 @@ def inplace_update(params, state_key, iteration, z, cfg: ESConfig):
     return jax.tree.map(lambda w: w.astype(jnp.float32), jax.lax.fori_loop(0, N, add, p16))
 
 
-def es_update(state: ESState, fitness, cfg: ESConfig):
+def es_update(state: ESState, fitness, cfg: ESConfig, anchor=None):
     """One ES step from the population's fitness (N,) (higher = better) → (new state, metrics). Pure.
 
-    Called directly it runs as three kinds of compiled programs — shaping, the per-leaf-shape gradient
-    programs of :func:`estimate_gradient`, and the optimizer step with its metrics — which compile in
-    seconds at LLM scale; ``jax.jit(partial(es_update, cfg=cfg))`` gives the same result as one program."""
+    ``anchor``: the base model θ₀ (params pytree), needed when ``cfg.awd_lambda`` > 0: after the step the
+    weights are pulled toward it (:func:`anchored_decay`). Called directly it runs as three kinds of
+    compiled programs — shaping, the per-leaf-shape gradient programs of :func:`estimate_gradient`, and
+    the optimizer step with its metrics — which compile in seconds at LLM scale;
+    ``jax.jit(partial(es_update, cfg=cfg))`` gives the same result as one program."""
     fitness = jnp.asarray(fitness, jnp.float32)
     if fitness.shape != (cfg.population_size,):
         raise ValueError(f"fitness has shape {fitness.shape}, expected ({cfg.population_size},)")
+    if cfg.awd_lambda and anchor is None:
+        raise ValueError("ESConfig.awd_lambda > 0 needs the anchor: es_update(state, fitness, cfg, anchor=base_params)")
     if cfg.inplace_dtype is not None:
-        return _inplace_step(state, fitness, cfg)
+        return _inplace_step(state, fitness, anchor, cfg)
     z = _shaped(fitness, cfg)
-    return _apply_gradient(state, estimate_gradient(state.params, state.key, state.iteration, z, cfg), fitness, z, cfg)
+    g = estimate_gradient(state.params, state.key, state.iteration, z, cfg)
+    return _apply_gradient(state, g, fitness, z, anchor, cfg)
+
+
+def anchored_decay(params, anchor, rate, norm: str = "l2"):
+    """Anchored weight decay (es-awd, arXiv 2605.30148) with rate = αλ, leaf by leaf, Δ = θ − θ₀:
+
+        l2:  θ ← θ₀ + (1 − αλ) Δ                      (the random walk becomes an Ornstein–Uhlenbeck process)
+        l1:  θ ← θ₀ + sign(Δ) · max(|Δ| − αλ, 0)      (soft threshold: small drifts snap back to θ₀)
+
+    Leaves that never moved (outside ``param_filter``) stay exactly θ₀."""
+    def one(p, a):
+        d = p - a.astype(p.dtype)
+        if norm == "l2":
+            return a.astype(p.dtype) + (1 - rate) * d
+        return a.astype(p.dtype) + jnp.sign(d) * jnp.maximum(jnp.abs(d) - rate, 0)
+    return jax.tree.map(one, params, anchor)
 
 
 def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
@@ -173,13 +198,13 @@ def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
     u32 = jax.ShapeDtypeStruct((), jnp.uint32)
     out = {"shaping": _shaped.lower(f, cfg)}
     if cfg.inplace_dtype is not None:
-        return {**out, "in-place update": _inplace_step.lower(state, f, cfg)}
+        return {**out, "in-place update": _inplace_step.lower(state, f, state.params if cfg.awd_lambda else None, cfg)}
     program = _leaf_gradient_program(cfg)
     sel = leaf_selection(state.params, cfg.param_filter)
     for shape in sorted({tuple(x.shape) for x, s in zip(jax.tree.leaves(state.params), sel) if s}):
         out[f"gradient {shape}"] = program.lower(state.key, state.iteration, f, u32, shape=shape)
     g = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), state.params)
-    out["optimizer step"] = _apply_gradient.lower(state, g, f, f, cfg)
+    out["optimizer step"] = _apply_gradient.lower(state, g, f, f, state.params if cfg.awd_lambda else None, cfg)
     return out
 
 
@@ -189,17 +214,22 @@ def _shaped(fitness, cfg: ESConfig):
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _apply_gradient(state: ESState, g, fitness, z, cfg: ESConfig):
-    """θ ← optimizer step along g (ascent), with the iteration's metrics."""
+def _apply_gradient(state: ESState, g, fitness, z, anchor, cfg: ESConfig):
+    """θ ← optimizer step along g (ascent), then anchored decay if configured, with the iteration's metrics."""
     updates, opt_state = make_optimizer(cfg).update(jax.tree.map(jnp.negative, g), state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if cfg.awd_lambda:
+        params = anchored_decay(params, anchor, cfg.alpha * cfg.awd_lambda, cfg.awd_norm)
+        updates = jax.tree.map(jnp.subtract, params, state.params)
     return ESState(params, opt_state, state.key, state.iteration + 1), _metrics(fitness, z, updates, cfg)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _inplace_step(state: ESState, fitness, cfg: ESConfig):
+def _inplace_step(state: ESState, fitness, anchor, cfg: ESConfig):
     z = SHAPING[cfg.shaping](fitness)
     params = inplace_update(state.params, state.key, state.iteration, z, cfg)
+    if cfg.awd_lambda:
+        params = anchored_decay(params, anchor, cfg.alpha * cfg.awd_lambda, cfg.awd_norm)
     updates = jax.tree.map(jnp.subtract, params, state.params)
     return ESState(params, state.opt_state, state.key, state.iteration + 1), _metrics(fitness, z, updates, cfg)
 
