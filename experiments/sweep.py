@@ -33,13 +33,14 @@ from esjax.runs import evaluate_all, run_method
 from esjax.tasks.probes import GeneralChat, general_examples
 from experiments.cli import parser, setup
 
-# forgetting-aware ES variants the engine's API allows (issue: low-rank noise, a parameter mask, a KL penalty)
+# forgetting-aware ES variants (low-rank noise, a parameter mask, a KL penalty, anchored weight decay)
 VARIANTS = {
     "plain": [],
     "full": ["es.noise=full"],
     "lowrank": ["es.noise=lowrank"],
     "mask": ["es.param_filter=^layers/\\d+/w_(gate|up|down)$"],  # sparse ES: MLP matrices only
     "kl": ["es.kl_penalty=1.0"],  # fitness − KL(member ‖ base) on the batch
+    "awd": ["es.awd_lambda=10"],  # anchored weight decay toward the base (es-awd's λ = 10, AWD-ℓ2)
 }
 
 
@@ -50,7 +51,8 @@ def theory_columns(run_dir: str, d: int) -> dict:
     return {"predicted_norm": t["predicted_norm"][-1] if t["T"] else None,
             "ratio_measured_over_predicted": t["final_ratio_measured_over_predicted"],
             "rho_estimate": t["rho_estimate"], "rho_status": t["rho_status"], "d": t["d"],
-            "theory_applies": t["applies"], "theory_note": t["applies_note"]}
+            "theory_applies": t["applies"], "theory_note": t["applies_note"],
+            "awd_stationary_norm": t.get("awd", {}).get("stationary_norm")}
 
 
 def run_row(out, name, cfg, method, model, base_eval, probe_n):
