@@ -2,14 +2,31 @@
 results.json, tables/*.csv, plots/*.png and report.md.
 
     python -m experiments.compare --preset cpu-quick            # the README's main job
+
+Each phase prints a line when it starts and when it ends, with its time (the analysis takes minutes).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 from experiments.cli import dry_run, parser, setup
 from esjax.analysis.report import analyze, write_report
 from esjax.runs import METHODS, evaluate_all, load_run_model, preflight, run_method
+
+
+ANALYSIS_STEPS = ("update geometry (norms, sparsity, per-layer norms and cosines, SVD on 3 blocks), off-task KL "
+                  "drift, interpolation paths and direction probes (accuracy on the test prompts), theory vs measured")
+
+
+@contextlib.contextmanager
+def phase(name: str, phases: dict, what: str = ""):
+    """Print ``[name] started`` (with ``what`` it does) and ``[name] done in N s``; record the time."""
+    print(f"[{name}] started{': ' + what if what else ''}", flush=True)
+    t = time.perf_counter()
+    yield
+    phases[name] = time.perf_counter() - t
+    print(f"[{name}] done in {phases[name]:.0f} s", flush=True)
 
 
 def main(argv=None):
@@ -22,18 +39,17 @@ def main(argv=None):
         return dry_run(cfg, (cfg.task,), not args.no_probe)
     preflight(cfg, out, METHODS)  # config of any earlier run in ``out``, data sizes and splits: before any work
     t0 = time.perf_counter()
-    model = load_run_model(cfg)
-    base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
-    phases = {"load_and_base_eval": time.perf_counter() - t0}
-    summaries = {}
+    phases, summaries = {}, {}
+    with phase("load_and_base_eval", phases, f"model {cfg.model}, greedy accuracy of the base model"):
+        model = load_run_model(cfg)
+        base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
     for m in ("es", "grpo"):
-        t1 = time.perf_counter()
-        summaries[m] = run_method(cfg, m, out, model, progress=not args.no_progress, base_eval=base_eval)
-        phases[f"train_{m}"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    res = analyze(out, cfg, model, n_interp=args.interp_points, n_eval=args.eval_size)
-    phases["analysis"] = time.perf_counter() - t1
-    path = write_report(out, res)
+        with phase(f"train_{m}", phases):
+            summaries[m] = run_method(cfg, m, out, model, progress=not args.no_progress, base_eval=base_eval)
+    with phase("analysis", phases, ANALYSIS_STEPS):
+        res = analyze(out, cfg, model, n_interp=args.interp_points, n_eval=args.eval_size)
+    with phase("report", phases, "results.json, interval tests and verdicts, tables, plots, report.md"):
+        path = write_report(out, res)
     n = res["norms"]
     acc = {m: (summaries[m]["before"][f"eval/{cfg.task}/accuracy"], summaries[m]["after"][f"eval/{cfg.task}/accuracy"])
            for m in summaries}

@@ -1,5 +1,7 @@
 """End to end on the tiny random model: compare (3 ES iterations + 3 GRPO steps + the whole analysis and
 report), exact resume after kill -9, the notebooks on the tiny results folder, and the preset CLI."""
+import contextlib
+import io
 import json
 import os
 import signal
@@ -13,6 +15,7 @@ from esjax.config import build_config
 from esjax.runs import read_metrics, strip_timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRINTED = {}  # stdout of the module's compare run
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +23,10 @@ def tiny_results(tmp_path_factory):
     from experiments.compare import main
 
     out = str(tmp_path_factory.mktemp("compare"))
-    main(["--preset", "tiny", "--out", out, "--no-progress", "--interp-points", "3"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(["--preset", "tiny", "--out", out, "--no-progress", "--interp-points", "3"])
+    PRINTED["compare"] = printed.getvalue()
     return out
 
 
@@ -49,6 +55,12 @@ def test_compare_produces_every_measurement(tiny_results):
             assert len(res["summaries"][m][when]["eval/arithmetic/correct"]) == 8
         assert res["intervals"]["accuracy"][m]["lowercase"]["change"]["test"] == "exact McNemar"
         assert rows[-1]["eval/lowercase/correct"] == res["summaries"][m]["after"]["eval/lowercase/correct"]
+    # every phase says when it starts and ends, with its time, in order (the analysis takes minutes on CPU)
+    lines = PRINTED["compare"].splitlines()
+    marks = [i for p in ("load_and_base_eval", "train_es", "train_grpo", "analysis", "report")
+             for i, line in enumerate(lines) if line.startswith((f"[{p}] started", f"[{p}] done in "))]
+    assert len(marks) == 10 and marks == sorted(marks), PRINTED["compare"]
+    assert any(line.startswith("[analysis] started: update geometry") for line in lines)
     assert res["intervals"]["es_vs_grpo_after"]["test"] == "exact McNemar"
     assert res["intervals"]["forgetting_es_minus_grpo"]["test"] == "exact McNemar"
     assert len(res["verdicts"]) == 8 and {v["verdict"] for v in res["verdicts"]} <= {"reproduced", "contradicted",
