@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.es.noise import leaf_paths
+from esjax.models.config import DTYPES
+from esjax.trees import leaf_paths, module_type
 
 BUCKETS = ("Q", "K", "V", "O", "MLP", "norm", "other")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_BUCKET = {"q": "Q", "k": "K", "v": "V", "o": "O", "mlp": "MLP"}  # module_type -> bucket
 
 
 def named_leaves(tree) -> Dict[str, jax.Array]:
@@ -34,9 +35,16 @@ def update(ft, base):
 
 
 def bucket(path: str) -> str:
-    leaf = path.rsplit("/", 1)[-1]
-    return {"wq": "Q", "bq": "Q", "wk": "K", "bk": "K", "wv": "V", "bv": "V", "wo": "O", "w_gate": "MLP",
-            "w_up": "MLP", "w_down": "MLP"}.get(leaf, "norm" if "norm" in leaf and path.startswith("layers") else "other")
+    """Paper 2's bucket of a leaf path, from :func:`esjax.trees.module_type`: Q, K, V, O, MLP; a
+    projection's bias with its projection (``bq`` → Q); ``norm`` for the blocks' norms (the final norm,
+    embeddings and head → other)."""
+    kind = module_type(path)
+    if kind == "bias":  # bq/bk/bv: the bucket of wq/wk/wv
+        head, _, leaf = path.rpartition("/")
+        kind = module_type(f"{head}/w{leaf[1:]}")
+    if kind == "norm":
+        return "norm" if path.startswith("layers") else "other"
+    return _BUCKET.get(kind, "other")
 
 
 def layer_of(path: str) -> Optional[int]:
@@ -57,7 +65,7 @@ def relative_norm(delta, base) -> float:
 
 def cast_delta(ft, base, dtype: str = "float32"):
     """Δ after casting both checkpoints to ``dtype`` (as if both were saved in it), in float32."""
-    dt = _DTYPES[dtype]
+    dt = DTYPES[dtype]
     return jax.tree.map(lambda a, b: a.astype(dt).astype(jnp.float32) - b.astype(dt).astype(jnp.float32), ft, base)
 
 
