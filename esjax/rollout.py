@@ -60,12 +60,16 @@ def rollout_metrics(rewards, correct, lengths, t0: float, t1: float, t2: float, 
                 tokens_per_s=n_tokens / max(t1 - t0, 1e-9))
 
 
-def sequence_batch(prompt_tokens, prompt_mask, gen_tokens, lengths) -> dict:
-    """Prompt ++ completion: tokens, attn_mask (B, P+M) and loss_mask (B, P+M−1) over completion tokens."""
+def sequence_batch(prompt_tokens, prompt_mask, gen_tokens, lengths, completion_only: bool = False) -> dict:
+    """Prompt ++ completion: tokens, attn_mask (B, P+M) and loss_mask (B, P+M−1) over completion tokens, or
+    with ``completion_only`` loss_mask (B, M) over the completion predictions only (its last M columns; the
+    first scored token is then :func:`esjax.models.decoder.first_scored` (P+M, M) = P)."""
     gen_tokens, lengths = np.asarray(gen_tokens), np.asarray(lengths)
     M = gen_tokens.shape[1]
     gen_mask = np.arange(M)[None, :] < lengths[:, None]
     tokens = np.concatenate([prompt_tokens, gen_tokens], 1).astype(np.int32)
     attn = np.concatenate([prompt_mask, gen_mask], 1)
     loss_mask = np.concatenate([np.zeros_like(prompt_mask[:, 1:]), gen_mask], 1).astype(np.float32)
+    if completion_only:
+        loss_mask = loss_mask[:, -M:] if M else loss_mask[:, :0]
     return {"tokens": tokens, "attn_mask": attn, "loss_mask": loss_mask}

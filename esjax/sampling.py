@@ -142,6 +142,7 @@ def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefi
     return logits[:, -1], cache
 
 
+@jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
              greedy_rows=None, row_max_new=None) -> Generation:
@@ -161,7 +162,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
                          f"of {cfg.max_position_embeddings}")
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
     prompt_len = mask.sum(1).astype(jnp.int32)
-    last, cache = prefill(params, cfg, tokens, mask, P + max_new_tokens, delta, prefix_len, group)
+    with jax.named_scope("prefill"):
+        last, cache = prefill(params, cfg, tokens, mask, P + max_new_tokens, delta, prefix_len, group)
     out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
     logps = jnp.zeros((B, max_new_tokens), jnp.float32)
     state = (jnp.int32(0), cache, last, out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
@@ -186,7 +188,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
                                 cache=cache, delta=delta)
         return t + 1, cache, logits[:, -1], out, logps, done, lengths, key
 
-    _, _, _, out, logps, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+    with jax.named_scope("decode"):
+        _, _, _, out, logps, _, lengths, _ = jax.lax.while_loop(cond, body, state)
     return Generation(out, logps, lengths)
 
 

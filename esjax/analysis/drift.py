@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.models.decoder import logits_from
+from esjax.models.decoder import first_scored, logits_from
 from esjax.rollout import padded_batch, sequence_batch
 from esjax.sampling import GREEDY, SamplingConfig, make_generate
 from esjax.tasks.base import Example, Task, encode_prompts
@@ -33,10 +33,10 @@ def make_scorer(cfg, prefix_len: int = 0, group: int = 1):
     scored ones are shared by each ``group`` consecutive rows (both run once; :func:`logits_from`)."""
     @jax.jit
     def score(ft, base, tokens, attn, loss_mask):
-        first = tokens.shape[1] - 1 - loss_mask.shape[1]
-        lf, lb = (jax.nn.log_softmax(logits_from(p, cfg, tokens, attn, first, prefix_len, group=group)[:, :-1], -1)
+        start = first_scored(tokens.shape[1], loss_mask.shape[1])
+        lf, lb = (jax.nn.log_softmax(logits_from(p, cfg, tokens, attn, start - 1, prefix_len, group=group)[:, :-1], -1)
                   for p in (ft, base))
-        tgt = tokens[:, first + 1:, None]
+        tgt = tokens[:, start:, None]
         k1 = (jnp.take_along_axis(lf, tgt, -1) - jnp.take_along_axis(lb, tgt, -1))[..., 0]
         exact = jnp.sum(jnp.exp(lf) * (lf - lb), -1)
         return (k1 * loss_mask).sum(1), (exact * loss_mask).sum(1), loss_mask.sum(1)
@@ -87,10 +87,9 @@ def kl_drift_values(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task
                             pb.prefix_len, pb.group)
         out = gen(ft, pb.tokens, pb.mask, jax.random.fold_in(key, c), None, np.array([g for _, g in rows]),
                   np.array([budgets[names[j]] for j, _ in rows], np.int32))
-        b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths)
-        completion = pb.tokens.shape[1] - 1  # loss-mask columns before this one cover the prompt
+        b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths, completion_only=True)
         k1, exact, n = (np.asarray(x) for x in make_scorer(model_cfg, pb.prefix_len, pb.group)(
-            ft, base, b["tokens"], b["attn_mask"], b["loss_mask"][:, completion:]))
+            ft, base, b["tokens"], b["attn_mask"], b["loss_mask"]))
         for r, (j, greedy) in enumerate(rows):
             if r // len(copies) >= len(real):
                 continue  # a padding row

@@ -16,7 +16,7 @@ import numpy as np
 from esjax.cost import pass_counts
 from esjax.es.population import auto_chunk_size, lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, es_update
-from esjax.models.decoder import make_token_logprobs
+from esjax.models.decoder import first_scored, make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 
@@ -52,8 +52,9 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
             # prompt-major rows (each prompt's N completions consecutive): the prompt runs once per group
             by_prompt = lambda x: np.swapaxes(x, 0, 1).reshape(N * x.shape[1], *x.shape[2:])  # noqa: E731
             seq = sequence_batch(np.repeat(pb.tokens, N, 0), np.repeat(pb.mask, N, 0), by_prompt(gen.tokens),
-                                 by_prompt(gen.lengths))
-            score_completion = make_token_logprobs(model_cfg, pb.tokens.shape[1], pb.prefix_len, N)  # completion only
+                                 by_prompt(gen.lengths), completion_only=True)
+            start = first_scored(seq["tokens"].shape[1], seq["loss_mask"].shape[1])  # the completion only
+            score_completion = make_token_logprobs(model_cfg, start, pb.prefix_len, N)
             base = np.asarray(score_completion(base_params, seq["tokens"], seq["attn_mask"]))
             base = np.swapaxes(base.reshape(-1, N, base.shape[-1]), 0, 1)  # member-major (N, B, L)
             lens = np.maximum(gen.lengths, 1)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from esjax.grpo.losses import KL_ESTIMATORS, LOSS_AGGREGATION, per_token_loss
-from esjax.models.decoder import logits_from, token_logprobs
+from esjax.models.decoder import first_scored, logits_from, token_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +150,9 @@ def init_state(params, key, cfg: GRPOConfig) -> GRPOState:
 
 
 def scored_from(batch: dict) -> int:
-    """First scored position: the loss mask covers the last L of the T − 1 predictions (static)."""
-    return batch["tokens"].shape[1] - batch["loss_mask"].shape[1]
+    """First scored position: the loss mask covers the last L of the T − 1 predictions (static;
+    :func:`esjax.models.decoder.first_scored`)."""
+    return first_scored(batch["tokens"].shape[1], batch["loss_mask"].shape[1])
 
 
 def completion_logprobs(params, model_cfg, tokens, mask, start: int, temperature: float = 1.0, prefix_len: int = 0,
@@ -198,6 +199,7 @@ def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig
     return (loss_t * weights).sum(), aux
 
 
+@jax.named_scope("learner")  # profile name of the GRPO update
 def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOConfig, prefix_len: int = 0,
               group: int = 1):
     """One optimizer update on a rollout batch (see module docstring). ``ref_params`` may be None when

@@ -14,7 +14,7 @@ import numpy as np
 
 from esjax.cost import pass_counts
 from esjax.grpo.losses import group_advantages
-from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs
+from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs, scored_from
 from esjax.models.precision import compute_params
 from esjax.parallel import batch_sharding, put_global, replicated, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
@@ -27,13 +27,11 @@ def learner_batch(params, model_cfg, cfg: GRPOConfig, pb, gen_tokens, lengths, a
     logits over the prompt), advantages (B,), and, when the step makes more than one optimizer update,
     old_logp (B, M): the tempered log-probs of the sampled tokens under ``params`` (the rollout policy),
     scored like the learner scores them so that ρ ≡ 1 on-policy. ``put`` places each array (sharding)."""
-    seq = sequence_batch(pb.tokens, pb.mask, gen_tokens, lengths)
-    P = pb.tokens.shape[1]
-    seq["loss_mask"] = seq["loss_mask"][:, P - 1:]  # completion predictions only: no logits over the prompt
+    seq = sequence_batch(pb.tokens, pb.mask, gen_tokens, lengths, completion_only=True)  # no logits over the prompt
     batch = {k: put(v) for k, v in seq.items()}
     batch["advantages"] = put(np.asarray(advantages, np.float32))
     if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
-        old_logp = make_completion_logprobs(model_cfg, P, cfg.temperature, pb.prefix_len, pb.group)
+        old_logp = make_completion_logprobs(model_cfg, scored_from(seq), cfg.temperature, pb.prefix_len, pb.group)
         batch["old_logp"] = old_logp(params, batch["tokens"], batch["attn_mask"])
     return batch
 

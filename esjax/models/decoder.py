@@ -170,30 +170,33 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
     B, T, _ = x.shape
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     g = lambda n: ld.get(n)  # noqa: E731  (delta leaf or None)
-    h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps, g("attn_norm"))
-    q, k, v = (linear(h, lp[w], g(w)) for w in ("wq", "wk", "wv"))
-    if cfg.qkv_bias:
-        q, k, v = (t + apply_dense(lp[b], g(b)).astype(t.dtype) for t, b in ((q, "bq"), (k, "bk"), (v, "bv")))
-    q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, K, Dh), v.reshape(B, T, K, Dh)
-    if cfg.qk_norm:
-        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps, g("q_norm"))
-        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, g("k_norm"))
-    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, Dh)
-    if cache is None:
-        att = attention(q, k, v, mask)
-    else:
-        k_c, v_c, at, fresh = cache
-        if fresh:
+    with jax.named_scope("attention"):  # profile names: attention, mlp, head (see forward)
+        h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps, g("attn_norm"))
+        q, k, v = (linear(h, lp[w], g(w)) for w in ("wq", "wk", "wv"))
+        if cfg.qkv_bias:
+            q, k, v = (t + apply_dense(lp[b], g(b)).astype(t.dtype) for t, b in ((q, "bq"), (k, "bk"), (v, "bv")))
+        q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, K, Dh), v.reshape(B, T, K, Dh)
+        if cfg.qk_norm:
+            q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps, g("q_norm"))
+            k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps, g("k_norm"))
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, T, Dh)
+        if cache is None:
             att = attention(q, k, v, mask)
-        k = jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), (0, 0, at, 0))
-        v = jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), (0, 0, at, 0))
-        if not fresh:
-            att = attention(q, k, v, mask)
-    x = x + linear(att.reshape(B, T, H * Dh), lp["wo"], g("wo"))
-    h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps, g("mlp_norm"))
-    m = jax.nn.silu(linear(h, lp["w_gate"], g("w_gate"))) * linear(h, lp["w_up"], g("w_up"))
-    return x + linear(m, lp["w_down"], g("w_down")), (k, v)
+        else:
+            k_c, v_c, at, fresh = cache
+            if fresh:
+                att = attention(q, k, v, mask)
+            k = jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), (0, 0, at, 0))
+            v = jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), (0, 0, at, 0))
+            if not fresh:
+                att = attention(q, k, v, mask)
+        x = x + linear(att.reshape(B, T, H * Dh), lp["wo"], g("wo"))
+    with jax.named_scope("mlp"):
+        h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps, g("mlp_norm"))
+        m = jax.nn.silu(linear(h, lp["w_gate"], g("w_gate"))) * linear(h, lp["w_up"], g("w_up"))
+        x = x + linear(m, lp["w_down"], g("w_down"))
+    return x, (k, v)
 
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
@@ -212,7 +215,8 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
     """
     delta = delta or {}
     dt = cfg.dtype
-    x = embed_lookup(tokens, params["embed"], delta.get("embed")).astype(dt)
+    with jax.named_scope("embed"):
+        x = embed_lookup(tokens, params["embed"], delta.get("embed")).astype(dt)
     inv_freq = jnp.asarray(rope_inv_freq(cfg))
     T = tokens.shape[1]
     mask = jnp.tril(jnp.ones((T, T), bool))[None] & token_mask[:, None, :]
@@ -232,13 +236,24 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             ks.append(k)
             vs.append(v)
         cache = KVCache(tuple(ks), tuple(vs), valid, at + T)
-    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
-    x = x[:, -1:] if last_only else x[:, logits_from:]
-    if cfg.tie_embeddings:
-        logits = tied_logits(x, params["embed"], delta.get("embed"))
-    else:
-        logits = linear(x, params["lm_head"], delta.get("lm_head"))
+    with jax.named_scope("head"):
+        x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps, delta.get("final_norm"))
+        x = x[:, -1:] if last_only else x[:, logits_from:]
+        if cfg.tie_embeddings:
+            logits = tied_logits(x, params["embed"], delta.get("embed"))
+        else:
+            logits = linear(x, params["lm_head"], delta.get("lm_head"))
     return logits.astype(jnp.float32), cache
+
+
+def first_scored(width: int, scored: int) -> int:
+    """Column s of the first scored token of (B, ``width``) sequences whose last ``scored`` tokens are
+    scored, i.e. the last ``scored`` of the width − 1 next-token predictions: s = width − scored. The logits
+    scoring them start at column s − 1 (``logits_from(first=s - 1)``). Prompt (width P) ++ completion
+    (M tokens, ``loss_mask`` (B, M)): s = P. The one place this position is computed (static ints)."""
+    if not 0 <= scored < width:
+        raise ValueError(f"{scored} scored tokens in sequences of width {width}: at most width − 1 can be scored")
+    return width - scored
 
 
 def positions_from_mask(mask):
