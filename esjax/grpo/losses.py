@@ -38,17 +38,28 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
+def advantages_group(r, std_ddof: int, eps: float):
+    return (r - r.mean(1, keepdims=True)) / (r.std(1, ddof=std_ddof, keepdims=True) + eps)
+
+
+def advantages_batch(r, std_ddof: int, eps: float):
+    return (r - r.mean(1, keepdims=True)) / (r.std(ddof=std_ddof) + eps)
+
+
+def advantages_none(r, std_ddof: int, eps: float):
+    return r - r.mean(1, keepdims=True)
+
+
+# Registries by name (GRPOConfig.scale_rewards / kl_estimator / loss_aggregation): a new entry is a pure
+# function with the same signature, added here or by ``TABLE[name] = fn`` before the config is built.
+ADVANTAGE_SCALES = {"group": advantages_group, "batch": advantages_batch, "none": advantages_none}
+
+
 def group_advantages(rewards, scale: str = "group", std_ddof: int = 1, eps: float = 1e-6):
-    """rewards: (P, G) → advantages (P, G)."""
-    r = jnp.asarray(rewards, jnp.float32)
-    centered = r - r.mean(1, keepdims=True)
-    if scale == "group":
-        return centered / (r.std(1, ddof=std_ddof, keepdims=True) + eps)
-    if scale == "batch":
-        return centered / (r.std(ddof=std_ddof) + eps)
-    if scale == "none":
-        return centered
-    raise ValueError(f"unknown advantage scale {scale!r} (group, batch, none)")
+    """rewards: (P, G) → advantages (P, G) by ``ADVANTAGE_SCALES[scale](r, std_ddof, eps)``."""
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"unknown advantage scale {scale!r}; choose from {sorted(ADVANTAGE_SCALES)}")
+    return ADVANTAGE_SCALES[scale](jnp.asarray(rewards, jnp.float32), std_ddof, eps)
 
 
 def kl_k1(logp, ref_logp):
