@@ -1,6 +1,6 @@
 """Evaluation of params on a task: accuracy and mean reward, by greedy decoding (the seeds' protocol) or,
 for multiple-choice probes (``task.choice_letters``, e.g. MMLU), by the argmax over the choice letters of
-the next-token log-probability, max(log p("A"), log p(" A")) (paper 2's MMLU rule, seeds brief §C.7)."""
+the next-token log-probability, max(log p("A"), log p(" A")) (paper 2's MMLU rule, docs/protocols.md#c7)."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,4 @@
-"""Continual learning: each method trained in turn on a sequence of tasks (seeds brief §D).
+"""Continual learning: each method trained in turn on a sequence of tasks (docs/protocols.md#d).
 
 Stage s fine-tunes the previous stage's learner state on task s (params *and* optimizer moments carry over,
 as in paper 1, unless ``reset_optimizer``; the learning-rate schedule restarts per task, as paper 1 builds

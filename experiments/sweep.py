@@ -1,6 +1,6 @@
 """Drift vs population size, learning rate and forgetting-aware ES variants, in one command.
 
-The theory (seeds brief §F.2) says ES drift ‖Δθ_T‖ ≈ α√(T·d·f/N) grows with α and T and shrinks with N
+The theory (docs/protocols.md#f2) says ES drift ‖Δθ_T‖ ≈ α√(T·d·f/N) grows with α and T and shrinks with N
 (f = the logged noise-energy factor, 1 for z-scores without antithetic pairs). This sweeps ES over
 ``--populations`` × ``--alphas`` × ``--variants`` (plus GRPO as the reference), each run from the same
 base model under the preset, and reports side by side: task accuracy before → after, forgetting on the

@@ -148,7 +148,7 @@ def test_param_filter_restricts_update():
 
 
 def test_update_norm_follows_random_walk_theory():
-    """fp32 ES with pure-noise fitness on d = 1e5: E‖θ_T − θ_0‖² = α² T d / N (seeds brief §F.2)."""
+    """fp32 ES with pure-noise fitness on d = 1e5: E‖θ_T − θ_0‖² = α² T d / N (docs/protocols.md#f2)."""
     d, N, T, alpha = 100_000, 10, 20, 1e-2
     cfg = ESConfig(population_size=N, sigma=1e-3, alpha=alpha)
     state = init_state({"x": jnp.zeros((d,))}, jax.random.key(0), cfg)
@@ -209,7 +209,7 @@ def test_kl_penalty_is_measured_against_the_base_model(tokenizer):
 
 
 def test_inplace_16bit_simulation_reproduces_the_seeds_rounding():
-    """Seeds brief §A.4: per-seed adds of size (α/N)|zε| ≈ 1.7e-5 mostly round away in bf16 at |w| ≈ 0.02
+    """docs/protocols.md#a4: per-seed adds of size (α/N)|zε| ≈ 1.7e-5 mostly round away in bf16 at |w| ≈ 0.02
     (ulp 1.2e-4), less so in fp16 (8× finer); perturb/restore alone is not invertible in 16 bits."""
     d, N = 20_000, 30
     w = jax.random.normal(jax.random.key(1), (d,)) * 0.02

@@ -1,4 +1,4 @@
-"""The seeds' tasks and probes (seeds brief §C): loaders for every local format (parquet, save_to_disk,
+"""The seeds' tasks and probes (docs/protocols.md#c): loaders for every local format (parquet, save_to_disk,
 JSONL, split slices), each paper's prompt and reward rule including its documented quirks, and the
 multiple-choice log-prob scorer."""
 import os

@@ -1,4 +1,4 @@
-"""Linear mode connectivity and direction probes (paper 1, seeds brief §E.5).
+"""Linear mode connectivity and direction probes (paper 1, docs/protocols.md#e5).
 
 θ(λ) = (1 − λ) θ_a + λ θ_b;  barrier B = max_λ [(1 − λ) f(θ_a) + λ f(θ_b) − f(θ(λ))] for a score f that
 is higher-is-better (accuracy, reward); B ≤ 0 means no barrier. Direction probes evaluate

@@ -1,4 +1,4 @@
-"""Geometry of a fine-tuning update Δθ = θ_ft − θ_base (seeds brief §E.1–E.3), on params pytrees.
+"""Geometry of a fine-tuning update Δθ = θ_ft − θ_base (docs/protocols.md#e1–#e3), on params pytrees.
 
 * ℓ2 norms: global, per leaf, per (layer, bucket); the tied embedding counted once (paper 1, vLLM) or
   twice (paper 2, HF ``state_dict`` with ``lm_head``) via ``count_tied_twice``.

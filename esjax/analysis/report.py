@@ -25,7 +25,7 @@ from esjax.tasks import get_task
 from esjax.tasks.probes import probe_sets
 from esjax.trees import leaf_paths, leaf_selection
 
-# The seeds' headline numbers, for the report (seeds brief §G).
+# The seeds' headline numbers, for the report (docs/protocols.md#g).
 SEED_FIGURES = {
     "ES/GRPO update-norm ratio": "87–107× (paper 1, Qwen3-4B, Table 3); ≈1000× (paper 2, Qwen2.5-1.5B)",
     "ES update norm": "87.28 after 100 it. (paper 1); ≈88 after 500 it. (paper 2)",

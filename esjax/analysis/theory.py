@@ -1,4 +1,4 @@
-"""Analytical ES theory (paper 1, reconstructed in seeds brief §F.2), as pure functions.
+"""Analytical ES theory (paper 1, reconstructed in docs/protocols.md#f2), as pure functions.
 
 Notation: N population, σ noise scale, α step size (1/σ folded in), d parameters, T iterations,
 g the task gradient, η reward noise, ρ = σ‖g‖ / √(σ²‖g‖² + Var η) the reward–noise correlation.

@@ -8,7 +8,7 @@ sparsity and cosines are exact (no sampling noise in them), so their rules are t
 * ``THEORY_TOLERANCE`` = 0.05: "norm = theory" means |measured/predicted − 1| ≤ 5 % (paper 1: 0.5 %;
   es-awd: 0.2–3.5 %).
 
-Findings (seeds brief §G) and rules, with [lo, hi] the interval of the named difference:
+Findings (docs/protocols.md#g) and rules, with [lo, hi] the interval of the named difference:
 
 1. ES ≈ GRPO accuracy (paper 1: ES matches or beats GRPO): δ = acc_ES − acc_GRPO after training;
    reproduced if lo > −margin, contradicted if hi < −margin, else inconclusive.

@@ -4,7 +4,7 @@ Member n of iteration t uses the key ``fold_in(fold_in(base, t), n)`` (``n // 2`
 whose odd member takes the negated noise). Leaf i of the params pytree draws from
 ``fold_in(member_key, i)``, so every tensor — every layer, since layers are separate leaves — gets
 independent noise. ``correlated=True`` reproduces the seeds' PyTorch bug instead (one key for every
-leaf: same-shaped tensors share noise; seeds brief §A.3): for fidelity studies only.
+leaf: same-shaped tensors share noise; docs/protocols.md#a3): for fidelity studies only.
 
 The draws of the two registered noise schemes (:mod:`esjax.es.schemes`), both with unit-variance entries
 so ``σ`` means the same thing:

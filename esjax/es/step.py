@@ -6,7 +6,7 @@ antithetic pairs, else +1). Given fitness f (higher is better) and shaped weight
     g_t = (1/N) Σ_n z_n s_n E_n          (noise regenerated from the seeds, never stored)
     θ_{t+1} = θ_t + α g_t                (optimizer="sgd": exactly Qiu et al. Alg. 2)
 
-Scaling convention (references disagree, seeds brief §A.1): the textbook 1/σ is folded into α, there is
+Scaling convention (references disagree, docs/protocols.md#a1): the textbook 1/σ is folded into α, there is
 no √N (unlike EGGROLL) and no weight decay. ``optimizer="adam"`` feeds −g to ``optax.adam(α)`` instead.
 The full-rank sum regenerates one member at a time (memory = one noise copy); the low-rank sum is
 Σ_n z_n s_n A_n B_nᵀ/√r = [A_1…A_N]·diag(z s)·[B_1…B_N]ᵀ/(√r N), one (n_in × N·r)·(N·r × n_out) matmul.
@@ -134,7 +134,7 @@ def estimate_gradient(params, state_key, iteration, weights, cfg: ESConfig):
 
 
 def inplace_update(params, state_key, iteration, z, cfg: ESConfig):
-    """The seeds' 16-bit in-place arithmetic (seeds brief §A.4), for measuring its effect on norms and
+    """The seeds' 16-bit in-place arithmetic (docs/protocols.md#a4), for measuring its effect on norms and
     sparsity. With rd(·) rounding to ``cfg.inplace_dtype`` and the weights held at 16-bit values:
     every member's perturb/restore leaves its rounding residue, θ ← rd(rd(θ + rd(σ s_n ε_n)) − rd(σ s_n ε_n)),
     then the update is N sequential adds θ ← rd(θ + rd((α/N) z_n s_n ε_n)) (paper 1 / Qiu-accelerated).

@@ -36,7 +36,7 @@ from esjax.models.decoder import first_scored, logits_from, token_logprobs
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """Defaults follow paper 1's code (seeds brief §B.1): G 8, β 0 (k3 KL tracked), clip 0.2, one update
+    """Defaults follow paper 1's code (docs/protocols.md#b1): G 8, β 0 (k3 KL tracked), clip 0.2, one update
     per batch, ddof-1 std, per-sequence token-mean, AdamW lr 3e-6, no weight decay, grad clip 1.0."""
 
     group_size: int = 8
@@ -127,7 +127,7 @@ class GRPOState:
 
 def restart_schedule(opt_state):
     """A fresh learning-rate schedule with the AdamW moments (and their bias-correction count) kept: what
-    paper 1 does at every new task of a sequence (new LambdaLR, same torch AdamW state; seeds brief §B.1)."""
+    paper 1 does at every new task of a sequence (new LambdaLR, same torch AdamW state; docs/protocols.md#b1)."""
     return jax.tree.map(lambda s: s._replace(count=jnp.zeros_like(s.count)) if isinstance(s, optax.ScaleByScheduleState) else s,
                         opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByScheduleState))
 

@@ -1,7 +1,7 @@
 """Named run presets, one module each (``PRESET``: a dict of :class:`esjax.config.RunConfig` fields).
 
 ``cpu-quick`` and ``tiny`` are esjax's own; ``paper1``, ``paper2`` and ``qiu`` reproduce the seed
-papers' setups knob for knob, every value cited to ``shared/reference/seeds.md`` (§ numbers) in its
+papers' setups knob for knob, every value cited to ``docs/protocols.md`` (§ numbers: its sections) in its
 module; ``docs/presets.md`` tabulates them. Model and data are local: ``--set model=hf:/path/to/ckpt``
 and ``--set data_root=/path/to/data`` (task ``path`` values are relative to it).
 """

@@ -1,4 +1,4 @@
-"""``paper1``: "Matching Accuracy, Different Geometry" (code Bhoy1/ESvsGRPO @43eed8c), seeds brief §A–D.
+"""``paper1``: "Matching Accuracy, Different Geometry" (code Bhoy1/ESvsGRPO @43eed8c), docs/protocols.md#a–#d.
 
 Sequential Countdown → MATH → SciKnowEval-Chemistry → BoolQ (§D.1) on Qwen3-4B-Instruct-2507, one cycle,
 no replay, no KL penalty. Text vs code (§J): σ/α follow the text (1.5e-3 / 7.5e-4; the measured norms

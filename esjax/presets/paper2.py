@@ -1,5 +1,5 @@
-"""``paper2``: "ES lead to catastrophic forgetting" (code akshat57/es-catastrophic @565029a), seeds brief
-§A.2, §B.2, §C.1–C.4, §C.7, §D.2.
+"""``paper2``: "ES lead to catastrophic forgetting" (code akshat57/es-catastrophic @565029a), docs/protocols.md
+#a2, #b2, #c1–#c4, #c7, #d2.
 
 Qwen2.5-1.5B-Instruct fine-tuned on Countdown only (Llama-3.2-1B-Instruct: ``--set
 model=hf:Llama-3.2-1B-Instruct``), forgetting read off HellaSwag along the run (checkpoints every 50 ES

@@ -1,5 +1,5 @@
 """``qiu``: "Evolution Strategies at Scale" (Qiu et al. 2025, VsonicV/es-fine-tuning-paper @523afc8), the
-common ancestor, seeds brief §A.1–A.2, §B.3, §C.1, §G.3.
+common ancestor, docs/protocols.md#a1–#a2, #b3, #c1, #g3.
 
 Countdown with the raw TinyZero string (no chat template, ending ``<think>``), the first 200 items of
 ``countdown.json`` for training and the last 2,000 for test (``--eval_offset -2000``); N 30, σ 1e-3,

@@ -1,4 +1,4 @@
-"""BoolQ yes/no reading comprehension (paper 1, ``tasks/boolq.py``; seeds brief §C.6).
+"""BoolQ yes/no reading comprehension (paper 1, ``tasks/boolq.py``; docs/protocols.md#c6).
 
 Rows of ``google/boolq``: ``question``, ``passage``, ``answer`` (bool). Paper 1 trains on the first 200 of
 ``train`` and tests on the first 2,000 of ``validation`` (``order="file"``). Reward, paper 1's rule

@@ -1,4 +1,4 @@
-"""SciKnowEval-Chemistry 4-choice MCQ (paper 1, ``tasks/chemistry.py``; seeds brief §C.5).
+"""SciKnowEval-Chemistry 4-choice MCQ (paper 1, ``tasks/chemistry.py``; docs/protocols.md#c5).
 
 Rows of ``hicai-zju/SciKnowEval`` (config v2, split ``test``): ``question``, ``choices`` =
 {``text``: [4], ``label``: [A–D]}, ``answerKey``, ``domain``, ``type``. Kept: ``domain == "Chemistry"`` and

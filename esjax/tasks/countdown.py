@@ -1,4 +1,4 @@
-"""Countdown: reach a target from 3–4 numbers with + − × ÷, each number used once (seeds brief §C.1).
+"""Countdown: reach a target from 3–4 numbers with + − × ÷, each number used once (docs/protocols.md#c1).
 
 Examples are generated procedurally (default) or read from local data (``path=``: rows with
 ``nums``/``numbers`` and ``target``, e.g. ``Jiayi-Pan/Countdown-Tasks-3to4`` or the seeds'

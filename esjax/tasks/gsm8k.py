@@ -10,7 +10,7 @@ never match a gold "1,234").
 ``reward="numeric"`` (default, esjax's rule): the answer is, in order, ``#### N``, the last ``\\boxed{N}``,
 the last ``<answer>N</answer>``, else the last number, all read from the last 4,000 characters (a
 bounded window); correct iff numerically equal (exact rationals).
-``reward="string_match"``: paper 2's exact-string rule (:mod:`esjax.tasks.hashmark`, seeds brief §C.2).
+``reward="string_match"``: paper 2's exact-string rule (:mod:`esjax.tasks.hashmark`, docs/protocols.md#c2).
 """
 from __future__ import annotations
 

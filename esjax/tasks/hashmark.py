@@ -1,4 +1,4 @@
-"""Paper 2's "####" protocol for GSM8K, MATH and OlympiadBench (seeds brief §C.2–C.4), and verl rows.
+"""Paper 2's "####" protocol for GSM8K, MATH and OlympiadBench (docs/protocols.md#c2–#c4), and verl rows.
 
 Prompt: the question + ``SUFFIX`` as the single user message. Reward (es-catastrophic@565029a
 ``gsm8k_reward.my_reward_fn``, binary): take the last 300 characters (a bounded window: the work does not

@@ -1,4 +1,4 @@
-"""HellaSwag probe (paper 2, ``evaluation_script.py``; seeds brief §C.7): a prior-ability test, never trained on.
+"""HellaSwag probe (paper 2, ``evaluation_script.py``; docs/protocols.md#c7): a prior-ability test, never trained on.
 
 Rows of ``hellaswag`` (split ``validation``): ``activity_label``, ``ctx_a``, ``ctx_b``, ``endings`` (4),
 ``label``. Every ``stride``-th item (paper 2: 10, i.e. 1,005 items) in file order; each item's endings are

@@ -1,4 +1,4 @@
-"""IFEval, prompt-level strict accuracy (paper 1's hold-out, seeds brief §C.7).
+"""IFEval, prompt-level strict accuracy (paper 1's hold-out, docs/protocols.md#c7).
 
 Rows of ``google/IFEval``: ``key``, ``prompt``, ``instruction_id_list``, ``kwargs`` (one dict per
 instruction). The checkers are Google's, as packaged by ``lm-eval`` (``lm_eval.tasks.ifeval``; install

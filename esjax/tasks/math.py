@@ -9,7 +9,7 @@ Reward (binary):
   :func:`normalize` (``\\dfrac``→``\\frac``, ``\\left``/``\\right``, spacing, ``$``, ``\\%``, degrees,
   ``\\text{units}``), or numerically equal after a safe LaTeX → arithmetic translation (``\\frac``,
   ``\\sqrt``, ``^``) evaluated by :mod:`esjax.tasks.safe_arith`;
-- ``"paper1"``: paper 1's rule exactly (ESvsGRPO@43eed8c ``MATHTask.compute_reward``, seeds brief §C.3):
+- ``"paper1"``: paper 1's rule exactly (ESvsGRPO@43eed8c ``MATHTask.compute_reward``, docs/protocols.md#c3):
   :func:`paper1_extract` then :func:`paper1_equal`, quirks included (the ``\\frac{a}{b}`` reading is
   anchored at the start only, so ``\\frac{1}{2}\\text{ cm}``, ``\\frac{1}{2}.`` and ``\\frac{1}{2}\\pi``
   count as ½; ``\\fbox`` is not read; ``float()`` reads ``1e3`` and ``1_000``);

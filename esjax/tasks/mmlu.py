@@ -1,4 +1,4 @@
-"""MMLU probe (paper 2's optional flag; paper 1's hold-out; seeds brief §C.7).
+"""MMLU probe (paper 2's optional flag; paper 1's hold-out; docs/protocols.md#c7).
 
 Rows of ``cais/mmlu`` ("all"): ``question``, ``subject``, ``choices`` (4), ``answer`` (0–3 or a letter).
 Each test question is preceded by ``shots`` solved questions of the same subject from the ``dev`` split, in

@@ -1,4 +1,4 @@
-"""OlympiadBench (paper 2 only, seeds brief §C.4): the "####" prompt and exact-string reward of
+"""OlympiadBench (paper 2 only, docs/protocols.md#c4): the "####" prompt and exact-string reward of
 :mod:`esjax.tasks.hashmark`. Rows: paper 2's verl parquet, or OlympiadBench's own ``question`` /
 ``final_answer`` (a list; its first entry is the reference)."""
 from __future__ import annotations

@@ -8,7 +8,7 @@ Users hold data locally (no downloads at run time). :func:`read_split` reads one
 - tensorflow-datasets from a local ``data_dir`` (``source="tfds"``, imported lazily, never downloads).
 
 A *split spec* ``"name[a:b]"`` takes rows a..b of split ``name`` in file order: paper 1 carves its train
-and test sets out of one HF split (seeds brief §C.1, §C.5), e.g. ``{"train": "train[0:200]",
+and test sets out of one HF split (docs/protocols.md#c1, #c5), e.g. ``{"train": "train[0:200]",
 "test": "train[200:2200]"}``; ``name`` may also be a file inside the folder (``"countdown.json[-2000:]"``). Rows are validated as they are read; a malformed row raises
 :class:`~esjax.tasks.base.DatasetError` naming the file and row, or, with ``skip_malformed``, is counted
 in ``task.skipped`` (never silently dropped).
