@@ -50,7 +50,7 @@ class RunConfig:
     checkpoint_every: int = 10
     use_mesh: bool = True  # shard over all local/global devices
     logger: str = "jsonl"  # "jsonl": metrics.jsonl only; "tensorboard": also <run>/tensorboard/ event files
-    compute_dtype: str = "float32"  # activations, KV cache, decode weights (esjax.models.precision); master θ stays fp32
+    compute_dtype: str = "float32"  # activations, KV cache, decode weights (esjax.models.precision); θ stays fp32
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
