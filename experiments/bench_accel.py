@@ -232,7 +232,6 @@ class Bench:
             _, t = wall(lambda: es_update(state2, fit, cfg))
             self.add(f"ES update {noise}, N={cfg.population_size}", f"first call {first:.1f} s, run {t:.3f} s", "",
                      None, "compile <= 20 s, run <= 1 s", first_s=first, run_s=t)
-            del state, state2
 
     def grpo(self):
         from esjax.grpo.step import GRPOConfig, grpo_step
@@ -254,7 +253,6 @@ class Bench:
         self.add(f"GRPO learner {B} seqs x {P + M} tokens, micro-batch {a.grpo_micro}",
                  f"{t:.2f} s (first call {first:.0f} s)", "bf16 peak" if self.peaks else "no peak figures",
                  mfu, ">= 0.50x of peak", mfu=mfu)
-        del state
 
     def n1024(self):
         a = self.args

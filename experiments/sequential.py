@@ -12,7 +12,7 @@ import os
 
 from esjax.analysis.report import perturbed_dimension
 from esjax.analysis.sequential_report import analyze_sequence, write_sequential_report
-from esjax.models.registry import load_model
+from esjax.runs import load_run_model
 from esjax.sequential import run_sequence
 from experiments.cli import dry_run, parser, setup
 
@@ -28,7 +28,7 @@ def main(argv=None):
     tasks = args.tasks.split(",") if args.tasks else list(cfg.sequence or ("arithmetic", "arithmetic-word"))
     if args.dry_run:
         return dry_run(cfg, tasks, not args.no_probe)
-    model = load_model(cfg.model_spec(), seed=cfg.seed)
+    model = load_run_model(cfg)  # compute_dtype as the config says
     d = perturbed_dimension(model.params, cfg)
     per = {}
     for m in args.methods.split(","):

@@ -28,8 +28,7 @@ from esjax.analysis.report import perturbed_dimension
 from esjax.analysis.theory import drift_theory_of_run
 from esjax.checkpoint import load_params
 from esjax.config import build_config
-from esjax.models.registry import load_model
-from esjax.runs import evaluate_all, run_method
+from esjax.runs import evaluate_all, load_run_model, run_method
 from esjax.tasks.probes import GeneralChat, general_examples
 from experiments.cli import parser, setup
 
@@ -118,7 +117,7 @@ def main(argv=None):
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
-    model = load_model(cfg.model_spec(), seed=cfg.seed)
+    model = load_run_model(cfg)  # compute_dtype as the config says
     base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
     alphas = args.alphas.split(",") if args.alphas else [repr(cfg.es.alpha)]
     rows = []

@@ -28,12 +28,15 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     the update's) in chunks of ``cfg.chunk_size`` members, or as many as fit (:func:`auto_chunk_size`)."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
+    if cfg.awd_lambda and base_params is None:
+        raise ValueError("ESConfig.awd_lambda > 0 needs base_params, the anchor the weights decay toward")
     shards = 1 if mesh is None else mesh.shape[POP]
     population = functools.lru_cache(maxsize=None)(  # one compiled population per prompt layout
         lambda prefix_len, width: population_fn(
             lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len), cfg,
             auto_chunk_size(model_cfg, cfg, batch_size, width, max_new_tokens), mesh, dtype=model_cfg.dtype))
-    update = functools.partial(es_update, cfg=cfg)  # per-leaf-shape programs: compiles in seconds at LLM scale
+    update = functools.partial(es_update, cfg=cfg,  # per-leaf-shape programs: compiles in seconds at LLM scale
+                               anchor=base_params if cfg.awd_lambda else None)
     members = member_ids(cfg.population_size, shards)
     N = cfg.population_size
 
@@ -66,6 +69,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         jax.block_until_ready(state.params)
         t3 = time.perf_counter()
         metrics.update({k: float(v) for k, v in m.items()})
+        # what rebuilds this update exactly from the previous params (es.replay): the base noise key and fitness
+        metrics.update(es_key=np.asarray(jax.random.key_data(state.key)).tolist(), es_fitness=np.asarray(fitness).tolist())
         metrics.update(rollout_metrics(rewards, correct, gen.lengths, t0, t1, t2, t3),
                        reward_std=float(fitness.std()), reward_max=float(fitness.max()),
                        reward_min=float(fitness.min()), zero_variance=float(fitness.std() == 0),

@@ -80,10 +80,10 @@ def load_model(name: str = DEFAULT_MODEL, param_dtype: str = "float32", compute_
         params = init_params(cfg, jax.random.key(seed))
         tok = smollm2_tokenizer() if with_tokenizer else None
     elif name.startswith("hf:"):
-        from esjax.models.hf import load_hf_checkpoint
+        from esjax.models.hf import load_hf_checkpoint, load_hf_tokenizer
 
         params, cfg = load_hf_checkpoint(name[3:], **dtypes)
-        tok = AutoTokenizer.from_pretrained(name[3:]) if with_tokenizer else None
+        tok = load_hf_tokenizer(name[3:]) if with_tokenizer else None  # a named error if its files are missing
     elif name.startswith("gguf:"):
         from esjax.models.gguf_loader import load_gguf
 
