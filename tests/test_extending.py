@@ -9,10 +9,10 @@ import pytest
 from esjax.analysis import geometry as geo
 from esjax.grpo import losses
 from esjax.grpo.step import GRPOConfig
+from esjax.tasks import base as task_base
 from esjax.tasks.base import Example, Reward, Task, get_task, register, task_names
 
 
-@register("fixed-reward-test")
 class FixedReward(Task):
     """Each example carries its reward (0.25 or 0.75) whatever the completion: the learners must log the
     example's reward for every sample of it."""
@@ -32,16 +32,21 @@ def weights_token_mean_x2(mask):
     return 2 * mask / jnp.maximum(mask.sum(), 1)
 
 
-losses.LOSS_AGGREGATION["token_mean_x2-test"] = weights_token_mean_x2
-
-
 def advantages_rank(r, std_ddof, eps):
     """Centred within-group ranks (0..G-1 minus their mean): a rank-based advantage."""
     ranks = jnp.argsort(jnp.argsort(r, 1), 1).astype(jnp.float32)
     return ranks - ranks.mean(1, keepdims=True)
 
 
-losses.ADVANTAGE_SCALES["rank-test"] = advantages_rank
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    """The registrations a user's module makes at import, undone after each test (other test files
+    enumerate the registries)."""
+    monkeypatch.setattr(task_base, "_REGISTRY", dict(task_base._REGISTRY))
+    register("fixed-reward-test")(FixedReward)
+    monkeypatch.setitem(losses.LOSS_AGGREGATION, "token_mean_x2-test", weights_token_mean_x2)
+    monkeypatch.setitem(losses.ADVANTAGE_SCALES, "rank-test", advantages_rank)
 
 
 def test_a_task_defined_here_runs_es_and_grpo_iterations(tokenizer):
