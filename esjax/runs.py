@@ -39,8 +39,10 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from esjax import streams
+from esjax.results import (json_safe, read_metrics, read_summary, require_complete,  # noqa: F401  (re-exported)
+                           safe_row, write_json)
 from esjax.checkpoint import RunCheckpointer, save_params
 from esjax.config import RunConfig, from_dict
 from esjax.es.step import init_state as es_init
@@ -76,59 +78,6 @@ def batch_indices(pool: int, size: int, seed: int, iteration: int):
 def tree_distance(a, b) -> float:
     return float(jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32) - y.astype(jnp.float32)))
                               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))))
-
-
-def json_safe(obj):
-    """``obj`` with every non-finite float replaced by None (JSON null); (obj, dotted keys replaced)."""
-    bad = []
-
-    def walk(x, key):
-        if isinstance(x, dict):
-            return {k: walk(v, f"{key}.{k}" if key else str(k)) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [walk(v, f"{key}[{i}]") for i, v in enumerate(x)]
-        if isinstance(x, (float, np.floating)) and not math.isfinite(x):
-            bad.append(key)
-            return None
-        return x.item() if isinstance(x, np.generic) else x
-
-    return walk(obj, ""), bad
-
-
-def safe_row(row: dict) -> dict:
-    """A metrics row / summary as strict JSON: non-finite values → null, listed under ``non_finite``."""
-    out, bad = json_safe(row)
-    if bad:
-        out["non_finite"] = bad
-    return out
-
-
-def write_json(path: str, obj) -> None:
-    """Strict JSON (no NaN/inf: see :func:`safe_row`), written atomically."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-    os.replace(path + ".tmp", path)
-
-
-def read_summary(run_dir: str) -> dict:
-    """``summary.json`` of a run folder; ``{"status": "missing"}`` if the run never wrote one."""
-    path = os.path.join(run_dir, "summary.json")
-    if not os.path.exists(path):
-        return {"status": "missing"}
-    with open(path) as f:
-        return json.load(f)
-
-
-def require_complete(run_dir: str) -> dict:
-    """The summary of a finished run, or a ValueError naming the folder and its status (analysis refuses
-    incomplete or failed runs: their params are missing, stale or broken)."""
-    s = read_summary(run_dir)
-    status = s.get("status", "unknown (summary.json without a status: written by an older esjax)")
-    if status != "complete":
-        why = f": {s['error']}" if s.get("error") else ""
-        raise ValueError(f"run {run_dir} is not complete (status {status}{why}); finish it by rerunning the same "
-                         f"command, or analyse another folder")
-    return s
 
 
 def tensorboard_scalars(row: dict) -> dict:
@@ -314,16 +263,16 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
     root = jax.random.key(cfg.seed)
     base = model.params
     if method == "es":
-        state = initial_state or es_init(base, jax.random.fold_in(root, 1), cfg.es)
+        state = initial_state or es_init(base, jax.random.fold_in(root, streams.ES_NOISE), cfg.es)
         iterate = make_es_iteration(model.cfg, model.tokenizer, task, cfg.es, max_new, cfg.es_batch, mesh,
                                     base_params=base)
         per_step = cfg.es_batch
 
         def step(state, t):
             exs = [pool[i] for i in batch_indices(len(pool), per_step, cfg.seed, t)]
-            return iterate(state, exs, jax.random.fold_in(jax.random.fold_in(root, 2), t))
+            return iterate(state, exs, jax.random.fold_in(jax.random.fold_in(root, streams.ES_SAMPLING), t))
     else:
-        state = initial_state or grpo_init(base, jax.random.fold_in(root, 3), cfg.grpo)
+        state = initial_state or grpo_init(base, jax.random.fold_in(root, streams.GRPO), cfg.grpo)
         ref = base if cfg.grpo.beta > 0 or cfg.grpo.track_kl else None  # the KL penalty, or the KL logged
         iterate = make_grpo_iteration(model.cfg, model.tokenizer, task, cfg.grpo, max_new, ref, mesh)
         per_step = cfg.grpo.prompts_per_step
@@ -400,11 +349,6 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
                         "update_norm": history[-1].get("update_norm_from_base", 0.0)})
     write_json(os.path.join(run_dir, "summary.json"), summary)
     return summary, state
-
-
-def read_metrics(run_dir: str):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def strip_timing(rows):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from esjax.analysis.geometry import BUCKETS
-from esjax.runs import read_metrics
+from esjax.results import read_metrics
 
 
 def _heatmap(ax, table, title):

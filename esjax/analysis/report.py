@@ -11,6 +11,7 @@ from typing import Dict
 import jax
 import numpy as np
 
+from esjax import streams
 from esjax.analysis import connectivity as lmc
 from esjax.analysis import geometry as geo
 from esjax.analysis import theory as th
@@ -20,7 +21,7 @@ from esjax.analysis.intervals import KL_ESTIMATOR, interval_tests
 from esjax.checkpoint import load_params
 from esjax.config import RunConfig
 from esjax.evaluation import evaluate
-from esjax.runs import read_metrics, require_complete
+from esjax.results import require_complete
 from esjax.tasks import get_task
 from esjax.tasks.probes import probe_sets
 from esjax.trees import leaf_paths, leaf_selection
@@ -126,7 +127,7 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     res["interpolation"] = curves
     t_max = max(norms["es"]["once"], norms["grpo"]["once"])
     ts = np.linspace(0, t_max, 4)[1:]
-    rand = lmc.random_direction(base, jax.random.fold_in(key, 99))
+    rand = lmc.random_direction(base, jax.random.fold_in(key, streams.RANDOM_DIRECTION))
     res["direction_probes"] = {"t": [0.0, *ts.tolist()], **{
         name: [ends["base"], *lmc.direction_probe(score, base, d, ts).tolist()]
         for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from esjax.grpo.losses import KL_ESTIMATORS, LOSS_AGGREGATION, per_token_loss
+from esjax.grpo.losses import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_AGGREGATION, per_token_loss
 from esjax.models.decoder import first_scored, logits_from, token_logprobs
 
 
@@ -95,8 +95,8 @@ class GRPOConfig:
             raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
         if self.loss_aggregation not in LOSS_AGGREGATION:
             raise ValueError(f"unknown loss_aggregation {self.loss_aggregation!r}; choose from {sorted(LOSS_AGGREGATION)}")
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.scale_rewards not in ADVANTAGE_SCALES:
+            raise ValueError(f"unknown scale_rewards {self.scale_rewards!r}; registered: {sorted(ADVANTAGE_SCALES)}")
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(f"lr_schedule must be constant or linear, got {self.lr_schedule!r}")
         if self.mini_batch_prompts < 0 or self.mini_batch_prompts > self.prompts_per_step:

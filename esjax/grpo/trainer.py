@@ -9,7 +9,6 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from esjax.cost import pass_counts
