@@ -104,14 +104,6 @@ def member_perturbation(params, state_key, iteration, member, cfg: ESConfig, sca
     return get_scheme(cfg.noise).perturbation(params, key, scale * sign, leaf_selection(params, cfg.param_filter), cfg)
 
 
-def perturbed_params(params, state_key, iteration, member, cfg: ESConfig, dtype=None):
-    """θ + σ s_n E_n materialised (any scheme; low-rank factors are multiplied out), in ``dtype`` (default:
-    the params'). For tests and analysis: populations run members through :func:`esjax.es.population.member_output`."""
-    from esjax.es.noise import densify
-    eps = densify(member_perturbation(params, state_key, iteration, member, cfg, cfg.sigma))
-    return jax.tree.map(lambda p, e: (p if e is None else p + e).astype(dtype or p.dtype), params, eps)
-
-
 @functools.lru_cache(maxsize=None)
 def _leaf_gradient_program(cfg: ESConfig):
     """Leaf i of g as a program compiled once per leaf shape (i, key, iteration and weights are inputs)."""
