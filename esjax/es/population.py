@@ -85,11 +85,8 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
     def f(state, members, *args):
         if prepare is None:
             return compiled(len(args))(state, members, *args)
-        cast = any(x.dtype != dtype for x in jax.tree.leaves(state.params))  # else no copy (CPU, fp32)
-        shared = share(state.params, dtype) if cast else state.params
+        shared = scheme.shared_params(state.params, dtype)  # cast by its own program: the weights arrive cast
         return compiled(len(args))(shared, members, prepare(state, members), *args)
-
-    share = jax.jit(scheme.shared_params, static_argnames="dtype")  # its own program: the weights arrive cast
 
     def lower(state, members, *args) -> dict:
         """{program name: ``jax.stages.Lowered``} of what ``f`` runs, for abstract inputs (``jax.ShapeDtypeStruct``
@@ -98,7 +95,8 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
             return {"population": compiled(len(args)).lower(state, members, *args)}
         shared = jax.eval_shape(functools.partial(scheme.shared_params, dtype=dtype), state.params)
         deltas = jax.eval_shape(prepare, state, members)
-        return {"cast weights": share.lower(state.params, dtype), **prepare.lower(state, members),
+        return {"cast weights": jax.jit(functools.partial(scheme.shared_params, dtype=dtype)).lower(state.params),
+                **prepare.lower(state, members),
                 "population": compiled(len(args)).lower(shared, members, deltas, *args)}
 
     f.lower = lower

@@ -22,15 +22,21 @@ import functools
 import jax
 
 
+def cast_params(tree, dtype):
+    """``tree`` with every array leaf (LowRank factors included; ``None`` stays ``None``) in ``dtype``: the
+    same arrays when they already are, else one cast copy made by its own compiled program (so a generating
+    program receives them cast). Traceable: inside ``jit`` the cast inlines."""
+    dtype = jax.numpy.dtype(dtype)
+    if all(x.dtype == dtype for x in jax.tree.leaves(tree)):
+        return tree
+    return _cast(tree, dtype)
+
+
 def compute_params(params, cfg):
-    """``params`` with every leaf in ``cfg.dtype`` (the compute dtype): the same arrays when they already
-    are, else one cast copy made by its own compiled program (so a generating program receives them cast)."""
-    dtype = cfg.dtype
-    if all(x.dtype == dtype for x in jax.tree.leaves(params)):
-        return params
-    return _cast(params, dtype)
+    """``params`` in ``cfg.dtype``, the model's compute dtype (:func:`cast_params`)."""
+    return cast_params(params, cfg.dtype)
 
 
 @functools.partial(jax.jit, static_argnames="dtype")
-def _cast(params, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype), params)
+def _cast(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype), tree)

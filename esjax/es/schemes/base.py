@@ -34,11 +34,6 @@ from esjax.es.noise import leaf_draws, leaf_key, member_key
 from esjax.models.delta import LowRank
 
 
-def cast_tree(tree, dtype):
-    """Every array leaf (LowRank factors included) cast to ``dtype``; ``None`` leaves stay ``None``."""
-    return jax.tree.map(lambda x: x.astype(dtype), tree)
-
-
 class NoiseScheme:
     """Base of every noise scheme (see the module docstring for the contract)."""
 
@@ -121,4 +116,4 @@ def get_scheme(name: str) -> NoiseScheme:
         raise ValueError(f"unknown noise scheme {name!r}; registered: {sorted(SCHEMES)}") from None
 
 
-__all__ = ["NoiseScheme", "DenseScheme", "LowRank", "SCHEMES", "register_scheme", "get_scheme", "cast_tree"]
+__all__ = ["NoiseScheme", "DenseScheme", "LowRank", "SCHEMES", "register_scheme", "get_scheme"]

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from esjax.es.noise import leaf_key, lowrank_draw_shape, lowrank_leaf, lowrank_noise, member_key, normal
-from esjax.es.schemes.base import NoiseScheme, cast_tree, register_scheme
+from esjax.es.schemes.base import NoiseScheme, register_scheme
+from esjax.models.precision import cast_params
 
 
 class LowRankScheme(NoiseScheme):
@@ -19,10 +20,10 @@ class LowRankScheme(NoiseScheme):
         return lowrank_noise(params, key, cfg.rank, scale, selection, cfg.correlated_noise)
 
     def shared_params(self, params, dtype):
-        return cast_tree(params, dtype)  # one compute-dtype copy per population call
+        return cast_params(params, dtype)  # one compute-dtype copy per population call (none on fp32)
 
     def member(self, shared, perturbation, dtype):
-        return shared, cast_tree(perturbation, dtype)
+        return shared, cast_params(perturbation, dtype)
 
     def leaf_perturbation(self, key, i, shape, scale, cfg):
         draw = normal(leaf_key(key, i, cfg.correlated_noise), lowrank_draw_shape(shape, cfg.rank))
