@@ -64,12 +64,18 @@ def leaf_normals(key, shapes: dict, correlated: bool = False) -> dict:
     return leaf_draws(key, shapes, correlated)
 
 
-def full_noise(params, key, selection=None, correlated: bool = False):
-    """ε ~ N(0, I) shaped like ``params`` (float32); unselected leaves are zeros."""
+def dense_noise(params, key, selection=None, correlated: bool = False, sample=normal, scale=None):
+    """``sample`` draws shaped like ``params`` (float32), times ``scale`` if given; unselected leaves are zeros."""
     leaves, treedef = jax.tree.flatten(params)
     selection = selection or [True] * len(leaves)
-    draws = leaf_normals(key, {i: x.shape for i, (x, s) in enumerate(zip(leaves, selection)) if s}, correlated)
-    return jax.tree.unflatten(treedef, [draws.get(i, jnp.zeros(x.shape, jnp.float32)) for i, x in enumerate(leaves)])
+    draws = leaf_draws(key, {i: x.shape for i, (x, s) in enumerate(zip(leaves, selection)) if s}, correlated, sample)
+    return jax.tree.unflatten(treedef, [(draws[i] if scale is None else scale * draws[i]) if i in draws
+                                        else jnp.zeros(x.shape, jnp.float32) for i, x in enumerate(leaves)])
+
+
+def full_noise(params, key, selection=None, correlated: bool = False):
+    """ε ~ N(0, I) shaped like ``params`` (float32); unselected leaves are zeros."""
+    return dense_noise(params, key, selection, correlated)
 
 
 def lowrank_draw_shape(shape, rank: int) -> tuple:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.es.noise import leaf_draws, leaf_key, member_key
+from esjax.es.noise import dense_noise, leaf_key, member_key
 from esjax.models.delta import LowRank
 
 
@@ -71,11 +71,7 @@ class DenseScheme(NoiseScheme):
         raise NotImplementedError
 
     def perturbation(self, params, key, scale, selection, cfg):
-        leaves, treedef = jax.tree.flatten(params)
-        draws = leaf_draws(key, {i: x.shape for i, (x, s) in enumerate(zip(leaves, selection)) if s},
-                           cfg.correlated_noise, self.sample)
-        return jax.tree.unflatten(treedef, [scale * draws[i] if i in draws else jnp.zeros(x.shape, jnp.float32)
-                                            for i, x in enumerate(leaves)])
+        return dense_noise(params, key, selection, cfg.correlated_noise, self.sample, scale)
 
     def leaf_perturbation(self, key, i, shape, scale, cfg):
         return scale * self.sample(leaf_key(key, i, cfg.correlated_noise), shape)
