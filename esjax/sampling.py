@@ -145,7 +145,7 @@ def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefi
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
-             greedy_rows=None, row_max_new=None) -> Generation:
+             greedy_rows=None, row_max_new=None, member_axis: Optional[str] = None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
     Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
     says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Step t's
@@ -155,7 +155,15 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     Pure and traceable: ``jax.jit``/``vmap`` it (see :func:`make_generate`). ``delta`` perturbs the
     weights inside every matmul (low-rank ES members); ``prefix_len`` (static) is the length of a prefix
     shared by every row (the layout of ``pad_prompts(..., prefix_len=...)``), prefilled once; ``group``
-    (static): rows come in runs of ``group`` copies of one prompt (GRPO groups), each prefilled once."""
+    (static): rows come in runs of ``group`` copies of one prompt (GRPO groups), each prefilled once.
+
+    ``member_axis`` (static): the name of a ``vmap`` axis this call runs under (ES members). The decode
+    loop then stops when every row of every instance along it is done, so its condition is one scalar
+    for the whole vmapped batch. Without it, vmap turns the loop into one whose condition is batched, and
+    XLA selects the whole carry, KV caches included, on every step and writes the caches at per-member
+    positions (a scatter and a copy instead of an in-place update), which dominated the low-rank
+    population's decode step in the H100 profile of docs/gpu.md. Tokens are unchanged (a finished row
+    only emits padding)."""
     B, P = tokens.shape
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {P} + {max_new_tokens} new tokens exceeds the model context "
@@ -170,7 +178,10 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
 
     def cond(s):
         t, _, _, _, _, done, _, _ = s
-        return (t < max_new_tokens) & ~jnp.all(done)
+        finished = jnp.all(done)
+        if member_axis is not None:  # one condition for every vmapped instance (see above)
+            finished = jax.lax.pmin(finished.astype(jnp.int32), member_axis) > 0
+        return (t < max_new_tokens) & ~finished
 
     def body(s):
         t, cache, last, out, logps, done, lengths, key = s

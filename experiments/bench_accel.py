@@ -214,7 +214,7 @@ class Bench:
 
     def es(self, per_member: int, kinds=("lowrank", "full")):
         a = self.args
-        for noise in kinds:
+        for noise in [k for k in kinds if k in a.noise.split(",")]:
             tps, first, chunk = self.population(noise, a.members, per_member, a.es_new)
             plain, _ = self.plain(a.members * per_member, a.es_new)
             target = {"lowrank": ">= 0.90x", "full": ">= 0.50x" if per_member >= 200 else ""}[noise]
@@ -313,6 +313,7 @@ def parse(argv=None):
     p.add_argument("--grpo-new", type=int, default=256)
     p.add_argument("--grpo-micro", type=int, default=16)
     p.add_argument("--paper2-direct", action="store_true")
+    p.add_argument("--noise", default="lowrank,full", help="noise schemes of the es16/es200 sections")
     a = p.parse_args(argv)
     a.compute_dtype = a.compute_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     a.new = a.new or (128 if a.quick else 256)

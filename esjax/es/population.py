@@ -5,8 +5,9 @@
 θ + σ s_n E_n`` formed once per member directly in the compute dtype and ``delta = None``; delta schemes
 (low-rank) give one shared compute-dtype copy of θ, cast once per call, and a ``delta`` (σ A_n B_nᵀ/√r)
 that the decoder applies inside its matmuls. Either way the decoder's loop reads weights in the compute
-dtype, never the fp32 master. :func:`population_fn` maps members with ``lax.map(..., batch_size=chunk)``
-(vmap within a chunk, sequential across chunks) and, given a mesh, shards the member ids over the ``pop``
+dtype, never the fp32 master. :func:`population_fn` maps members with :func:`map_members` (vmap named
+``MEMBER_AXIS`` within a chunk, sequential across chunks: an evaluator may reduce over the chunk's
+members, as :func:`lm_evaluator`'s decode loop does to stop once for all of them) and, given a mesh, shards the member ids over the ``pop``
 axis with ``shard_map`` (params replicated; each device draws only its own members' noise).
 :func:`auto_chunk_size` sizes the chunk from the device's free memory where the backend reports it.
 """
@@ -28,23 +29,56 @@ from esjax.parallel import POP
 from esjax.sampling import SamplingConfig, generate
 
 F32 = jnp.dtype(jnp.float32)
+MEMBER_AXIS = "members"  # the vmap axis name members run under (see map_members)
+
+
+def map_members(fn: Callable, xs, chunk: int):
+    """``lax.map(fn, xs, batch_size=chunk)`` with the vmap axis named ``MEMBER_AXIS``: ``fn`` sees one
+    member and may use collectives over the members of its chunk. xs: pytree with leading axis M →
+    outputs stacked on a leading axis M (chunks of ``chunk`` in sequence, then the remainder)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    chunk = max(1, min(chunk, n))
+    vfn = jax.vmap(fn, axis_name=MEMBER_AXIS)
+    full, rest = divmod(n, chunk)
+    head = jax.tree.map(lambda x: x[:full * chunk].reshape(full, chunk, *x.shape[1:]), xs)
+    out = jax.tree.map(lambda y: y.reshape(full * chunk, *y.shape[2:]), jax.lax.map(vfn, head))
+    if rest:
+        tail = vfn(jax.tree.map(lambda x: x[full * chunk:], xs))
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    return out
 
 
 def member_output(evaluate: Callable, state: ESState, member, cfg: ESConfig, *args, dtype=F32, shared=None):
     """``evaluate`` on member ``member``'s model, in compute ``dtype``; ``shared``: the scheme's
-    ``shared_params`` when the caller already has them."""
+    ``shared_params`` when the caller already has them. Runs under a ``MEMBER_AXIS`` vmap of one member
+    when called outside :func:`map_members` (evaluators may reduce over that axis)."""
     scheme = get_scheme(cfg.noise)
     shared = scheme.shared_params(state.params, dtype) if shared is None else shared
-    params, delta = scheme.member(shared, member_perturbation(state.params, state.key, state.iteration, member, cfg,
-                                                              cfg.sigma), dtype)
-    return evaluate(params, delta, member, *args)
+
+    def one(m):
+        params, delta = scheme.member(shared, member_perturbation(state.params, state.key, state.iteration, m, cfg,
+                                                                  cfg.sigma), dtype)
+        return evaluate(params, delta, m, *args)
+
+    if _under_member_axis():
+        return one(member)
+    return jax.tree.map(lambda y: y[0], jax.vmap(one, axis_name=MEMBER_AXIS)(jnp.asarray(member)[None]))
+
+
+def _under_member_axis() -> bool:
+    """Whether ``MEMBER_AXIS`` is bound (we are inside :func:`map_members`)."""
+    try:
+        jax.lax.axis_index(MEMBER_AXIS)
+    except NameError:
+        return False
+    return True
 
 
 def evaluate_population(evaluate: Callable, state: ESState, members, cfg: ESConfig, chunk: int, *args, dtype=F32):
     """Outputs of ``evaluate`` for each member id in ``members`` (M,), stacked on a leading axis."""
     shared = get_scheme(cfg.noise).shared_params(state.params, dtype)
-    return jax.lax.map(lambda m: member_output(evaluate, state, m, cfg, *args, dtype=dtype, shared=shared), members,
-                       batch_size=chunk)
+    return map_members(lambda m: member_output(evaluate, state, m, cfg, *args, dtype=dtype, shared=shared), members,
+                       chunk)
 
 
 def _compiled(fn, mesh: Optional[Mesh], in_specs: tuple):
@@ -75,8 +109,8 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
     else:
         @jax.named_scope("population")
         def body(shared, members, deltas, *args):
-            return jax.lax.map(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
-                               (members, deltas), batch_size=chunk)
+            return map_members(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
+                               (members, deltas), chunk)
 
         prepare, extra = member_noise_fn(cfg, mesh), (P(POP),)
     compiled = functools.lru_cache(maxsize=None)(  # per number of evaluator args (their default specs)
@@ -141,12 +175,14 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
 def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int = 0):
     """``evaluate(params, delta, member, tokens, mask, key) -> Generation`` for one member on a prompt
     batch whose first ``prefix_len`` columns are shared (prefilled once per member); greedy by default,
-    sampled members draw from ``fold_in(key, member)``."""
+    sampled members draw from ``fold_in(key, member)``. Run it under :func:`map_members` (or
+    :func:`member_output`): its decode loop stops once for all members of a chunk (see
+    :func:`esjax.sampling.generate`'s ``member_axis``)."""
     sampling = SamplingConfig(cfg.member_temperature, 0, cfg.member_top_p)
 
     def evaluate(params, delta, member, tokens, mask, key):
         return generate(params, model_cfg, tokens, mask, jax.random.fold_in(key, member), max_new_tokens,
-                        sampling, delta, prefix_len)
+                        sampling, delta, prefix_len, member_axis=MEMBER_AXIS)
 
     return evaluate
 

@@ -1,0 +1,65 @@
+"""The ES population's decode loop under vmap: one scalar condition for the chunk's members, so the loop
+neither selects its carry (the KV caches) nor scatters into it every step (esjax.sampling.generate's
+``member_axis``; the H100 profile in docs/gpu.md showed both dominating the low-rank decode step).
+Checked on the compiled (CPU) program: XLA turns the batched cache write into an in-place update only
+when the position is unbatched."""
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from esjax.es.population import MEMBER_AXIS, lm_evaluator, map_members, member_ids, member_output, population_fn
+from esjax.es.step import ESConfig, init_state
+from esjax.models.decoder import init_params
+from esjax.models.registry import model_config
+from esjax.sampling import generate
+
+
+def cache_rewrites(hlo: str, slots: int, head_dim: int) -> list:
+    """Lines of compiled HLO that select or scatter a whole KV cache (shape ending in (slots, head_dim))."""
+    tail = re.compile(rf"\[[\d,]*,{slots},{head_dim}\]")
+    return [line.strip()[:160] for line in hlo.splitlines()
+            if re.search(r"\b(select|scatter)\(", line) and tail.search(line.split("=", 1)[-1].split("(")[0])]
+
+
+def _setup(noise):
+    mcfg = model_config("tiny-random-qwen2").replace(eos_token_ids=())
+    params = init_params(mcfg, jax.random.key(0))
+    cfg = ESConfig(population_size=4, noise=noise, rank=2, sigma=0.01)
+    tokens = np.random.default_rng(0).integers(3, mcfg.vocab_size, (2, 8)).astype(np.int32)
+    return mcfg, cfg, init_state(params, jax.random.key(1), cfg), tokens, np.ones((2, 8), bool)
+
+
+@pytest.mark.parametrize("noise", ["lowrank", "full"])
+def test_population_decode_loop_selects_and_scatters_no_cache(noise):
+    mcfg, cfg, state, tokens, mask = _setup(noise)
+    pop = population_fn(lm_evaluator(mcfg, 4, cfg), cfg, 2)
+    hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
+    assert "while" in hlo
+    assert cache_rewrites(hlo, 8 + 4, mcfg.head_dim) == []
+    # and the members' tokens are those each member decodes alone
+    out = pop(state, member_ids(4), tokens, mask, jax.random.key(2))
+    ev = lm_evaluator(mcfg, 4, cfg)
+    for m in range(4):
+        alone = member_output(ev, state, m, cfg, tokens, mask, jax.random.key(2))
+        np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))
+
+
+def test_without_the_member_axis_vmap_selects_the_caches():
+    """The control: the same vmapped generation with a per-member loop condition selects the caches."""
+    mcfg, cfg, state, tokens, mask = _setup("full")
+
+    def member(m, axis):
+        params = jax.tree.map(lambda w: w * (1 + 0.01 * m), state.params)
+        return generate(params, mcfg, tokens, mask, jax.random.key(0), 4, member_axis=axis).tokens
+
+    for axis, expect_bad in ((None, True), (MEMBER_AXIS, False)):
+        hlo = jax.jit(lambda ms: map_members(lambda m: member(m, axis), ms, 2)).lower(np.arange(4)).compile().as_text()
+        assert bool(cache_rewrites(hlo, 8 + 4, mcfg.head_dim)) == expect_bad, axis
+
+
+def test_map_members_equals_lax_map_with_a_remainder():
+    xs = np.arange(7, dtype=np.float32)
+    f = lambda x: x * 2 + jax.lax.psum(1, MEMBER_AXIS)  # noqa: E731  (chunk size, 3 then the remainder 1)
+    np.testing.assert_array_equal(np.asarray(map_members(f, xs, 3)), xs * 2 + np.array([3] * 6 + [1]))
