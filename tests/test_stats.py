@@ -92,9 +92,15 @@ def test_verdict_rules_on_synthetic_intervals():
     from esjax.analysis import verdicts as v
 
     acc = lambda d, lo, hi: {"difference": d, "ci": [lo, hi], "test": "t"}  # noqa: E731
-    assert v.accuracy_parity(acc(0.0, -0.03, 0.03))["verdict"] == "reproduced"  # ES not worse beyond the margin
-    assert v.accuracy_parity(acc(-0.2, -0.3, -0.1))["verdict"] == "contradicted"
+    # equivalence: the whole interval inside ±0.05 (edges included); wholly outside on either side contradicts
+    assert v.accuracy_parity(acc(0.0, -0.03, 0.03))["verdict"] == "reproduced"
+    assert v.accuracy_parity(acc(0.0, -0.05, 0.05))["verdict"] == "reproduced"
+    assert v.accuracy_parity(acc(-0.2, -0.3, -0.1))["verdict"] == "contradicted"  # ES clearly worse
+    assert v.accuracy_parity(acc(0.2, 0.1, 0.3))["verdict"] == "contradicted"  # ES clearly better: not "≈"
     assert v.accuracy_parity(acc(0.0, -0.14, 0.14))["verdict"] == "inconclusive"  # 64 problems: too wide
+    # cpu-quick's interval: not worse than −0.05, but its upper end leaves the band (the old one-sided rule said reproduced)
+    assert v.accuracy_parity(acc(0.078, -0.014, 0.175))["verdict"] == "inconclusive"
+    assert v.accuracy_parity(acc(0.06, 0.04, 0.08))["verdict"] == "inconclusive"  # straddles +0.05
     assert v.norm_ratio(35.0)["verdict"] == "reproduced" and v.norm_ratio(0.5)["verdict"] == "contradicted"
     assert v.norm_ratio(3.0)["verdict"] == "inconclusive"
     assert v.denser(0.3, 0.8)["verdict"] == "reproduced" and v.denser(0.9, 0.8)["verdict"] == "contradicted"
@@ -140,6 +146,34 @@ def _synthetic_results(n=1000, kl_gap=0.05, seed=0):
             "interpolation": {"es_to_grpo": {"lambda": [0, 0.5, 1], "accuracy": [after.mean()] * 3}},
             "norms": {"ratio_es_over_grpo": 40.0}, "sparsity": {"es": sp(0.2), "grpo": sp(0.9)},
             "cosine": {"global": 1e-5}, "theory": {"cosine_bound": 1e-3, "final_ratio_measured_over_predicted": 1.01}}
+
+
+def test_offtask_probes_leave_out_the_task_and_its_neighbours():
+    from esjax.analysis.intervals import interval_tests
+    from esjax.analysis.verdicts import offtask_probes, seed_verdicts
+
+    assert offtask_probes(["general", "arithmetic", "arithmetic-word", "boolq"], "arithmetic") == ["general", "boolq"]
+    assert offtask_probes(["general", "arithmetic", "arithmetic-word"], "arithmetic-word") == ["general"]  # symmetric
+    assert offtask_probes(["general", "arithmetic"], "boolq") == ["general", "arithmetic"]
+    assert offtask_probes(["general", "x"], "general") == ["general", "x"]  # general always counts
+    # cpu-quick's layout: ES drifts more on the general prompts, but far less than GRPO on the trained task's
+    # neighbour; pooling the neighbour (the old rule) flips the verdict to "contradicted"
+    res = _synthetic_results()
+    res["config"]["task"] = "arithmetic"
+    for m in ("es", "grpo"):
+        res["summaries"][m] = {w: {k.replace("/arith/", "/arithmetic/").replace("/word/", "/arithmetic-word/"): x
+                                   for k, x in d.items()} for w, d in res["summaries"][m].items()}
+        per = res["kl_drift_per_prompt"][m]
+        per["arithmetic"] = per.pop("arith")
+        gap = 0.0 if m == "es" else 1.0
+        per["arithmetic-word"] = {"sampled_token_exact": (np.asarray(per.pop("word")["sampled_token_exact"]) + gap).tolist()}
+    t = interval_tests(res)
+    kl = t["offtask_kl_es_minus_grpo"]
+    assert kl["probes"] == ["general"] and kl["n"] == 64 and kl["mean"] == pytest.approx(0.05) and kl["ci"][0] > 0
+    assert "forgetting_es_minus_grpo" not in t and "arithmetic-word: neighbour of arithmetic" in t["forgetting_missing"]
+    got = {x["finding"]: x for x in seed_verdicts(res, t)}
+    assert got["ES off-task KL > GRPO"]["verdict"] == "reproduced" and "64 prompts of general" in got["ES off-task KL > GRPO"]["evidence"]
+    assert got["forgetting ES > GRPO"]["verdict"] == "inconclusive"
 
 
 def test_interval_tests_and_verdicts_from_recorded_per_problem_and_per_prompt_values():

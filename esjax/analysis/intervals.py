@@ -5,9 +5,10 @@ results dict written by :func:`esjax.analysis.report.analyze`.
   Newcombe's paired interval when the summaries hold per-problem correctness (``eval/<task>/correct``,
   a 0/1 list in the eval examples' order), else Newcombe's unpaired interval (and no p-value);
 * ES vs GRPO after training on the training task; forgetting ES − GRPO pooled over the off-task eval
-  tasks' problems;
+  tasks' problems (:func:`esjax.analysis.verdicts.offtask_probes`: not the task nor its neighbours);
 * KL drift per method, probe and estimator: percentile bootstrap over prompts (``kl_drift_per_prompt``);
-  ES − GRPO on the pooled off-task prompts (every probe but the training task's): paired bootstrap;
+  ES − GRPO on the pooled off-task prompts (``offtask_probes``: ``general`` and every probe that is
+  neither the training task nor its neighbour): paired bootstrap;
 * the ES → GRPO interpolation barrier (:func:`esjax.analysis.verdicts.barrier_interval`).
 
 Norms, sparsity and cosines are exact functions of the two checkpoints and carry no interval.
@@ -19,7 +20,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from esjax.analysis import stats
-from esjax.analysis.verdicts import barrier_interval
+from esjax.analysis.verdicts import barrier_interval, neighbours_of, offtask_probes
 
 KL_ESTIMATOR = "sampled_token_exact"  # lowest-variance estimator of the per-token KL (drift.py)
 BOOTSTRAP_SEED = 0
@@ -65,7 +66,7 @@ def interval_tests(res: Dict, seed: int = BOOTSTRAP_SEED) -> Dict:
     task, n = cfg["task"], int(cfg["eval_size"])
     s = res["summaries"]
     tasks = [k.split("/")[1] for k in s["es"]["before"] if k.endswith("/accuracy")]
-    off = [t for t in tasks if t != task]
+    off = offtask_probes(tasks, task)
     out: Dict = {"accuracy": {}}
     for m in ("es", "grpo"):
         out["accuracy"][m] = {}
@@ -79,7 +80,8 @@ def interval_tests(res: Dict, seed: int = BOOTSTRAP_SEED) -> Dict:
     out["es_vs_grpo_after"] = compare(s["grpo"], "after", s["es"], "after", [task], n, ("grpo", "es"))
     same_base = all(s["es"]["before"][f"eval/{t}/accuracy"] == s["grpo"]["before"][f"eval/{t}/accuracy"] for t in off)
     if not off:
-        out["forgetting_missing"] = "no off-task eval task"
+        near = sorted(neighbours_of(task) & set(tasks))
+        out["forgetting_missing"] = "no off-task eval task" + (f" ({', '.join(near)}: neighbour of {task})" if near else "")
     elif not same_base:
         out["forgetting_missing"] = "ES and GRPO start from different base accuracies on the eval tasks"
     else:  # drop_ES − drop_GRPO = acc_GRPO,after − acc_ES,after on the same problems
@@ -90,7 +92,7 @@ def interval_tests(res: Dict, seed: int = BOOTSTRAP_SEED) -> Dict:
     else:
         out["kl_intervals"] = {m: {p: {e: stats.bootstrap_mean_interval(v, seed) for e, v in est.items()}
                                    for p, est in per[m].items()} for m in ("es", "grpo")}
-        probes = [p for p in per["es"] if p != task]
+        probes = offtask_probes(per["es"], task)
         x = np.concatenate([per["es"][p][KL_ESTIMATOR] for p in probes])
         y = np.concatenate([per["grpo"][p][KL_ESTIMATOR] for p in probes])
         out["offtask_kl_es_minus_grpo"] = {**stats.paired_bootstrap_difference(x, y, seed), "probes": probes,

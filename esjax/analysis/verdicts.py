@@ -10,14 +10,22 @@ sparsity and cosines are exact (no sampling noise in them), so their rules are t
 
 Findings (docs/protocols.md#g) and rules, with [lo, hi] the interval of the named difference:
 
-1. ES ≈ GRPO accuracy (paper 1: ES matches or beats GRPO): δ = acc_ES − acc_GRPO after training;
-   reproduced if lo > −margin, contradicted if hi < −margin, else inconclusive.
+1. ES ≈ GRPO accuracy (paper 1: ES matches GRPO): δ = acc_ES − acc_GRPO after training, an equivalence
+   test with margin m = ``ACCURACY_MARGIN``: reproduced if the whole interval lies inside the band,
+   −m ≤ lo and hi ≤ m; contradicted if it lies wholly outside it, lo > m or hi < −m (ES clearly better
+   or clearly worse); else inconclusive (the interval straddles an edge of the band: too few problems).
 2. ES norm ≫ GRPO: reproduced if ‖Δ_ES‖/‖Δ_GRPO‖ ≥ 10, contradicted if ≤ 1, else inconclusive.
 3. ES denser (paper 2): bf16 sparsity at τ = 1e-6; reproduced if ES < GRPO, else contradicted.
 4. ES off-task KL > GRPO: δ = mean over off-task prompts of KL_ES − KL_GRPO (paired bootstrap);
    reproduced if lo > 0, contradicted if hi < 0, else inconclusive.
 5. Forgetting ES > GRPO (paper 2): δ = drop_ES − drop_GRPO on the off-task eval problems (same base, so
    = acc_GRPO,after − acc_ES,after); reproduced if lo > 0, contradicted if hi < 0, else inconclusive.
+
+"Off-task" (findings 4 and 5) is decided by :func:`offtask_probes`, never by position: a probe or eval
+task counts only if it is not the training task and not one of its listed near neighbours
+(``NEIGHBOURS``: tasks that exercise the same skill, e.g. ``arithmetic`` ↔ ``arithmetic-word``, where a
+change measures transfer, not forgetting or drift of prior abilities). ``general`` (the everyday chat
+prompts, :mod:`esjax.tasks.probes`) always counts.
 6. Near-orthogonal: reproduced if |cos(Δ_ES, Δ_GRPO)| ≤ the theory bound ρ√(TN/d) + 1.96/√d (ρ ≤ 1
    unless a valid ρ̂; 1.96/√d covers 95 % of the cosines of independent directions), else contradicted.
 7. No barrier on the ES → GRPO path: barrier b = max_λ(chord − acc(λ)), interval from the Wilson interval
@@ -28,16 +36,32 @@ Findings (docs/protocols.md#g) and rules, with [lo, hi] the interval of the name
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from esjax.analysis import stats
 
 ACCURACY_MARGIN = 0.05
+GENERAL_PROBE = "general"
+# near neighbours of a training task: same skill, so their change is transfer, not off-task drift.
+# Symmetric by construction (:func:`neighbours_of` looks both ways).
+NEIGHBOURS: Mapping[str, Tuple[str, ...]] = {"arithmetic": ("arithmetic-word",)}
 NORM_RATIO = 10.0
 THEORY_TOLERANCE = 0.05
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive"
+
+
+def neighbours_of(task: str, table: Mapping[str, Sequence[str]] = NEIGHBOURS) -> set:
+    """The tasks listed as near neighbours of ``task`` in ``table``, in either direction."""
+    return set(table.get(task, ())) | {t for t, ns in table.items() if task in ns}
+
+
+def offtask_probes(names: Iterable[str], task: str, table: Mapping[str, Sequence[str]] = NEIGHBOURS) -> List[str]:
+    """The names in ``names`` (probe sets or eval tasks, order kept) that measure prior abilities when
+    training on ``task``: not ``task`` itself and not one of its neighbours; ``general`` always counts."""
+    near = neighbours_of(task, table) | {task}
+    return [p for p in names if p == GENERAL_PROBE or p not in near]
 
 
 def _v(finding: str, verdict: str, evidence: str, rule: str) -> Dict:
@@ -57,11 +81,14 @@ def _interval_verdict(lo: float, hi: float, repro_above: float, contra_below: fl
 
 
 def accuracy_parity(diff: Optional[Dict]) -> Dict:
-    f, rule = "ES ≈ GRPO accuracy", f"δ = ES − GRPO; reproduced if lo > −{ACCURACY_MARGIN}, contradicted if hi < −{ACCURACY_MARGIN}"
+    m = ACCURACY_MARGIN
+    f, rule = "ES ≈ GRPO accuracy", (f"δ = ES − GRPO, equivalence margin {m}; reproduced if the CI ⊂ [−{m}, +{m}], "
+                                     f"contradicted if lo > {m} or hi < −{m}")
     if diff is None:
         return _v(f, INCONCLUSIVE, "no accuracy on the task", rule)
     lo, hi = diff["ci"]
-    return _v(f, _interval_verdict(lo, hi, -ACCURACY_MARGIN, -ACCURACY_MARGIN),
+    v = REPRODUCED if -m <= lo and hi <= m else CONTRADICTED if lo > m or hi < -m else INCONCLUSIVE
+    return _v(f, v,
               f"δ = {diff['difference']:+.3f}, 95 % CI {_ci(lo, hi)} ({diff['test']})", rule)
 
 
@@ -78,16 +105,18 @@ def denser(es_sparsity: float, grpo_sparsity: float) -> Dict:
 
 
 def offtask_kl(diff: Optional[Dict], missing: str = "") -> Dict:
-    f, rule = "ES off-task KL > GRPO", "δ = KL_ES − KL_GRPO over off-task prompts; reproduced if lo > 0, contradicted if hi < 0"
+    f, rule = ("ES off-task KL > GRPO", "δ = KL_ES − KL_GRPO over off-task prompts (not the task nor its neighbours); "
+               "reproduced if lo > 0, contradicted if hi < 0")
     if diff is None:
         return _v(f, INCONCLUSIVE, missing or "per-prompt KL not recorded", rule)
     lo, hi = diff["ci"]
+    of = f" of {', '.join(diff['probes'])}" if diff.get("probes") else ""
     return _v(f, _interval_verdict(lo, hi, 0.0, 0.0),
-              f"δ = {diff['mean']:+.4g} nats/token, 95 % CI {_ci(lo, hi)} over {diff['n']} prompts ({diff['test']})", rule)
+              f"δ = {diff['mean']:+.4g} nats/token, 95 % CI {_ci(lo, hi)} over {diff['n']} prompts{of} ({diff['test']})", rule)
 
 
 def forgetting(diff: Optional[Dict], missing: str = "") -> Dict:
-    f, rule = "forgetting ES > GRPO", "δ = drop_ES − drop_GRPO on off-task problems; reproduced if lo > 0, contradicted if hi < 0"
+    f, rule = "forgetting ES > GRPO", "δ = drop_ES − drop_GRPO on off-task problems (not the task nor its neighbours); reproduced if lo > 0, contradicted if hi < 0"
     if diff is None:
         return _v(f, INCONCLUSIVE, missing or "no off-task eval task", rule)
     lo, hi = diff["ci"]
