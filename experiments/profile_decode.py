@@ -36,10 +36,10 @@ SCOPES = ("attention", "mlp", "head", "embed")
 
 
 def _stats(event) -> dict:
-    out = {}
-    for k, v in event.stats:
-        out[str(k)] = v
-    return out
+    import warnings
+    with warnings.catch_warnings():  # jaxlib's event_stats type warns on iteration (harmless)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return {str(k): v for k, v in event.stats}
 
 
 def summarize_xplane(path: str, top: int = 40) -> dict:
@@ -56,26 +56,29 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 continue
             ops = collections.defaultdict(lambda: [0.0, 0, ""])
             scopes = collections.Counter()
-            busy = 0.0
+            busy, first, last = 0.0, float("inf"), 0.0
             for ev in line.events:
                 dur = float(ev.duration_ns)
                 if dur <= 0:
                     continue
                 st = _stats(ev)
-                name = str(st.get("hlo_op") or ev.name)
+                # GPU kernels run inside CUDA-graph "command buffers": their own name says which fusion it is
+                name = ev.name if is_device else str(st.get("hlo_op") or ev.name)
                 busy += dur
+                first, last = min(first, float(ev.start_ns)), max(last, float(ev.start_ns) + dur)
                 rec = ops[name]
                 rec[0] += dur
                 rec[1] += 1
                 if not rec[2]:
                     rec[2] = "; ".join(f"{k}={str(v)[:90]}" for k, v in st.items()
-                                       if k in ("tf_op", "long_name", "hlo_category", "kernel_details", "name"))[:240]
+                                       if k in ("hlo_op", "long_name", "hlo_category", "kernel_details", "name"))[:240]
                 label = " ".join(str(v) for k, v in st.items() if k in ("tf_op", "long_name", "name")) + " " + ev.name
                 scope = next((s for s in SCOPES if f"/{s}/" in label or label.startswith(f"{s}/")), "other")
                 scopes[scope] += dur
             if ops:
                 ranked = sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]
-                lines.append({"plane": plane.name, "line": line.name, "busy_ns": busy, "events": sum(r[1] for r in ops.values()),
+                lines.append({"plane": plane.name, "line": line.name, "busy_ns": busy, "span_ns": last - first,
+                              "events": sum(r[1] for r in ops.values()),
                               "ops": ranked, "scopes": dict(scopes)})
     lines.sort(key=lambda r: -r["busy_ns"])
     return {"lines": lines}
@@ -104,7 +107,8 @@ def report(label: str, wall: float, summary: dict, steps: int, first: float) -> 
            f"first call {first:.1f} s", ""]
     for ln in summary["lines"][:3]:
         busy = ln["busy_ns"] / 1e9
-        out.append(f"## {ln['plane']} / {ln['line']}: busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of wall), "
+        out.append(f"## {ln['plane']} / {ln['line']}: busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of wall; first op to "
+                   f"last {ln['span_ns'] / 1e6:.1f} ms), "
                    f"{ln['events']} op events ({ln['events'] / steps:.0f} per step)")
         scopes = ", ".join(f"{k} {v / 1e6:.1f} ms" for k, v in sorted(ln["scopes"].items(), key=lambda kv: -kv[1]))
         out.append(f"scopes: {scopes}")
@@ -127,6 +131,8 @@ def main(argv=None):
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new", type=int, default=32)
     p.add_argument("--out", default=os.environ.get("OUT", "runs/profile_decode"))
+    p.add_argument("--hlo", action="store_true", help="also write each ES population's optimized HLO "
+                   "(profile_<what>.hlo.txt): the trace names fusions, the HLO says what they compute")
     a = p.parse_args(argv)
     a.compute_dtype = a.compute_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     os.makedirs(a.out, exist_ok=True)
@@ -153,6 +159,10 @@ def main(argv=None):
                 mask = np.ones_like(tokens, bool)
                 ids = member_ids(a.members)
                 fn = lambda: pop(state, ids, tokens, mask, jax.random.key(2)).tokens  # noqa: E731
+                if a.hlo:
+                    lowered = pop.lower(state, ids, tokens, mask, jax.random.key(2))["population"]
+                    with open(os.path.join(a.out, f"profile_{what}.hlo.txt"), "w") as f:
+                        f.write(lowered.compile().as_text())
             t0 = time.perf_counter()
             jax.block_until_ready(fn())
             first = time.perf_counter() - t0
