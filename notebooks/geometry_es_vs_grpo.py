@@ -10,21 +10,26 @@
 # %% [markdown]
 # # Geometry of ES vs GRPO updates, per layer
 # Per-layer update norms, sparsity (fp32 and 16-bit) and ES–GRPO cosines from a results folder written by
-# `python -m experiments.compare` (`ESJAX_RESULTS`, default `docs/cpu-quick`).
+# `python -m experiments.compare` (`ESJAX_RESULTS`, default `docs/cpu-quick`);
+# the figures are also saved to `ESJAX_FIGURES` (default: the folder's `notebook_figures`).
 
 # %%
 import json
 import os
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # run as a script: draw off-screen (in Jupyter the figures show inline)
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from esjax.analysis.geometry import BUCKETS  # noqa: E402
 
-RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(os.path.dirname(os.path.abspath("__file__")), "..", "docs", "cpu-quick"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) if "__file__" in globals() else os.path.abspath("..")
+RESULTS = os.environ.get("ESJAX_RESULTS", os.path.join(ROOT, "docs", "cpu-quick"))
+FIGURES = os.environ.get("ESJAX_FIGURES", os.path.join(RESULTS, "notebook_figures"))
 res = json.load(open(os.path.join(RESULTS, "results.json")))
 # runs that did not finish are flagged (a results.json from before the status field counts as complete)
 for m in ("es", "grpo"):
@@ -45,9 +50,8 @@ for i, m in enumerate(("es", "grpo")):
     ax[i].set_title(m.upper()), ax[i].set_xlabel("layer")
 ax[0].legend(fontsize=7)
 fig.tight_layout()
-out = os.path.join(RESULTS, "notebook_figures")
-os.makedirs(out, exist_ok=True)
-fig.savefig(os.path.join(out, "layer_norms.png"), dpi=100)
+os.makedirs(FIGURES, exist_ok=True)
+fig.savefig(os.path.join(FIGURES, "layer_norms.png"), dpi=100)
 
 # %% [markdown]
 # ## Sparsity at τ = 1e-6 by dtype, and per-layer cosine of the two updates
@@ -61,5 +65,5 @@ ax.bar([int(l) for l in layers], [cos[l] for l in layers])
 ax.axhline(0, color="k", lw=0.5)
 ax.set_xlabel("layer"), ax.set_ylabel("cos(Δ_ES, Δ_GRPO)")
 fig.tight_layout()
-fig.savefig(os.path.join(out, "layer_cosine.png"), dpi=100)
+fig.savefig(os.path.join(FIGURES, "layer_cosine.png"), dpi=100)
 print("global cosine", res["cosine"]["global"])

@@ -18,10 +18,12 @@
 # %%
 import json
 import os
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")
+if "ipykernel" not in sys.modules:  # run as a script: draw off-screen (in Jupyter the figures show inline)
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
