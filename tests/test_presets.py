@@ -65,7 +65,7 @@ def test_preset_values_follow_the_seeds_brief():
     assert (p2.es.sigma, p2.es.alpha, p2.es.member_temperature, p2.es_iterations) == (1e-3, 5e-4, 0.0, 500)
     assert p2.grpo.updates_per_step == 7 and p2.grpo.kl_estimator == "low_var_kl" and p2.grpo.beta == 1e-3
     assert qiu.task_kwargs["style"] == "qiu" and qiu.task_kwargs["splits"]["test"] == "countdown.json[-2000:]"
-    assert set(PRESETS) == {"cpu-quick", "tiny", "paper1", "paper2", "qiu"}
+    assert set(PRESETS) == {"cpu-quick", "study", "tiny", "paper1", "paper2", "qiu"}
 
 
 def test_dry_run_counts_and_memory(data_root, capsys):

@@ -1,0 +1,116 @@
+"""``study``: the issue-17 study on SmolLM2-135M, 2 CPU cores, ≤ 75 min estimated (budget 90): ES and GRPO
+long enough to test each method's held-out gain on 256 problems, the N sweep and the forgetting-aware
+variants. The ES/GRPO knobs are cpu-quick's (σ, α, lr, T = 0.6 are tuned there); only lengths and sizes grow.
+
+Three commands, run in order (each resumes after a kill: every run keeps its own folder and checkpoints)::
+
+    python -m experiments.compare --preset study --out runs/study --eval-size 64 && \\
+    python -m experiments.sweep --preset study --out runs/study-nsweep --populations 4,8,16 --variants plain \\
+        --set es_iterations=16 --set es_batch=8 --set eval_size=128 --probe-size 24 && \\
+    python -m experiments.sweep --preset study --out runs/study-variants --populations 8 --variants mask,kl,awd \\
+        --set es_iterations=16 --set es_batch=8 --set eval_size=128 --probe-size 24
+
+(:data:`COMMANDS` holds the same; the sweeps' settings are :data:`SWEEPS`.)
+
+Time estimate (:func:`estimate_seconds`), from cpu-quick's logged wall times on this 2-core machine
+(``docs/cpu-quick/{es,grpo}/metrics.jsonl``): an ES iteration after the first costs 12.3 s for N·B = 8 × 16
+= 128 rollouts of 16 tokens (0.096 s per rollout; the first iteration 42 s, compilation included); a GRPO
+step 8.5 s for 4 × 6 completions (first step 61 s); the after-training greedy eval 26 s for 128 problems
+(0.15 s per problem, checkpoint save included); cpu-quick's analysis took 199 s with 3 × 8 KL prompts and
+5 × 32 interpolation problems per path.
+
+=========================  ===========================================================  ======
+phase                      arithmetic                                                     s
+=========================  ===========================================================  ======
+compare: load + base eval  30 + 2 tasks × 256 problems × 0.15                               107
+compare: ES, T = 75        42 + 74 × 12.3 + 2 extra saves × 10                              972
+compare: GRPO, 75 steps    61 + 74 × 8.5 + 2 extra saves × 10                               710
+compare: 2 after-evals     2 × 512 × 0.15                                                   154
+compare: analysis          199 × 2.5 (KL on 24 + 2 × 64 prompts, not 3 × 8; 64 problems
+                           per interpolation point, not 32)                                 498
+sweep N: base eval         30 + 2 × 128 × 0.15                                               68
+sweep N = 4, 8, 16, T = 16 per run 30 compile + 16 × N × 8 × 0.096 + 38 eval + 10 KL:
+                           128 + 177 + 275                                                  580
+sweep variants, N = 8      base eval 68; mask 177, awd 177, kl 30 + 98 × 1.5 + 48 = 226     648
+=========================  ===========================================================  ======
+
+Total ≈ 3736 s ≈ 62 min; × 1.2 for timing noise and a shared machine ≈ 75 min (budget 90).
+The analysis factor 2.5 is the least certain line (its parts were not timed separately).
+Not known before the run: whether 75 iterations / steps make each gain significant on 256 problems
+(cpu-quick's 10 gave ES +3/64, GRPO −2/64, neither significant).
+
+What the existing commands cannot express (so the study, as configured here, falls short of issue 17):
+
+* prior-ability probes: the only offline tasks with ≥ 128 problems are procedural (``arithmetic``,
+  ``arithmetic-word``, ``countdown``, ``lowercase``). ``arithmetic-word`` is the training task's neighbour
+  (:data:`esjax.analysis.verdicts.NEIGHBOURS`: transfer, not forgetting; base accuracy 1.6 %), ``countdown``
+  scores 0 % at 135M with 256 tokens per answer (~16× the eval cost). Real forgetting probes need local
+  HellaSwag / MMLU files: ``--set data_root=/data --set eval_tasks=arithmetic-word,hellaswag,mmlu``
+  (``eval_task_kwargs`` as in :mod:`esjax.presets.paper2`), not budgeted above;
+* off-task KL on ≥ 64 prompts: ``general`` has 24 prompts (``esjax.tasks.probes.GENERAL_PROMPTS``;
+  ``probe_size`` above 24 gives 24 without a warning) and the only other off-task probe sets are the eval
+  tasks' held-out prompts (``probe_sets`` takes the task and ``eval_tasks``; no KL-only probe list);
+* one command with per-phase timing across compare and the sweeps (three commands chained above);
+* the sequential experiment on the default model is not in this budget.
+"""
+from __future__ import annotations
+
+PRESET = dict(
+    task="arithmetic", task_kwargs={"kinds": ["add", "sub", "mul"], "digits": 2},
+    eval_tasks=("arithmetic-word",), train_pool=256, es_batch=16, es_iterations=75, grpo_steps=75,
+    max_new_tokens=16, eval_size=256,  # ≥ 256 held-out problems: a McNemar test can see a gain of ~5 points
+    probe_size=64, checkpoint_every=25,  # 3 saves per method: a kill loses ≤ 25 iterations (~5 min)
+    es=dict(population_size=8, sigma=4e-3, alpha=2e-3, antithetic=True, noise="lowrank", rank=1,
+            param_filter="^layers/"),
+    grpo=dict(group_size=6, prompts_per_step=4, learning_rate=2e-5, total_steps=75, beta=0.0, temperature=0.6))
+
+_SWEEP_SETS = ["es_iterations=16", "es_batch=8", "eval_size=128"]
+SWEEPS = {
+    "nsweep": dict(populations=(4, 8, 16), variants=("plain",), sets=_SWEEP_SETS, probe_size=24),
+    "variants": dict(populations=(8,), variants=("mask", "kl", "awd"), sets=_SWEEP_SETS, probe_size=24),
+}
+COMPARE_EVAL_SIZE = 64  # compare's --eval-size: problems per interpolation / direction-probe point
+
+
+def commands(out: str = "runs/study") -> list:
+    """The study's command lines, in order."""
+    cmds = [f"python -m experiments.compare --preset study --out {out} --eval-size {COMPARE_EVAL_SIZE}"]
+    for name, s in SWEEPS.items():
+        cmds.append(f"python -m experiments.sweep --preset study --out {out}-{name} "
+                    f"--populations {','.join(map(str, s['populations']))} --variants {','.join(s['variants'])} "
+                    + " ".join(f"--set {x}" for x in s["sets"]) + f" --probe-size {s['probe_size']}")
+    return cmds
+
+
+COMMANDS = commands()
+
+# measured on 2 cores (docs/cpu-quick): seconds
+ES_ROLLOUT_S, ES_FIRST_IT_S = 12.3 / 128, 42.0
+GRPO_STEP_S, GRPO_FIRST_STEP_S = 8.5, 61.0
+EVAL_PROBLEM_S, LOAD_S, SAVE_S, COMPILE_S, SWEEP_KL_S = 0.15, 30.0, 10.0, 30.0, 10.0
+CPU_QUICK_ANALYSIS_S, ANALYSIS_FACTOR, KL_VARIANT_FACTOR, SAFETY = 199.0, 2.5, 1.5, 1.2
+
+
+def estimate_seconds(preset: dict = PRESET, sweeps: dict = SWEEPS) -> dict:
+    """Per-phase wall-time estimate in seconds (the docstring's table) and the total with the safety factor."""
+    p, es = preset, preset["es"]
+    n_eval = (1 + len(p["eval_tasks"])) * p["eval_size"]
+    saves = lambda steps: (steps // p["checkpoint_every"] - 1) * SAVE_S  # noqa: E731 (the last save is in the eval line)
+    ph = {"compare_load_base_eval": LOAD_S + n_eval * EVAL_PROBLEM_S,
+          "compare_es": ES_FIRST_IT_S + (p["es_iterations"] - 1) * es["population_size"] * p["es_batch"] * ES_ROLLOUT_S
+          + saves(p["es_iterations"]),
+          "compare_grpo": GRPO_FIRST_STEP_S + (p["grpo_steps"] - 1) * GRPO_STEP_S + saves(p["grpo_steps"]),
+          "compare_after_evals": 2 * n_eval * EVAL_PROBLEM_S,
+          "compare_analysis": CPU_QUICK_ANALYSIS_S * ANALYSIS_FACTOR}
+    for name, s in sweeps.items():
+        kv = dict(x.split("=") for x in s["sets"])
+        it, batch, size = int(kv["es_iterations"]), int(kv["es_batch"]), int(kv["eval_size"])
+        ev = (1 + len(p["eval_tasks"])) * size * EVAL_PROBLEM_S
+        total = LOAD_S + ev
+        for n in s["populations"]:
+            for v in s["variants"]:
+                train = it * n * batch * ES_ROLLOUT_S * (KL_VARIANT_FACTOR if v == "kl" else 1.0)
+                total += COMPILE_S + train + ev + SWEEP_KL_S
+        ph[f"sweep_{name}"] = total
+    total = sum(ph.values())
+    return {"phases": ph, "total": total, "total_with_safety": total * SAFETY}

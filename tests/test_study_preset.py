@@ -1,0 +1,31 @@
+"""The ``study`` preset meets issue 17's sizes, its commands parse, and its time estimate is its docstring's."""
+import pytest
+
+from esjax.config import build_config
+from esjax.presets import study
+
+
+def test_study_preset_sizes_and_sweeps():
+    from experiments.sweep import VARIANTS
+
+    cfg = build_config("study")
+    assert cfg.model == "smollm2-135m-instruct" and cfg.task == "arithmetic"
+    assert cfg.eval_size >= 256 and cfg.probe_size >= 64
+    assert cfg.grpo.total_steps == cfg.grpo_steps  # the lr schedule ends with the run
+    assert len(study.SWEEPS["nsweep"]["populations"]) >= 3 and "awd" in study.SWEEPS["variants"]["variants"]
+    for s in study.SWEEPS.values():
+        assert set(s["variants"]) <= set(VARIANTS)
+        run = build_config("study", s["sets"])  # the sweeps' overrides are valid config
+        assert run.eval_size >= 128 and run.es_batch <= run.train_pool
+    assert len(study.COMMANDS) == 3 and study.COMMANDS[0].startswith("python -m experiments.compare --preset study")
+
+
+def test_study_time_estimate_matches_its_table_and_fits():
+    e = study.estimate_seconds()
+    ph = {k: round(v) for k, v in e["phases"].items()}
+    assert ph == {"compare_load_base_eval": 107, "compare_es": 972, "compare_grpo": 710, "compare_after_evals": 154,
+                  "compare_analysis": 498, "sweep_nsweep": 648, "sweep_variants": 648}
+    assert e["total"] == pytest.approx(3736, abs=1) and e["total_with_safety"] <= 75 * 60
+    # the estimate scales with the run: twice the ES iterations cost ~74 × 12.3 s more
+    longer = study.estimate_seconds({**study.PRESET, "es_iterations": 150})
+    assert longer["phases"]["compare_es"] - e["phases"]["compare_es"] == pytest.approx(75 * 12.3 + 3 * study.SAVE_S)
