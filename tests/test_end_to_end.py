@@ -61,6 +61,9 @@ def test_compare_produces_every_measurement(tiny_results):
              for i, line in enumerate(lines) if line.startswith((f"[{p}] started", f"[{p}] done in "))]
     assert len(marks) == 10 and marks == sorted(marks), PRINTED["compare"]
     assert any(line.startswith("[analysis] started: update geometry") for line in lines)
+    stages = [i for p in ("[analysis] started", "geometry", "kl_drift", "connectivity", "direction_probes", "theory",
+                          "[analysis] done in ") for i, line in enumerate(lines) if line.startswith((p, f"[analysis/{p}] done in "))]
+    assert len(stages) == 7 and stages == sorted(stages), PRINTED["compare"]  # the analysis shows its stages
     assert res["intervals"]["es_vs_grpo_after"]["test"] == "exact McNemar"
     assert res["intervals"]["forgetting_es_minus_grpo"]["test"] == "exact McNemar"
     assert len(res["verdicts"]) == 8 and {v["verdict"] for v in res["verdicts"]} <= {"reproduced", "contradicted",

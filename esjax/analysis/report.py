@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from typing import Dict
 
 import jax
@@ -77,8 +78,23 @@ def theory_results(out_dir: str, d: int, sigma: float, dim_info: Dict, cosine: f
             "trace_fisher_general_estimate": trace_f, "offtask_kl_measured": kl_measured}
 
 
+def _stages(progress: bool):
+    """``done(name)`` prints ``[analysis/name] done in N s`` (seconds since the previous stage), flushed."""
+    last = [time.perf_counter()]
+
+    def done(name: str):
+        now = time.perf_counter()
+        if progress:
+            print(f"[analysis/{name}] done in {now - last[0]:.0f} s", flush=True)
+        last[0] = now
+    return done
+
+
 def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int = 64, probe_size: int = 0,
-            seed: int = 0) -> Dict:
+            seed: int = 0, progress: bool = True) -> Dict:
+    """Every measurement of the report on the finished runs in ``out_dir``; with ``progress`` one line per
+    stage (geometry, kl_drift, connectivity, direction_probes, theory) as it ends (the whole takes minutes)."""
+    stage = _stages(progress)
     summaries = {m: require_complete(os.path.join(out_dir, m)) for m in ("es", "grpo")}  # refuse unfinished runs
     base = model.params
     es = load_params(os.path.join(out_dir, "es", "params"), base)
@@ -100,6 +116,7 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     res["subspace_overlap_top8"] = geo.subspace_overlaps(d_es, d_grpo, 8, 2_000_000, svd_layers)
     res["rank_fraction"] = {m: geo.matrix_ranks(d, max_size=2_000_000, layers=svd_layers)
                             for m, d in (("es", d_es), ("grpo", d_grpo))}
+    stage("geometry")
 
     # KL drift on off-task probes (general chat + held-out prompts of every task)
     task = get_task(cfg.task, **cfg.kwargs_for(cfg.task))
@@ -113,6 +130,7 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
                                   for m, probes_ in per_prompt.items()}
     kl = res["kl_drift"] = {m: {p: {e: float(np.mean(v)) for e, v in est.items()} for p, est in probes_.items()}
                             for m, probes_ in per_prompt.items()}
+    stage("kl_drift")
 
     # Linear mode connectivity and direction probes, scored by accuracy (and reward) on the task
     test = task.examples("test", n_eval, cfg.seed)
@@ -125,12 +143,14 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
         lams, vals = lmc.interpolation_curve(score, points[a], points[b], n_interp, (ends[a], ends[b]))
         curves[name] = {"lambda": lams.tolist(), "accuracy": vals.tolist(), "barrier": lmc.barrier(lams, vals)}
     res["interpolation"] = curves
+    stage("connectivity")
     t_max = max(norms["es"]["once"], norms["grpo"]["once"])
     ts = np.linspace(0, t_max, 4)[1:]
     rand = lmc.random_direction(base, jax.random.fold_in(key, streams.RANDOM_DIRECTION))
     res["direction_probes"] = {"t": [0.0, *ts.tolist()], **{
         name: [ends["base"], *lmc.direction_probe(score, base, d, ts).tolist()]
         for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}
+    stage("direction_probes")
 
     # Theory vs measured: tr(F_off) along a random direction, KL(base + r·u ‖ base) ≈ ½ r² tr(F)/d
     d = perturbed_dimension(base, cfg)
@@ -142,6 +162,7 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     res["theory"] = theory_results(out_dir, d, cfg.es.sigma, dimension_info(base, cfg, tied), res["cosine"]["global"],
                                    kl_rand, trace_f, kl["es"]["general"]["sampled_token_exact"])
     res["summaries"] = summaries
+    stage("theory")
     return res
 
 
