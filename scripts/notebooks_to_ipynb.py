@@ -78,6 +78,17 @@ def notebook_of(py_path: str):
                                                            "language_info": {"name": "python"}})
 
 
+def merged_streams(outputs: list) -> list:
+    """Consecutive stream outputs of one stream (stdout, stderr) joined into one."""
+    merged = []
+    for o in outputs:
+        if merged and o["output_type"] == "stream" == merged[-1]["output_type"] and o["name"] == merged[-1]["name"]:
+            merged[-1]["text"] += o["text"]
+        else:
+            merged.append(o)
+    return merged
+
+
 def main(names=NAMES) -> None:
     try:
         import nbformat
@@ -98,6 +109,9 @@ def main(names=NAMES) -> None:
                 NotebookClient(nb, timeout=600, kernel_name="python3", record_timing=False,
                                resources={"metadata": {"path": NOTEBOOKS}}).execute()
                 nb.metadata.pop("widgets", None)
+                for cell in nb.cells:  # one output per run of prints, however the kernel flushed them
+                    if cell.cell_type == "code":
+                        cell.outputs = merged_streams(cell.outputs)
                 out = os.path.join(NOTEBOOKS, f"{name}.ipynb")
                 nbformat.validate(nb)
                 with open(out, "w", encoding="utf-8") as f:
