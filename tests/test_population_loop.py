@@ -14,6 +14,7 @@ from esjax.es.step import ESConfig, init_state
 from esjax.models.decoder import init_params
 from esjax.models.registry import model_config
 from esjax.sampling import generate
+from esjax.trees import leaf_selection
 
 
 def cache_rewrites(hlo: str, slots: int, head_dim: int) -> list:
@@ -63,3 +64,25 @@ def test_map_members_equals_lax_map_with_a_remainder():
     xs = np.arange(7, dtype=np.float32)
     f = lambda x: x * 2 + jax.lax.psum(1, MEMBER_AXIS)  # noqa: E731  (chunk size, 3 then the remainder 1)
     np.testing.assert_array_equal(np.asarray(map_members(f, xs, 3)), xs * 2 + np.array([3] * 6 + [1]))
+
+
+@pytest.mark.parametrize("param_filter", [None, "^layers/"])
+def test_dense_members_are_formed_per_leaf_shape_outside_the_decode_program(param_filter):
+    """Full-rank members' θ + σε come from one small program per perturbed leaf shape; the decode program
+    draws no noise (it compiled for 146 s on an H100 when it did) and shares the unperturbed leaves;
+    every member's tokens are those it decodes alone."""
+    mcfg, _, _, tokens, mask = _setup("full")
+    cfg = ESConfig(population_size=4, noise="full", sigma=0.01, param_filter=param_filter)
+    state = init_state(init_params(mcfg, jax.random.key(0)), jax.random.key(1), cfg)
+    ev = lm_evaluator(mcfg, 4, cfg)
+    pop = population_fn(ev, cfg, 3)  # chunks of 3 and 1
+    programs = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))
+    perturbed = {x.shape for x, s in zip(jax.tree.leaves(state.params), leaf_selection(state.params, param_filter)) if s}
+    assert sorted(k for k in programs if k.startswith("member params")) == sorted(f"member params {s}" for s in perturbed)
+    text = programs["population"].as_text()
+    assert "erf_inv" not in text  # Gaussian draws (the sampling keys' fold_in/split are all it keeps)
+    assert "erf_inv" in programs[f"member params {sorted(perturbed)[0]}"].as_text()
+    out = pop(state, member_ids(4), tokens, mask, jax.random.key(2))
+    for m in range(4):
+        alone = member_output(ev, state, m, cfg, tokens, mask, jax.random.key(2))
+        np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from esjax.es.noise import member_key
 from esjax.es.schemes import get_scheme
 from esjax.es.step import ESConfig, ESState, member_perturbation
+from esjax.models.precision import cast_params
 from esjax.trees import leaf_selection
 from esjax.parallel import POP
 from esjax.sampling import SamplingConfig, generate
@@ -94,18 +95,15 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
     compute ``dtype``; with a mesh, members are split over ``pop`` (len(members) must be a multiple of the
     pop axis size) and args use ``arg_specs`` (default replicated).
 
-    Dense members are formed inside the program, one chunk at a time (memory). Delta members (a few MB)
+    Dense members are formed chunk by chunk by programs of their own, one per leaf shape
+    (:func:`member_params_fn`), and then decoded by one program. Delta members (a few MB)
     are drawn by a program of their own and passed in with the shared compute-dtype weights: one program
     holding both the noise generator and the model compiled 2× slower (SmolLM2: 68 s vs 12 + 19 s) and
     ran no faster."""
     scheme = get_scheme(cfg.noise)
     dtype = jnp.dtype(dtype)
     if scheme.dense:
-        prepare, extra = None, ()
-
-        @jax.named_scope("population")  # profile names: population, member_noise
-        def body(state, members, *args):
-            return evaluate_population(evaluate, state, members, cfg, chunk, *args, dtype=dtype)
+        return _dense_population_fn(evaluate, cfg, chunk, mesh, arg_specs, dtype)
     else:
         @jax.named_scope("population")
         def body(shared, members, deltas, *args):
@@ -117,16 +115,12 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
         lambda n_args: _compiled(body, mesh, (P(), P(POP), *extra, *(tuple(arg_specs) or (P(),) * n_args))))
 
     def f(state, members, *args):
-        if prepare is None:
-            return compiled(len(args))(state, members, *args)
         shared = scheme.shared_params(state.params, dtype)  # cast by its own program: the weights arrive cast
         return compiled(len(args))(shared, members, prepare(state, members), *args)
 
     def lower(state, members, *args) -> dict:
         """{program name: ``jax.stages.Lowered``} of what ``f`` runs, for abstract inputs (``jax.ShapeDtypeStruct``
         leaves allowed: ahead-of-time compilation allocates no weights)."""
-        if prepare is None:
-            return {"population": compiled(len(args)).lower(state, members, *args)}
         shared = jax.eval_shape(functools.partial(scheme.shared_params, dtype=dtype), state.params)
         deltas = jax.eval_shape(prepare, state, members)
         return {"cast weights": jax.jit(functools.partial(scheme.shared_params, dtype=dtype)).lower(state.params),
@@ -135,6 +129,113 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
 
     f.lower = lower
     return f
+
+
+def _dense_population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[Mesh], arg_specs: tuple,
+                         dtype):
+    """Dense members (full-rank): chunk by chunk, the chunk's perturbed leaves θ + σ s_n E_n are formed by
+    :func:`member_params_fn` (one program per leaf shape) and the decoder program, compiled once, maps
+    ``evaluate`` over them (unperturbed leaves, cast once per call, are shared by every member). Forming
+    the ~340 leaves' noise inside the decoder program made it compile for 146 s on an H100 (docs/gpu.md);
+    the values are those :func:`member_output` gives (same draws, same fp32 sum and cast). With a mesh each
+    chunk holds ``chunk`` members per device, each formed where it runs."""
+    form = member_params_fn(cfg, mesh, dtype)
+    shards = 1 if mesh is None else mesh.shape[POP]
+    compiled = functools.lru_cache(maxsize=None)(_dense_program)
+
+    def chunks(members):
+        """Member ids per chunk, each device's part contiguous: (shards, M/shards) sliced by columns."""
+        per = members.reshape(shards, -1)
+        step = max(1, min(chunk, per.shape[1]))
+        return [per[:, k:k + step].reshape(-1) for k in range(0, per.shape[1], step)]
+
+    def program(params, n_args):
+        axes = tuple(0 if s else None for s in leaf_selection(params, cfg.param_filter))  # member axis or shared
+        return compiled(evaluate, mesh, tuple(arg_specs) or (P(),) * n_args, jax.tree.structure(params), axes)
+
+    def f(state, members, *args):
+        shared = cast_params(form.unperturbed(state.params), dtype)  # once per call, shared by every chunk
+        outs = []
+        for ids in chunks(members):
+            params = form.merge(form(state, ids), shared)
+            outs.append(program(params, len(args))(params, ids, *args))
+        # chunk k's rows are (device, member in chunk): back to the order of ``members``
+        return jax.tree.map(lambda *ys: jnp.concatenate([y.reshape(shards, -1, *y.shape[1:]) for y in ys], 1)
+                            .reshape(-1, *ys[0].shape[1:]), *outs)
+
+    def lower(state, members, *args) -> dict:
+        """{program name: Lowered} for abstract inputs (``jax.ShapeDtypeStruct`` leaves: no weights
+        allocated): the leaf-shape member programs and the decoder program of a full chunk."""
+        ids = jax.ShapeDtypeStruct((min(members.shape[0], chunk * shards),), members.dtype)
+        shared = jax.eval_shape(lambda p: cast_params(form.unperturbed(p), dtype), state.params)
+        params = form.merge(jax.eval_shape(form, state, ids), shared)
+        return {**form.lower(state, ids), "population": program(params, len(args)).lower(params, ids, *args)}
+
+    f.lower = lower
+    return f
+
+
+def _dense_program(evaluate, mesh, arg_specs, treedef, axes):
+    """The compiled decoder program of a dense population: vmap of ``evaluate`` (axis ``MEMBER_AXIS``) over
+    member ids and the params leaves with a member axis (``axes``: 0, or None for shared leaves)."""
+    in_axes = jax.tree.unflatten(treedef, list(axes))
+
+    @jax.named_scope("population")
+    def body(params, members, *args):
+        return jax.vmap(lambda p, m: evaluate(p, None, m, *args), in_axes=(in_axes, 0),
+                        axis_name=MEMBER_AXIS)(params, members)
+
+    specs = jax.tree.unflatten(treedef, [P(POP) if a == 0 else P() for a in axes])
+    return _compiled(body, mesh, (specs, P(POP), *arg_specs))
+
+
+def member_params_fn(cfg: ESConfig, mesh: Optional[Mesh] = None, dtype=F32):
+    """``form(state, members)``: dense members' perturbed leaves θ + σ s_n E_n in compute ``dtype``, stacked
+    on a leading member axis (``None`` for leaves the parameter filter leaves alone), leaf by leaf with
+    one program per leaf shape: the values of :func:`member_output`'s members (same draws, fp32 sum, one
+    cast). With a mesh each device forms only its members. ``form.unperturbed(params)``: those other
+    leaves (``None`` elsewhere); ``form.merge(formed, shared)``: the two joined into one params tree;
+    ``form.lower(state, members)``: {name: Lowered} per leaf shape (AOT)."""
+    scheme = get_scheme(cfg.noise)
+    dtype = jnp.dtype(dtype)
+
+    @jax.named_scope("member_params")
+    def leaf(theta, key, iteration, members, i):
+        def one(n):
+            k, sign = member_key(key, iteration, n, cfg.antithetic)
+            return scheme.member_leaf(theta, scheme.leaf_perturbation(k, i, theta.shape, cfg.sigma * sign, cfg), dtype)
+        return jax.vmap(one)(members)
+
+    program = _compiled(leaf, mesh, (P(), P(), P(), P(POP), P()))  # jit: one compilation per leaf shape
+
+    def selected(params):
+        leaves, treedef = jax.tree.flatten(params)
+        return leaves, treedef, leaf_selection(params, cfg.param_filter)
+
+    def form(state, members):
+        leaves, treedef, sel = selected(state.params)
+        return jax.tree.unflatten(treedef, [program(x, state.key, state.iteration, members, jnp.uint32(i)) if s else None
+                                            for i, (x, s) in enumerate(zip(leaves, sel))])
+
+    def unperturbed(params):
+        leaves, treedef, sel = selected(params)
+        return jax.tree.unflatten(treedef, [None if s else x for x, s in zip(leaves, sel)])
+
+    def merge(formed, shared):
+        return jax.tree.map(lambda a, b: b if a is None else a, formed, shared, is_leaf=lambda x: x is None)
+
+    def lower(state, members) -> dict:
+        leaves, _, sel = selected(state.params)
+        u32 = jax.ShapeDtypeStruct((), jnp.uint32)
+        first = {}
+        for x, s in zip(leaves, sel):
+            if s:
+                first.setdefault(tuple(x.shape), x)
+        return {f"member params {shape}": program.lower(x, state.key, state.iteration, members, u32)
+                for shape, x in sorted(first.items())}
+
+    form.unperturbed, form.merge, form.lower = unperturbed, merge, lower
+    return form
 
 
 def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):

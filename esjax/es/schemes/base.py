@@ -77,7 +77,11 @@ class DenseScheme(NoiseScheme):
         return scale * self.sample(leaf_key(key, i, cfg.correlated_noise), shape)
 
     def member(self, shared, perturbation, dtype):
-        return jax.tree.map(lambda p, e: (p + e).astype(dtype), shared, perturbation), None
+        return jax.tree.map(lambda p, e: self.member_leaf(p, e, dtype), shared, perturbation), None
+
+    def member_leaf(self, theta, e, dtype):
+        """One leaf of a member's weights: θ + σ s E summed in fp32, cast once to the compute dtype."""
+        return (theta + e).astype(dtype)
 
     def leaf_gradient(self, key, iteration, weights, i, shape, cfg):
         def body(n, acc):
