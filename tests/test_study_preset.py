@@ -16,7 +16,7 @@ def test_study_preset_sizes_and_sweeps():
     for s in study.SWEEPS.values():
         assert set(s["variants"]) <= set(VARIANTS)
         run = build_config("study", s["sets"])  # the sweeps' overrides are valid config
-        assert run.eval_size >= 128 and run.es_batch <= run.train_pool
+        assert run.eval_size >= 64 and run.es_batch <= run.train_pool
     assert len(study.COMMANDS) == 3 and study.COMMANDS[0].startswith("python -m experiments.compare --preset study")
 
 
