@@ -1,4 +1,4 @@
-"""``study``: the issue-17 study on SmolLM2-135M, 2 CPU cores, ≤ 75 min estimated (budget 90): ES and GRPO
+"""``study``: the issue-17 study on SmolLM2-135M, 2 CPU cores, ≤ 80 min estimated (budget 90): ES and GRPO
 long enough to test each method's held-out gain on 256 problems, the N sweep and the forgetting-aware
 variants. The ES/GRPO knobs are cpu-quick's (σ, α, lr, T = 0.6 are tuned there); only lengths and sizes grow.
 
@@ -6,9 +6,9 @@ Three commands, run in order (each resumes after a kill: every run keeps its own
 
     python -m experiments.compare --preset study --out runs/study --eval-size 64 && \\
     python -m experiments.sweep --preset study --out runs/study-nsweep --populations 4,8,16 --variants plain \\
-        --set es_iterations=16 --set es_batch=8 --set eval_size=128 --probe-size 24 && \\
+        --set es_iterations=16 --set es_batch=8 --set eval_size=64 --probe-size 24 && \\
     python -m experiments.sweep --preset study --out runs/study-variants --populations 8 --variants mask,kl,awd \\
-        --set es_iterations=16 --set es_batch=8 --set eval_size=128 --probe-size 24
+        --set es_iterations=16 --set es_batch=8 --set eval_size=64 --probe-size 24
 
 (:data:`COMMANDS` holds the same; the sweeps' settings are :data:`SWEEPS`.)
 
@@ -22,19 +22,19 @@ step 8.5 s for 4 × 6 completions (first step 61 s); the after-training greedy e
 =========================  ===========================================================  ======
 phase                      arithmetic                                                     s
 =========================  ===========================================================  ======
-compare: load + base eval  30 + 2 tasks × 256 problems × 0.15                               107
+compare: load + base eval  30 + 4 tasks × 256 problems × 0.15                               184
 compare: ES, T = 75        42 + 74 × 12.3 + 2 extra saves × 10                              972
 compare: GRPO, 75 steps    61 + 74 × 8.5 + 2 extra saves × 10                               710
-compare: 2 after-evals     2 × 512 × 0.15                                                   154
+compare: 2 after-evals     2 × 1,024 × 0.15                                                 307
 compare: analysis          199 × 2.5 (KL on 24 + 2 × 64 prompts, not 3 × 8; 64 problems
                            per interpolation point, not 32)                                 498
-sweep N: base eval         30 + 2 × 128 × 0.15                                               68
+sweep N: base eval         30 + 4 × 64 × 0.15                                                68
 sweep N = 4, 8, 16, T = 16 per run 30 compile + 16 × N × 8 × 0.096 + 38 eval + 10 KL:
                            128 + 177 + 275                                                  580
 sweep variants, N = 8      base eval 68; mask 177, awd 177, kl 30 + 98 × 1.5 + 48 = 226     648
 =========================  ===========================================================  ======
 
-Total ≈ 3736 s ≈ 62 min; × 1.2 for timing noise and a shared machine ≈ 75 min (budget 90).
+Total ≈ 3966 s ≈ 66 min; × 1.2 for timing noise and a shared machine ≈ 79 min (budget 90).
 The analysis factor 2.5 is the least certain line (its parts were not timed separately).
 Not known before the run: whether 75 iterations / steps make each gain significant on 256 problems
 (cpu-quick's 10 gave ES +3/64, GRPO −2/64, neither significant).
