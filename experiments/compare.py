@@ -12,6 +12,7 @@ import time
 
 from experiments.cli import dry_run, parser, setup
 from esjax.analysis.report import analyze, write_report
+from esjax.memory import peak_gb, reset_peak
 from esjax.runs import METHODS, evaluate_all, load_run_model, preflight, run_method
 
 
@@ -21,12 +22,15 @@ ANALYSIS_STEPS = ("update geometry (norms, sparsity, per-layer norms and cosines
 
 @contextlib.contextmanager
 def phase(name: str, phases: dict, what: str = ""):
-    """Print ``[name] started`` (with ``what`` it does) and ``[name] done in N s``; record the time."""
+    """Print ``[name] started`` (with ``what`` it does) and ``[name] done in N s, peak RSS G GB`` (the
+    phase's own peak resident memory, :mod:`esjax.memory`); record the time."""
     print(f"[{name}] started{': ' + what if what else ''}", flush=True)
+    reset_peak()
     t = time.perf_counter()
     yield
     phases[name] = time.perf_counter() - t
-    print(f"[{name}] done in {phases[name]:.0f} s", flush=True)
+    peak = peak_gb()
+    print(f"[{name}] done in {phases[name]:.0f} s" + (f", peak RSS {peak:.1f} GB" if peak else ""), flush=True)
 
 
 def main(argv=None):
