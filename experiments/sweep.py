@@ -26,6 +26,7 @@ from esjax.analysis import stats
 from esjax.analysis.drift import kl_drift_values
 from esjax.analysis.report import perturbed_dimension
 from esjax.analysis.theory import drift_theory_of_run
+from esjax.analysis.verdicts import offtask_probes
 from esjax.checkpoint import load_params
 from esjax.config import build_config
 from esjax.runs import evaluate_all, load_run_model, run_method
@@ -58,6 +59,9 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
     s = run_method(cfg, method, os.path.join(out, name), model, progress=False, base_eval=base_eval)
     params = load_params(os.path.join(out, name, method, "params"), model.params)
     delta = geo.update(params, model.params)
+    # forgetting: accuracy drop on the off-task eval tasks only (not the task nor its neighbours: transfer)
+    offtask = offtask_probes([k.split("/")[1] for k in s["before"] if k.startswith("eval/") and k.endswith("/accuracy")],
+                             cfg.task)
     kl = kl_drift_values(params, model.params, model.cfg, model.tokenizer,
                          {"general": (GeneralChat(), general_examples(probe_n))}, jax.random.key(cfg.seed),
                          estimators=("greedy_sequence_sum",))["general"]  # per prompt, for the interval
@@ -67,8 +71,9 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
            "accuracy_after": s["after"][f"eval/{cfg.task}/accuracy"],
            "accuracy_after_ci": list(stats.wilson_interval(stats.count_from_accuracy(
                s["after"][f"eval/{cfg.task}/accuracy"], cfg.eval_size, f"{name}: eval/{cfg.task}/accuracy"), cfg.eval_size)),
-           "forgetting": float(np.mean([s["before"][k] - s["after"][k] for k in s["before"]
-                                        if k.endswith("/accuracy") and not k.startswith(f"eval/{cfg.task}/")] or [0.0])),
+           "forgetting": float(np.mean([s["before"][f"eval/{t}/accuracy"] - s["after"][f"eval/{t}/accuracy"]
+                                        for t in offtask] or [0.0])),
+           "forgetting_tasks": offtask,
            "update_norm": geo.global_norm(delta), "sparsity_bf16": geo.sparsity(geo.cast_delta(params, model.params, "bfloat16")),
            "offtask_kl": float(kl["greedy_sequence_sum"].mean()),
            "offtask_kl_ci": stats.bootstrap_mean_interval(kl["greedy_sequence_sum"], cfg.seed)["ci"],

@@ -166,4 +166,5 @@ def test_sweep_reports_theory_beside_each_variant(tmp_path):
     for r in rows:  # the tiny preset's noise is pure drift: measured ≈ α√(T d f / N) within a few percent
         assert r["update_norm"] == pytest.approx(r["predicted_norm"], rel=0.02) and r["offtask_kl"] >= 0
     assert rows[2]["predicted_norm"] < rows[0]["predicted_norm"]  # larger N, smaller predicted drift
+    assert all(r["forgetting_tasks"] == ["arithmetic"] for r in rows)  # eval tasks but the trained one
     assert os.path.exists(tmp_path / "sweep.png") and "predicted_norm" in open(tmp_path / "sweep.csv").readline()
