@@ -29,3 +29,28 @@ def test_study_time_estimate_matches_its_table_and_fits():
     # the estimate scales with the run: twice the ES iterations cost ~74 × 12.3 s more
     longer = study.estimate_seconds({**study.PRESET, "es_iterations": 150})
     assert longer["phases"]["compare_es"] - e["phases"]["compare_es"] == pytest.approx(75 * 12.3 + 3 * study.SAVE_S)
+
+
+def test_study_publishes_the_sweeps_with_the_root_n_law(tmp_path):
+    """experiments.study --publish: copies the reports (no checkpoints) and tabulates ‖Δθ‖·√N per N."""
+    import json
+    import os
+
+    from experiments.study import publish
+
+    out = tmp_path / "runs" / "study"
+    (out / "plots").mkdir(parents=True)
+    (out / "report.md").write_text("# report")
+    (out / "plots" / "a.png").write_bytes(b"png")
+    (out / "es" / "ckpt").mkdir(parents=True)
+    rows = [{"run": f"es-N{n}", "N": n, "update_norm": 20.0 / n ** 0.5, "predicted_norm": 19.0 / n ** 0.5,
+             "accuracy_after": 0.25, "accuracy_after_ci": [0.2, 0.3], "forgetting": 0.01,
+             "forgetting_tasks": ["capitals", "copy"], "offtask_kl": 0.1} for n in (4, 16)]
+    for name, rs in (("nsweep", rows), ("variants", rows[:1])):
+        os.makedirs(f"{out}-{name}")
+        json.dump(rs, open(f"{out}-{name}/sweep.json", "w"))
+    dest = tmp_path / "docs"
+    publish(str(out), str(dest))
+    assert sorted(os.listdir(dest)) == ["nsweep-sweep.json", "plots", "report.md", "sweeps.md", "variants-sweep.json"]
+    md = (dest / "sweeps.md").read_text()
+    assert md.count("| 20.0 |") == 2 and md.count("| 1.053 |") == 2  # ‖Δθ‖·√N constant; measured/predicted
