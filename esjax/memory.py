@@ -1,6 +1,7 @@
 """Peak resident memory of this process, per phase: Linux's high-water mark ``VmHWM``, which writing ``5``
 to ``/proc/self/clear_refs`` resets to the current resident size. Elsewhere (no /proc) both are no-ops
-and the peak is ``None``."""
+and the peak is ``None``. :func:`live_array_gb` says how much of the resident memory is JAX arrays still
+referenced (the rest: compiled programs, allocator caches, Python)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -26,3 +27,10 @@ def peak_gb() -> Optional[float]:
     except OSError:
         pass
     return None
+
+
+def live_array_gb() -> float:
+    """GB (1e9 bytes) held by JAX arrays that are still alive (``jax.live_arrays``), all devices."""
+    import jax
+
+    return sum(x.nbytes for x in jax.live_arrays()) / 1e9

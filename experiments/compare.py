@@ -12,7 +12,7 @@ import time
 
 from experiments.cli import dry_run, parser, setup
 from esjax.analysis.report import analyze, write_report
-from esjax.memory import peak_gb, reset_peak
+from esjax.memory import live_array_gb, peak_gb, reset_peak
 from esjax.runs import METHODS, evaluate_all, load_run_model, preflight, run_method
 
 
@@ -30,7 +30,8 @@ def phase(name: str, phases: dict, what: str = ""):
     yield
     phases[name] = time.perf_counter() - t
     peak = peak_gb()
-    print(f"[{name}] done in {phases[name]:.0f} s" + (f", peak RSS {peak:.1f} GB" if peak else ""), flush=True)
+    print(f"[{name}] done in {phases[name]:.0f} s" + (f", peak RSS {peak:.1f} GB" if peak else "")
+          + f", live JAX arrays {live_array_gb():.1f} GB", flush=True)
 
 
 def main(argv=None):

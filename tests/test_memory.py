@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from esjax.memory import peak_gb, reset_peak
+from esjax.memory import live_array_gb, peak_gb, reset_peak
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
@@ -18,3 +18,13 @@ def test_peak_follows_an_allocation_and_resets():
     assert grown - before == pytest.approx(0.1, abs=0.03)
     reset_peak()
     assert peak_gb() < grown - 0.05  # the freed block is no longer in the peak
+
+
+def test_live_arrays_count_what_is_referenced():
+    import jax.numpy as jnp
+
+    before = live_array_gb()
+    x = jnp.ones((25_000_000,), jnp.float32)  # 0.1 GB
+    assert live_array_gb() - before == pytest.approx(0.1, abs=1e-6)
+    del x
+    assert live_array_gb() == pytest.approx(before, abs=1e-6)
