@@ -17,16 +17,25 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_gb() -> Optional[float]:
-    """Peak resident memory (GB, 1e9 bytes) since the last :func:`reset_peak` (or process start)."""
+def _status_gb(field: str) -> Optional[float]:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024 / 1e9
     except OSError:
         pass
     return None
+
+
+def peak_gb() -> Optional[float]:
+    """Peak resident memory (GB, 1e9 bytes) since the last :func:`reset_peak` (or process start)."""
+    return _status_gb("VmHWM")
+
+
+def resident_gb() -> Optional[float]:
+    """Resident memory now (GB, 1e9 bytes)."""
+    return _status_gb("VmRSS")
 
 
 def live_array_gb() -> float:
@@ -34,3 +43,21 @@ def live_array_gb() -> float:
     import jax
 
     return sum(x.nbytes for x in jax.live_arrays()) / 1e9
+
+
+def release() -> None:
+    """Hand memory a finished phase no longer needs back to the system: collect unreachable Python objects,
+    drop JAX's compiled-program caches (later calls recompile, from the persistent compilation cache
+    where one is set) and ask glibc to return freed heap pages (``malloc_trim``; a no-op elsewhere)."""
+    import ctypes
+    import gc
+
+    import jax
+
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -12,7 +12,7 @@ import time
 
 from experiments.cli import dry_run, parser, setup
 from esjax.analysis.report import analyze, write_report
-from esjax.memory import live_array_gb, peak_gb, reset_peak
+from esjax.memory import live_array_gb, peak_gb, release, resident_gb, reset_peak
 from esjax.runs import METHODS, evaluate_all, load_run_model, preflight, run_method
 
 
@@ -22,16 +22,21 @@ ANALYSIS_STEPS = ("update geometry (norms, sparsity, per-layer norms and cosines
 
 @contextlib.contextmanager
 def phase(name: str, phases: dict, what: str = ""):
-    """Print ``[name] started`` (with ``what`` it does) and ``[name] done in N s, peak RSS G GB`` (the
-    phase's own peak resident memory, :mod:`esjax.memory`); record the time."""
+    """Print ``[name] started`` (with ``what`` it does) and ``[name] done in N s, peak RSS G GB (K GB kept,
+    of which live JAX arrays A GB)``: the phase's own peak resident memory, then what stays resident after
+    :func:`esjax.memory.release` hands the phase's freed memory and compiled programs back (:mod:`esjax.memory`);
+    record the time."""
     print(f"[{name}] started{': ' + what if what else ''}", flush=True)
     reset_peak()
     t = time.perf_counter()
     yield
     phases[name] = time.perf_counter() - t
     peak = peak_gb()
+    release()  # what the phase compiled and freed goes back to the system before the next one
+    now = resident_gb()
     print(f"[{name}] done in {phases[name]:.0f} s" + (f", peak RSS {peak:.1f} GB" if peak else "")
-          + f", live JAX arrays {live_array_gb():.1f} GB", flush=True)
+          + (f" ({now:.1f} GB kept" if now else " (") + f", of which live JAX arrays {live_array_gb():.1f} GB)",
+          flush=True)
 
 
 def main(argv=None):

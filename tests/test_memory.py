@@ -28,3 +28,18 @@ def test_live_arrays_count_what_is_referenced():
     assert live_array_gb() - before == pytest.approx(0.1, abs=1e-6)
     del x
     assert live_array_gb() == pytest.approx(before, abs=1e-6)
+
+
+def test_release_keeps_programs_working_and_memory_readable():
+    import jax
+    import jax.numpy as jnp
+
+    from esjax.memory import release, resident_gb
+
+    f = jax.jit(lambda x: jnp.tanh(x) * 2)
+    x = jnp.arange(8.0)
+    before = f(x)
+    release()  # drops the compiled program: the next call compiles again
+    assert f._cache_size() == 0
+    assert jnp.array_equal(f(x), before) and f._cache_size() == 1
+    assert resident_gb() > 0
