@@ -8,8 +8,8 @@ Each program is compiled and run once first, then traced for one call with ``jax
 trace is read back with ``jax.profiler.ProfileData`` (no TensorBoard needed). For each program
 ``profile_<what>.txt`` holds: the wall time of the traced call, the time the device was busy (sum of op
 durations on its busiest line, and that sum over the wall time: far below 1 means launch gaps or host
-work), the ops ranked by total time with their counts, and the named scopes (attention / mlp / head /
-embed) the ops belong to where the trace records them. On CPU the "device" lines are the XLA CPU
+work), and the ops ranked by total time with their counts (GPU kernels by name; the trace does not
+record jax's named scopes for kernels inside CUDA graphs). On CPU the "device" lines are the XLA CPU
 client's threads. Writes under ``--out`` (``$OUT`` on the device machine).
 """
 from __future__ import annotations
@@ -32,9 +32,6 @@ from esjax.models.precision import compute_params
 from esjax.sampling import make_generate
 from experiments.shapes import shape_config
 
-SCOPES = ("attention", "mlp", "head", "embed")
-
-
 def _stats(event) -> dict:
     import warnings
     with warnings.catch_warnings():  # jaxlib's event_stats type warns on iteration (harmless)
@@ -55,7 +52,6 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
             if "XLA Modules" in line.name or "Steps" in line.name or "Source" in line.name:
                 continue
             ops = collections.defaultdict(lambda: [0.0, 0, ""])
-            scopes = collections.Counter()
             busy, first, last = 0.0, float("inf"), 0.0
             for ev in line.events:
                 dur = float(ev.duration_ns)
@@ -72,14 +68,11 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 if not rec[2]:
                     rec[2] = "; ".join(f"{k}={str(v)[:90]}" for k, v in st.items()
                                        if k in ("hlo_op", "long_name", "hlo_category", "kernel_details", "name"))[:240]
-                label = " ".join(str(v) for k, v in st.items() if k in ("tf_op", "long_name", "name")) + " " + ev.name
-                scope = next((s for s in SCOPES if f"/{s}/" in label or label.startswith(f"{s}/")), "other")
-                scopes[scope] += dur
             if ops:
                 ranked = sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]
                 lines.append({"plane": plane.name, "line": line.name, "busy_ns": busy, "span_ns": last - first,
                               "events": sum(r[1] for r in ops.values()),
-                              "ops": ranked, "scopes": dict(scopes)})
+                              "ops": ranked})
     lines.sort(key=lambda r: -r["busy_ns"])
     return {"lines": lines}
 
@@ -110,8 +103,6 @@ def report(label: str, wall: float, summary: dict, steps: int, first: float) -> 
         out.append(f"## {ln['plane']} / {ln['line']}: busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of wall; first op to "
                    f"last {ln['span_ns'] / 1e6:.1f} ms), "
                    f"{ln['events']} op events ({ln['events'] / steps:.0f} per step)")
-        scopes = ", ".join(f"{k} {v / 1e6:.1f} ms" for k, v in sorted(ln["scopes"].items(), key=lambda kv: -kv[1]))
-        out.append(f"scopes: {scopes}")
         out.append("| op | total ms | share | count | µs each | detail |")
         out.append("|---|---|---|---|---|---|")
         for name, (tot, cnt, detail) in ln["ops"]:

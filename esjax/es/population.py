@@ -155,10 +155,11 @@ def _dense_population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Op
 
     def f(state, members, *args):
         shared = cast_params(form.unperturbed(state.params), dtype)  # once per call, shared by every chunk
-        outs = []
+        outs, run = [], None
         for ids in chunks(members):
             params = form.merge(form(state, ids), shared)
-            outs.append(program(params, len(args))(params, ids, *args))
+            run = run or program(params, len(args))  # every chunk has the same tree: one lookup per call
+            outs.append(run(params, ids, *args))
         # chunk k's rows are (device, member in chunk): back to the order of ``members``
         return jax.tree.map(lambda *ys: jnp.concatenate([y.reshape(shards, -1, *y.shape[1:]) for y in ys], 1)
                             .reshape(-1, *ys[0].shape[1:]), *outs)
