@@ -1,5 +1,7 @@
 """Noise schemes are a registry: a scheme defined here, outside esjax, runs a whole ES iteration on the tiny
 model; unknown names are named errors; the ES update compiles once per leaf shape and equals one program."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from esjax.es.noise import member_key
 from esjax.es.population import member_ids, population_fn
 from esjax.es.schemes import SCHEMES, DenseScheme, get_scheme, register_scheme
-from esjax.es.step import ESConfig, _leaf_gradient_program, es_update, init_state, member_perturbation
+from esjax.es.step import (ESConfig, _apply_gradient, _leaf_step_program, _shaped, es_update, estimate_gradient, init_state,
+                           member_perturbation)
 
 
 class SignNoise(DenseScheme):
@@ -57,8 +60,10 @@ def test_unknown_scheme_lists_the_registered_ones():
 
 @pytest.mark.parametrize("noise", ["full", "lowrank", "sign-test"])
 def test_update_compiles_once_per_leaf_shape_and_equals_one_program(noise):
-    """Called directly, es_update runs one compiled gradient program per distinct leaf shape (not per
-    leaf); the result equals the same update compiled as one program."""
+    """Called directly, es_update runs one compiled step program per distinct leaf shape (not per leaf);
+    the result equals the same update compiled as one program, and the whole-tree route (the gradient
+    tree, then optax's SGD step and the metrics over the update tree), also with a parameter filter and
+    anchored weight decay (leaves outside the filter run a decay-only program)."""
     from esjax.models.config import ModelConfig
     from esjax.models.decoder import init_params
 
@@ -70,11 +75,23 @@ def test_update_compiles_once_per_leaf_shape_and_equals_one_program(noise):
     fitness = jnp.array([0.3, -1.0, 2.0, 0.1, -0.4, 0.7])
     eager, m1 = es_update(state, fitness, cfg)
     shapes = {x.shape for x in jax.tree.leaves(params)}
-    assert _leaf_gradient_program(cfg)._cache_size() == len(shapes) < len(jax.tree.leaves(params))
+    assert _leaf_step_program(cfg)._cache_size() == len(shapes) < len(jax.tree.leaves(params))
     jitted, m2 = jax.jit(lambda s, f: es_update(s, f, cfg))(state, fitness)
     for a, b in zip(jax.tree.leaves(eager.params), jax.tree.leaves(jitted.params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     assert float(m1["update_norm"]) == pytest.approx(float(m2["update_norm"]), rel=1e-5)
+    anchor = jax.tree.map(lambda x: x - 0.01, state.params)
+    for c in (cfg, dataclasses.replace(cfg, param_filter="^layers/[01]/w", awd_lambda=3.0)):
+        new, m = es_update(state, fitness, c, anchor=anchor)
+        z = _shaped(fitness, c)
+        ref, mr = _apply_gradient(state, estimate_gradient(state.params, state.key, state.iteration, z, c), fitness, z,
+                                  anchor if c.awd_lambda else None, c)
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref.params)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+        assert set(m) == set(mr)
+        for k in m:
+            assert float(m[k]) == pytest.approx(float(mr[k]), rel=1e-5, abs=1e-12), k
+        assert int(new.iteration) == int(ref.iteration) == 1
 
 
 def test_per_leaf_gradient_is_the_sum_of_regenerated_member_noise():

@@ -10,6 +10,8 @@ Scaling convention (references disagree, docs/protocols.md#a1): the textbook 1/�
 no √N (unlike EGGROLL) and no weight decay. ``optimizer="adam"`` feeds −g to ``optax.adam(α)`` instead.
 The full-rank sum regenerates one member at a time (memory = one noise copy); the low-rank sum is
 Σ_n z_n s_n A_n B_nᵀ/√r = [A_1…A_N]·diag(z s)·[B_1…B_N]ᵀ/(√r N), one (n_in × N·r)·(N·r × n_out) matmul.
+With ``optimizer="sgd"`` each leaf's whole step (gradient, θ + α g, anchored decay, Σ u²) is one program
+compiled once per leaf shape, so g is never held for the whole model (memory: θ, θ' and one leaf).
 """
 from __future__ import annotations
 
@@ -125,6 +127,43 @@ def estimate_gradient(params, state_key, iteration, weights, cfg: ESConfig):
     return jax.tree.unflatten(treedef, g)
 
 
+@functools.lru_cache(maxsize=None)
+def _leaf_step_program(cfg: ESConfig):
+    """Leaf i of the SGD step as one program compiled once per (leaf shape, selected): θ' = θ + α g_i
+    (g_i = 0 for a leaf outside ``param_filter``), then anchored decay toward ``anchor`` if configured.
+    (θ_i (shape), anchor_i or None, key, iteration, weights (N,), i) → (θ'_i, Σ (θ'_i − θ_i)²)."""
+    scheme = get_scheme(cfg.noise)
+
+    def step(p, anchor, key, iteration, weights, i, selected):
+        new = p
+        if selected:  # optax.sgd(α) on −g, as the whole-tree optimizer step computes it: p + (−α)(−g)
+            new = p + (-cfg.alpha) * -scheme.leaf_gradient(key, iteration, weights, i, p.shape, cfg).astype(p.dtype)
+        if cfg.awd_lambda:
+            new = anchored_decay(new, anchor, cfg.alpha * cfg.awd_lambda, cfg.awd_norm)
+        u = (new - p).astype(jnp.float32)
+        return new, jnp.sum(u * u)
+
+    return jax.jit(step, static_argnames="selected")
+
+
+def _sgd_step(state: ESState, fitness, z, anchor, cfg: ESConfig):
+    """The SGD update leaf by leaf (:func:`_leaf_step_program`) and its metrics from the leaves' Σ u²."""
+    program = _leaf_step_program(cfg)
+    leaves, treedef = jax.tree.flatten(state.params)
+    anchors = jax.tree.leaves(anchor) if cfg.awd_lambda else [None] * len(leaves)
+    sel = leaf_selection(state.params, cfg.param_filter)
+    new, ssq = [], []
+    for i, (p, a, s) in enumerate(zip(leaves, anchors, sel)):
+        if s or cfg.awd_lambda:
+            q, e = program(p, a, state.key, state.iteration, z, jnp.uint32(i), selected=bool(s))
+        else:  # neither stepped nor decayed: the leaf is unchanged
+            q, e = p, jnp.zeros((), jnp.float32)
+        new.append(q)
+        ssq.append(e)
+    metrics = _metrics_from_ssq(fitness, z, tuple(ssq), update_groups(state.params), cfg)
+    return ESState(jax.tree.unflatten(treedef, new), state.opt_state, state.key, state.iteration + 1), metrics
+
+
 def inplace_update(params, state_key, iteration, z, cfg: ESConfig):
     """The seeds' 16-bit in-place arithmetic (docs/protocols.md#a4), for measuring its effect on norms and
     sparsity. With rd(·) rounding to ``cfg.inplace_dtype`` and the weights held at 16-bit values:
@@ -164,6 +203,8 @@ def es_update(state: ESState, fitness, cfg: ESConfig, anchor=None):
     if cfg.inplace_dtype is not None:
         return _inplace_step(state, fitness, anchor, cfg)
     z = _shaped(fitness, cfg)
+    if cfg.optimizer == "sgd":
+        return _sgd_step(state, fitness, z, anchor, cfg)
     g = estimate_gradient(state.params, state.key, state.iteration, z, cfg)
     return _apply_gradient(state, g, fitness, z, anchor, cfg)
 
@@ -184,16 +225,28 @@ def anchored_decay(params, anchor, rate, norm: str = "l2"):
 
 
 def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
-    """{program name: ``jax.stages.Lowered``} of the programs :func:`es_update` runs (shaping, one gradient
-    program per distinct leaf shape, the optimizer step), for abstract ``state`` leaves
-    (``jax.ShapeDtypeStruct`` allowed): ahead-of-time compilation that allocates no weights."""
+    """{program name: ``jax.stages.Lowered``} of the programs :func:`es_update` runs (shaping; with SGD one
+    step program per distinct leaf shape and a metrics program, otherwise one gradient program per leaf
+    shape and the optimizer step), for abstract ``state`` leaves (``jax.ShapeDtypeStruct`` allowed):
+    ahead-of-time compilation that allocates no weights."""
     f = jax.ShapeDtypeStruct((cfg.population_size,), jnp.float32)
     u32 = jax.ShapeDtypeStruct((), jnp.uint32)
     out = {"shaping": _shaped.lower(f, cfg)}
     if cfg.inplace_dtype is not None:
         return {**out, "in-place update": _inplace_step.lower(state, f, state.params if cfg.awd_lambda else None, cfg)}
-    program = _leaf_gradient_program(cfg)
     sel = leaf_selection(state.params, cfg.param_filter)
+    if cfg.optimizer == "sgd":
+        step = _leaf_step_program(cfg)
+        kinds = sorted({(tuple(x.shape), bool(s)) for x, s in zip(jax.tree.leaves(state.params), sel)
+                        if s or cfg.awd_lambda})
+        for shape, s in kinds:
+            leaf = jax.ShapeDtypeStruct(shape, jnp.float32)
+            out[f"step {shape}" + ("" if s else " (decay only)")] = step.lower(
+                leaf, leaf if cfg.awd_lambda else None, state.key, state.iteration, f, u32, selected=s)
+        scalar = jax.ShapeDtypeStruct((), jnp.float32)
+        out["metrics"] = _metrics_from_ssq.lower(f, f, (scalar,) * len(sel), update_groups(state.params), cfg)
+        return out
+    program = _leaf_gradient_program(cfg)
     for shape in sorted({tuple(x.shape) for x, s in zip(jax.tree.leaves(state.params), sel) if s}):
         out[f"gradient {shape}"] = program.lower(state.key, state.iteration, f, u32, shape=shape)
     g = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), state.params)
@@ -227,10 +280,13 @@ def _inplace_step(state: ESState, fitness, anchor, cfg: ESConfig):
     return ESState(params, state.opt_state, state.key, state.iteration + 1), _metrics(fitness, z, updates, cfg)
 
 
-def _metrics(fitness, z, updates, cfg: ESConfig) -> dict:
+def _fitness_metrics(fitness, z, cfg: ESConfig) -> dict:
     return {"fitness_mean": fitness.mean(), "fitness_std": fitness.std(), "fitness_max": fitness.max(),
-            "fitness_min": fitness.min(), "update_norm": optax.tree.norm(updates),
-            "noise_energy_factor": noise_energy_factor(z, cfg.antithetic), **update_rms_by_module(updates)}
+            "fitness_min": fitness.min(), "noise_energy_factor": noise_energy_factor(z, cfg.antithetic)}
+
+
+def _metrics(fitness, z, updates, cfg: ESConfig) -> dict:
+    return {**_fitness_metrics(fitness, z, cfg), "update_norm": optax.tree.norm(updates), **update_rms_by_module(updates)}
 
 
 def noise_energy_factor(z, antithetic: bool):
@@ -243,11 +299,30 @@ def noise_energy_factor(z, antithetic: bool):
     return jnp.sum(z ** 2) / z.shape[0]
 
 
+def update_groups(params) -> tuple:
+    """The static grouping the update metrics need: ((module type, leaf size), …) per leaf, in leaf order."""
+    return tuple((module_type(path), int(np.prod(x.shape))) for path, x in zip(leaf_paths(params), jax.tree.leaves(params)))
+
+
+def update_norm_metrics(ssq, groups) -> dict:
+    """From per-leaf Σu² (leaf order) and :func:`update_groups`: ``update_norm`` = √(Σ_leaves Σu²) and the
+    RMS per module type, ``rms/<type>`` = √(Σ_{leaves of type} Σu² / their size): {'rms/q': …, 'rms/mlp': …}."""
+    sums, counts = {}, {}
+    for e, (t, size) in zip(ssq, groups):
+        sums[t] = sums.get(t, 0.0) + e
+        counts[t] = counts.get(t, 0) + size
+    return {"update_norm": jnp.sqrt(sum(ssq)), **{f"rms/{t}": jnp.sqrt(sums[t] / counts[t]) for t in sums}}
+
+
 def update_rms_by_module(updates) -> dict:
     """RMS of the update per module type: {'rms/q': …, 'rms/mlp': …}."""
-    sums, counts = {}, {}
-    for path, u in zip(leaf_paths(updates), jax.tree.leaves(updates)):
-        t = module_type(path)
-        sums[t] = sums.get(t, 0.0) + jnp.sum(jnp.square(u.astype(jnp.float32)))
-        counts[t] = counts.get(t, 0) + u.size
-    return {f"rms/{t}": jnp.sqrt(sums[t] / counts[t]) for t in sums}
+    ssq = [jnp.sum(jnp.square(u.astype(jnp.float32))) for u in jax.tree.leaves(updates)]
+    out = update_norm_metrics(ssq, update_groups(updates))
+    del out["update_norm"]
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("groups", "cfg"))
+def _metrics_from_ssq(fitness, z, ssq: tuple, groups: tuple, cfg: ESConfig) -> dict:
+    """:func:`_metrics` from the per-leaf Σu² the leaf step programs return (the update is never a tree)."""
+    return {**_fitness_metrics(fitness, z, cfg), **update_norm_metrics(ssq, groups)}
