@@ -190,9 +190,10 @@ def es_update(state: ESState, fitness, cfg: ESConfig, anchor=None):
     """One ES step from the population's fitness (N,) (higher = better) → (new state, metrics). Pure.
 
     ``anchor``: the base model θ₀ (params pytree), needed when ``cfg.awd_lambda`` > 0: after the step the
-    weights are pulled toward it (:func:`anchored_decay`). Called directly it runs as three kinds of
-    compiled programs — shaping, the per-leaf-shape gradient programs of :func:`estimate_gradient`, and
-    the optimizer step with its metrics — which compile in seconds at LLM scale.
+    weights are pulled toward it (:func:`anchored_decay`). Called directly it runs as a few small compiled
+    programs — shaping; with SGD one whole-step program per leaf shape (:func:`_leaf_step_program`) and the
+    metrics from the leaves' Σu²; with Adam the per-leaf-shape gradient programs of
+    :func:`estimate_gradient` and the optimizer step — which compile in seconds at LLM scale.
     ``jax.jit(partial(es_update, cfg=cfg))`` gives the same result as one program, but inlines every leaf's
     call and compiles far slower on a large model (Qwen2.5-1.5B shapes: 43–98 s on CPU): call it unjitted."""
     fitness = jnp.asarray(fitness, jnp.float32)
