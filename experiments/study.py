@@ -1,15 +1,16 @@
-"""The issue-17 study in one command: the ``study`` preset's compare run, then its N sweep and its
-forgetting-aware variants (:data:`esjax.presets.study.COMMANDS`), each phase timed.
+"""The issue-17 study in one command: the ``study`` preset's compare run, its N sweep, its
+forgetting-aware variants and the sequential experiment (:data:`esjax.presets.study.COMMANDS`), each
+phase timed.
 
-    python -m experiments.study [--out runs/study] [--phases compare,nsweep,variants] [--publish docs/study]
+    python -m experiments.study [--out runs/study] [--phases compare,nsweep,variants,sequential] [--publish docs/study]
 
-Each phase writes its own folder (``OUT``, ``OUT-nsweep``, ``OUT-variants``) and resumes after a kill
+Each phase writes its own folder (``OUT``, ``OUT-nsweep``, ``OUT-variants``, ``OUT-sequential``) and resumes after a kill
 (finished runs are kept, checkpoints are restored); rerunning the command skips nothing silently: a
 finished compare run is reloaded and re-analysed by ``experiments.compare`` itself. Progress lines are
 the phases' own; this script adds ``[study/<phase>] done in N s`` and writes ``OUT/phases.json``
 (seconds per phase, the time estimate beside it). ``--publish DIR`` then copies what a reader needs (the
 compare report with its plots and tables, both sweeps' tables and plots, the phase times; no
-checkpoints) to ``DIR`` and writes ``DIR/sweeps.md``: the N sweep against α√(Tdf/N) and the variants,
+checkpoints; the sequential report under ``DIR/sequential``) to ``DIR`` and writes ``DIR/sweeps.md``: the N sweep against α√(Tdf/N) and the variants,
 from the sweeps' own rows. ``--phases ''`` with ``--publish`` publishes a finished study.
 """
 from __future__ import annotations
@@ -28,13 +29,13 @@ from esjax.presets import study
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/study")
-    p.add_argument("--phases", default="compare,nsweep,variants")
+    p.add_argument("--phases", default="compare,nsweep,variants,sequential")
     p.add_argument("--publish", default=None, help="copy the study's reports (no checkpoints) to this folder")
     a = p.parse_args(argv)
-    cmds = dict(zip(("compare", "nsweep", "variants"), study.commands(a.out)))
+    cmds = dict(zip(("compare", "nsweep", "variants", "sequential"), study.commands(a.out)))
     est = study.estimate_seconds()["phases"]
     est = {"compare": sum(v for k, v in est.items() if k.startswith("compare")),
-           "nsweep": est["sweep_nsweep"], "variants": est["sweep_variants"]}
+           "nsweep": est["sweep_nsweep"], "variants": est["sweep_variants"], "sequential": est["sequential"]}
     done = {}
     path = os.path.join(a.out, "phases.json")
     if os.path.exists(path):  # a resumed study keeps the times of the phases it already ran
@@ -105,6 +106,15 @@ def publish(out: str, dest: str):
         rows[name] = json.load(open(os.path.join(src, "sweep.json"))) if glob.glob(os.path.join(src, "sweep.json")) else []
     with open(os.path.join(dest, "sweeps.md"), "w") as f:
         f.write(sweeps_markdown(rows["nsweep"], rows["variants"]))
+    seq = f"{out}-sequential"
+    if os.path.exists(os.path.join(seq, "report.md")):  # report, plots and each method's accuracy/KL matrices
+        os.makedirs(os.path.join(dest, "sequential"), exist_ok=True)
+        for f in ["report.md", "sequential_report.json"] + [os.path.relpath(x, seq) for x in glob.glob(f"{seq}/*/sequential.json")]:
+            if os.path.exists(os.path.join(seq, f)):
+                os.makedirs(os.path.dirname(os.path.join(dest, "sequential", f)), exist_ok=True)
+                shutil.copy(os.path.join(seq, f), os.path.join(dest, "sequential", f))
+        if os.path.isdir(os.path.join(seq, "plots")):
+            shutil.copytree(os.path.join(seq, "plots"), os.path.join(dest, "sequential", "plots"), dirs_exist_ok=True)
 
 
 if __name__ == "__main__":

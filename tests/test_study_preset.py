@@ -17,15 +17,22 @@ def test_study_preset_sizes_and_sweeps():
         assert set(s["variants"]) <= set(VARIANTS)
         run = build_config("study", s["sets"])  # the sweeps' overrides are valid config
         assert run.eval_size >= 64 and run.es_batch <= run.train_pool
-    assert len(study.COMMANDS) == 3 and study.COMMANDS[0].startswith("python -m experiments.compare --preset study")
+    assert len(study.COMMANDS) == 4 and study.COMMANDS[0].startswith("python -m experiments.compare --preset study")
+    seq = build_config("study", study.SEQUENTIAL["sets"])  # the sequential phase's overrides are valid config
+    assert seq.grpo.total_steps == seq.grpo_steps and seq.es_batch <= seq.train_pool
+    assert study.COMMANDS[3].startswith("python -m experiments.sequential --preset study") and "--tasks arithmetic,copy" in study.COMMANDS[3]
 
 
 def test_study_time_estimate_matches_its_table_and_fits():
     e = study.estimate_seconds()
     ph = {k: round(v) for k, v in e["phases"].items()}
     assert ph == {"compare_load_base_eval": 184, "compare_es": 972, "compare_grpo": 710, "compare_after_evals": 307,
-                  "compare_analysis": 498, "sweep_nsweep": 648, "sweep_variants": 648}
-    assert e["total"] == pytest.approx(3966, abs=1) and e["total_with_safety"] <= 80 * 60
+                  "compare_analysis": 498, "sweep_nsweep": 648, "sweep_variants": 648, "sequential": 1729}
+    # sequential: load 30 + 2 methods × 3 evals × 2 tasks × 128 × 0.15 + 2 × 60 KL + 2 stages × (ES 42 + 39 × 64 × 0.096
+    # + GRPO 61 + 39 × 8.5)
+    assert ph["sequential"] == round(30 + 2 * 3 * 2 * 128 * 0.15 + 120 + 2 * (42 + 39 * 64 * 12.3 / 128 + 61 + 39 * 8.5))
+    core = e["total"] - e["phases"]["sequential"]  # compare + sweeps: measured 61 min (docs/study/phases.json)
+    assert core == pytest.approx(3966, abs=1) and core * study.SAFETY <= 80 * 60 and e["total"] <= 100 * 60
     # the estimate scales with the run: twice the ES iterations cost ~74 × 12.3 s more
     longer = study.estimate_seconds({**study.PRESET, "es_iterations": 150})
     assert longer["phases"]["compare_es"] - e["phases"]["compare_es"] == pytest.approx(75 * 12.3 + 3 * study.SAVE_S)
@@ -49,8 +56,15 @@ def test_study_publishes_the_sweeps_with_the_root_n_law(tmp_path):
     for name, rs in (("nsweep", rows), ("variants", rows[:1])):
         os.makedirs(f"{out}-{name}")
         json.dump(rs, open(f"{out}-{name}/sweep.json", "w"))
+    seq = tmp_path / "runs" / "study-sequential"
+    for f in ("report.md", "plots/acc.png", "es/sequential.json", "es/stage1-arithmetic/es/ckpt/1/x"):
+        (seq / f).parent.mkdir(parents=True, exist_ok=True)
+        (seq / f).write_text("x")
     dest = tmp_path / "docs"
     publish(str(out), str(dest))
-    assert sorted(os.listdir(dest)) == ["nsweep-sweep.json", "plots", "report.md", "sweeps.md", "variants-sweep.json"]
+    assert sorted(os.listdir(dest)) == ["nsweep-sweep.json", "plots", "report.md", "sequential", "sweeps.md",
+                                        "variants-sweep.json"]
+    got = sorted(os.path.relpath(os.path.join(r, f), dest / "sequential") for r, _, fs in os.walk(dest / "sequential") for f in fs)
+    assert got == ["es/sequential.json", "plots/acc.png", "report.md"]  # no checkpoints
     md = (dest / "sweeps.md").read_text()
     assert md.count("| 20.0 |") == 2 and md.count("| 1.053 |") == 2  # ‖Δθ‖·√N constant; measured/predicted

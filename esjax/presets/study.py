@@ -1,16 +1,19 @@
-"""``study``: the issue-17 study on SmolLM2-135M, 2 CPU cores, ≤ 80 min estimated (budget 90): ES and GRPO
-long enough to test each method's held-out gain on 256 problems, the N sweep and the forgetting-aware
-variants. The ES/GRPO knobs are cpu-quick's (σ, α, lr, T = 0.6 are tuned there); only lengths and sizes grow.
+"""``study``: the issue-17 study on SmolLM2-135M, 2 CPU cores, ≈ 90 min (budget 90): ES and GRPO
+long enough to test each method's held-out gain on 256 problems, the N sweep, the forgetting-aware
+variants and the sequential experiment. The ES/GRPO knobs are cpu-quick's (σ, α, lr, T = 0.6 are tuned there); only lengths and sizes grow.
 
-Three commands, run in order (each resumes after a kill: every run keeps its own folder and checkpoints)::
+Four commands, run in order (each resumes after a kill: every run keeps its own folder and checkpoints)::
 
     python -m experiments.compare --preset study --out runs/study --eval-size 64 && \\
     python -m experiments.sweep --preset study --out runs/study-nsweep --populations 4,8,16 --variants plain \\
         --set es_iterations=16 --set es_batch=8 --set eval_size=64 --probe-size 24 && \\
     python -m experiments.sweep --preset study --out runs/study-variants --populations 8 --variants mask,kl,awd \\
-        --set es_iterations=16 --set es_batch=8 --set eval_size=64 --probe-size 24
+        --set es_iterations=16 --set es_batch=8 --set eval_size=64 --probe-size 24 && \\
+    python -m experiments.sequential --preset study --out runs/study-sequential --tasks arithmetic,copy \\
+        --set es_iterations=40 --set es_batch=8 --set grpo_steps=40 --set grpo.total_steps=40 \\
+        --set eval_size=128 --set probe_size=32
 
-(:data:`COMMANDS` holds the same; the sweeps' settings are :data:`SWEEPS`.)
+(:data:`COMMANDS` holds the same; the sweeps' settings are :data:`SWEEPS`, the sequential one's :data:`SEQUENTIAL`.)
 
 Time estimate (:func:`estimate_seconds`), from cpu-quick's logged wall times on this 2-core machine
 (``docs/cpu-quick/{es,grpo}/metrics.jsonl``): an ES iteration after the first costs 12.3 s for N·B = 8 × 16
@@ -32,9 +35,13 @@ sweep N: base eval         30 + 4 × 64 × 0.15                                 
 sweep N = 4, 8, 16, T = 16 per run 30 compile + 16 × N × 8 × 0.096 + 38 eval + 10 KL:
                            128 + 177 + 275                                                  580
 sweep variants, N = 8      base eval 68; mask 177, awd 177, kl 30 + 98 × 1.5 + 48 = 226     648
+sequential arithmetic→copy 30 load + 2 methods × 3 evals × 2 tasks × 128 × 0.15 (230) +
+                           2 × 60 KL + 2 stages × (ES 42 + 39 × 64 × 0.096, GRPO 61 + 39 × 8.5) 1729
 =========================  ===========================================================  ======
 
-Total ≈ 3966 s ≈ 66 min; × 1.2 for timing noise and a shared machine ≈ 79 min (budget 90).
+Without the sequential phase ≈ 3966 s ≈ 66 min (measured: 61 min, ``docs/study/phases.json``); × 1.2 for
+timing noise and a shared machine ≈ 79 min. With it ≈ 5696 s ≈ 95 min estimated, ≈ 90 min expected from the
+compare phases' measured/estimated ratio (budget 90).
 The analysis factor 2.5 is the least certain line (its parts were not timed separately).
 Not known before the run: whether 75 iterations / steps make each gain significant on 256 problems
 (cpu-quick's 10 gave ES +3/64, GRPO −2/64, neither significant).
@@ -50,8 +57,8 @@ What the existing commands cannot express (so the study, as configured here, fal
 * off-task KL on ≥ 64 prompts: ``general`` has 24 prompts (``esjax.tasks.probes.GENERAL_PROMPTS``;
   ``probe_size`` above 24 gives 24 without a warning) and the only other off-task probe sets are the eval
   tasks' held-out prompts (``probe_sets`` takes the task and ``eval_tasks``; no KL-only probe list);
-* one command with per-phase timing across compare and the sweeps (three commands chained above);
-* the sequential experiment on the default model is not in this budget.
+* one command with per-phase timing across compare and the sweeps (three commands chained above; since
+  then ``python -m experiments.study`` runs them and the sequential phase, :data:`SEQUENTIAL`).
 """
 from __future__ import annotations
 
@@ -72,6 +79,11 @@ SWEEPS = {
     "variants": dict(populations=(8,), variants=("mask", "kl", "awd"), sets=_SWEEP_SETS, probe_size=24),
 }
 COMPARE_EVAL_SIZE = 64  # compare's --eval-size: problems per interpolation / direction-probe point
+# the sequential experiment (paper 1's continual setting) on the default model: learn arithmetic, then the copy
+# instruction; the matrix shows what ES and GRPO keep of stage 1 and of the copy prior. Shorter than compare
+# (40 steps, ES on 8 prompts) so the whole study stays near 90 minutes on 2 cores.
+SEQUENTIAL = dict(tasks=("arithmetic", "copy"), sets=["es_iterations=40", "es_batch=8", "grpo_steps=40",
+                                                      "grpo.total_steps=40", "eval_size=128", "probe_size=32"])
 
 
 def commands(out: str = "runs/study") -> list:
@@ -81,6 +93,8 @@ def commands(out: str = "runs/study") -> list:
         cmds.append(f"python -m experiments.sweep --preset study --out {out}-{name} "
                     f"--populations {','.join(map(str, s['populations']))} --variants {','.join(s['variants'])} "
                     + " ".join(f"--set {x}" for x in s["sets"]) + f" --probe-size {s['probe_size']}")
+    cmds.append(f"python -m experiments.sequential --preset study --out {out}-sequential "
+                f"--tasks {','.join(SEQUENTIAL['tasks'])} " + " ".join(f"--set {x}" for x in SEQUENTIAL["sets"]))
     return cmds
 
 
@@ -90,6 +104,7 @@ COMMANDS = commands()
 ES_ROLLOUT_S, ES_FIRST_IT_S = 12.3 / 128, 42.0
 GRPO_STEP_S, GRPO_FIRST_STEP_S = 8.5, 61.0
 EVAL_PROBLEM_S, LOAD_S, SAVE_S, COMPILE_S, SWEEP_KL_S = 0.15, 30.0, 10.0, 30.0, 10.0
+SEQUENTIAL_KL_S = 60.0  # the incremental KL matrix per method (stages × tasks × 32 prompts); a guess, not timed
 CPU_QUICK_ANALYSIS_S, ANALYSIS_FACTOR, KL_VARIANT_FACTOR, SAFETY = 199.0, 2.5, 1.5, 1.2
 
 
@@ -114,5 +129,12 @@ def estimate_seconds(preset: dict = PRESET, sweeps: dict = SWEEPS) -> dict:
                 train = it * n * batch * ES_ROLLOUT_S * (KL_VARIANT_FACTOR if v == "kl" else 1.0)
                 total += COMPILE_S + train + ev + SWEEP_KL_S
         ph[f"sweep_{name}"] = total
+    kv = dict(x.split("=") for x in SEQUENTIAL["sets"])
+    stages, n_tasks = len(SEQUENTIAL["tasks"]), len(SEQUENTIAL["tasks"])
+    it, steps, batch, size = (int(kv[k]) for k in ("es_iterations", "grpo_steps", "es_batch", "eval_size"))
+    evals = 2 * (1 + stages) * n_tasks * size * EVAL_PROBLEM_S  # both methods: base + after every stage, every task
+    ph["sequential"] = (LOAD_S + evals + 2 * SEQUENTIAL_KL_S
+                        + stages * (ES_FIRST_IT_S + (it - 1) * es["population_size"] * batch * ES_ROLLOUT_S)
+                        + stages * (GRPO_FIRST_STEP_S + (steps - 1) * GRPO_STEP_S))
     total = sum(ph.values())
     return {"phases": ph, "total": total, "total_with_safety": total * SAFETY}
