@@ -86,3 +86,41 @@ def test_dense_members_are_formed_per_leaf_shape_outside_the_decode_program(para
     for m in range(4):
         alone = member_output(ev, state, m, cfg, tokens, mask, jax.random.key(2))
         np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))
+
+
+def test_lowrank_members_read_the_joined_gate_up_weight_and_decode_as_the_parameter_layout():
+    """Low-rank members share the decoding layout (esjax.models.decoder.fuse_gate_up: W_gate ‖ W_up joined
+    once per population call by its own program, so a decode loop has no two dots for XLA to merge by
+    concatenating their weights every step, as the H100 profile showed); each member's tokens equal its
+    decode on the parameter layout (master weights + its low-rank delta), and the layouts' logits agree."""
+    from esjax.es.step import member_perturbation
+    from esjax.models.decoder import forward, fuse_gate_up
+    from esjax.models.precision import cast_params, decoding_params
+
+    mcfg, cfg, state, tokens, mask = _setup("lowrank")
+    D, F = mcfg.hidden_size, mcfg.intermediate_size
+    pop = population_fn(lm_evaluator(mcfg, 4, cfg), cfg, 2)
+    args = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].args_info[0][0]
+    shapes = [tuple(a.shape) for a in jax.tree.leaves(args["layers"][0])]
+    assert (D, 2 * F) in shapes and (D, F) not in shapes  # one joined weight, not W_gate and W_up
+    out = pop(state, member_ids(4), tokens, mask, jax.random.key(2))
+    for m in range(4):
+        delta = member_perturbation(state.params, state.key, state.iteration, m, cfg, cfg.sigma)
+        alone = generate(state.params, mcfg, tokens, mask, jax.random.key(2), 4, delta=delta)
+        np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))
+    # the layouts are one function (fp32: equal; bf16: within bf16 rounding), traced or not
+    pos = np.broadcast_to(np.arange(8), (2, 8))
+    ref = forward(state.params, mcfg, tokens, pos, mask, delta=delta)[0]
+    np.testing.assert_allclose(forward(decoding_params(state.params, "float32"), mcfg, tokens, pos, mask, delta=delta)[0],
+                               ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(forward(fuse_gate_up(state.params), mcfg, tokens, pos, mask, delta=delta)[0], ref,
+                               rtol=1e-6, atol=1e-6)
+    bf = mcfg.replace(compute_dtype="bfloat16")
+    np.testing.assert_allclose(forward(decoding_params(state.params, "bfloat16"), bf, tokens, pos, mask, delta=delta)[0],
+                               forward(cast_params(state.params, "bfloat16"), bf, tokens, pos, mask, delta=delta)[0],
+                               atol=2e-2)
+    shared = decoding_params(state.params, "float32")
+    assert shared["embed"] is state.params["embed"]  # fp32: only the joined weight is new
+    with pytest.raises(ValueError, match="dense delta"):
+        dense = {"layers": [{"w_gate": np.zeros((D, F), np.float32)}] * mcfg.num_layers}
+        forward(shared, mcfg, tokens, pos, mask, delta=dense)

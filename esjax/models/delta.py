@@ -33,7 +33,12 @@ def apply_dense(w, d):
 def linear(x, w, d=None):
     """y = x @ (W + ΔW) for x: (..., n_in), W: (n_in, n_out); ΔW dense, low-rank or absent."""
     w = apply_dense(w, d)
-    y = x @ w.astype(x.dtype)
+    return add_lowrank(x @ w.astype(x.dtype), x, d)
+
+
+def add_lowrank(y, x, d):
+    """y + (x @ a) @ bᵀ for a :class:`LowRank` ``d`` (the low-rank part of x @ (W + a bᵀ), y = x @ W), else
+    y: dense deltas belong in W before the matmul (:func:`apply_dense`)."""
     if isinstance(d, LowRank):
         y = y + (x @ d.a.astype(x.dtype)) @ d.b.astype(x.dtype).T
     return y

@@ -8,7 +8,7 @@
   ``runs.load_run_model`` passes to ``load_model(..., compute_dtype=...)``). Activations, the KV cache and
   the weights a decode loop reads are in it. Whatever generates in a loop gets weights cast **once** before
   the loop (:func:`compute_params`): GRPO rollouts per step, low-rank ES members once per population call
-  (shared), full-rank ES members once per member (θ + σε summed in float32, then cast). The decoder never
+  (shared, also in the decoding layout: :func:`decoding_params`), full-rank ES members once per member (θ + σε summed in float32, then cast). The decoder never
   reads float32 weights inside a decode step when the compute dtype is narrower (tested on the lowered
   program). Norm statistics, RoPE, softmax and logits are computed in float32.
 * **Matmul precision: JAX's default** (``jax_default_matmul_precision``): exact float32 on CPU, TF32 for
@@ -30,6 +30,28 @@ def cast_params(tree, dtype):
     if all(x.dtype == dtype for x in jax.tree.leaves(tree)):
         return tree
     return _cast(tree, dtype)
+
+
+def decoding_params(params, dtype):
+    """What the members of a low-rank ES population share: ``params`` in ``dtype`` (:func:`cast_params`) and
+    in the decoder's decoding layout (:func:`esjax.models.decoder.fuse_gate_up`: W_gate and W_up joined,
+    their cast and join made by one compiled program, once per population call). Every other leaf is
+    :func:`cast_params`'s (the same arrays on fp32)."""
+    from esjax.models.decoder import has_gate_up
+
+    dtype = jax.numpy.dtype(dtype)
+    if not has_gate_up(params):  # no MLP layers to join
+        return cast_params(params, dtype)
+    layers = params["layers"]
+    rest = cast_params({**params, "layers": [{k: v for k, v in lp.items() if k not in ("w_gate", "w_up")}
+                                             for lp in layers]}, dtype)
+    joined = _join_gate_up([(lp["w_gate"], lp["w_up"]) for lp in layers], dtype)
+    return {**rest, "layers": [{**lp, "w_gate_up": w} for lp, w in zip(rest["layers"], joined)]}
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _join_gate_up(pairs, dtype):
+    return [jax.numpy.concatenate([g.astype(dtype), u.astype(dtype)], axis=1) for g, u in pairs]
 
 
 def compute_params(params, cfg):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from esjax.es.noise import leaf_key, lowrank_draw_shape, lowrank_leaf, lowrank_noise, member_key, normal
 from esjax.es.schemes.base import NoiseScheme, register_scheme
-from esjax.models.precision import cast_params
+from esjax.models.precision import cast_params, decoding_params
 
 
 class LowRankScheme(NoiseScheme):
@@ -20,7 +20,8 @@ class LowRankScheme(NoiseScheme):
         return lowrank_noise(params, key, cfg.rank, scale, selection, cfg.correlated_noise)
 
     def shared_params(self, params, dtype):
-        return cast_params(params, dtype)  # one compute-dtype copy per population call (none on fp32)
+        # one compute-dtype copy per population call (on fp32 only W_gate ‖ W_up is new), in the decoding layout
+        return decoding_params(params, dtype)
 
     def member(self, shared, perturbation, dtype):
         return shared, cast_params(perturbation, dtype)
