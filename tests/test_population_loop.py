@@ -60,10 +60,11 @@ def test_without_the_member_axis_vmap_selects_the_caches():
         assert bool(cache_rewrites(hlo, 8 + 4, mcfg.head_dim)) == expect_bad, axis
 
 
-def test_map_members_equals_lax_map_with_a_remainder():
+def test_map_members_runs_uneven_populations_in_equal_padded_chunks():
     xs = np.arange(7, dtype=np.float32)
-    f = lambda x: x * 2 + jax.lax.psum(1, MEMBER_AXIS)  # noqa: E731  (chunk size, 3 then the remainder 1)
-    np.testing.assert_array_equal(np.asarray(map_members(f, xs, 3)), xs * 2 + np.array([3] * 6 + [1]))
+    f = lambda x: x * 2 + jax.lax.psum(1, MEMBER_AXIS)  # noqa: E731  (chunk size: 3 in every chunk, padding included)
+    np.testing.assert_array_equal(np.asarray(map_members(f, xs, 3)), xs * 2 + 3)
+    np.testing.assert_array_equal(np.asarray(map_members(lambda x: x * 2, xs, 4)), xs * 2)  # 2 chunks of 4
 
 
 @pytest.mark.parametrize("param_filter", [None, "^layers/"])
@@ -124,3 +125,28 @@ def test_lowrank_members_read_the_joined_gate_up_weight_and_decode_as_the_parame
     with pytest.raises(ValueError, match="dense delta"):
         dense = {"layers": [{"w_gate": np.zeros((D, F), np.float32)}] * mcfg.num_layers}
         forward(shared, mcfg, tokens, pos, mask, delta=dense)
+
+
+@pytest.mark.parametrize("noise", ["lowrank", "full"])
+def test_uneven_chunks_trace_the_decoder_once(noise):
+    """5 members in chunks of at most 2 run as 3 chunks of 2 (the last padded with the last member, its
+    output dropped), so the decoder is traced (compiled) once: a remainder chunk of 1 traced it again."""
+    import dataclasses
+
+    from esjax.es.population import balanced_chunks
+
+    assert balanced_chunks(30, 4) == (8, 4) and balanced_chunks(30, 8) == (4, 8) and balanced_chunks(5, 2) == (3, 2)
+    assert balanced_chunks(10, 8) == (2, 5) and balanced_chunks(3, 8) == (1, 3) and balanced_chunks(4, 0) == (4, 1)
+    mcfg, cfg, state, tokens, mask = _setup(noise)
+    cfg = dataclasses.replace(cfg, population_size=5)
+    ev, traces = lm_evaluator(mcfg, 4, cfg), []
+
+    def counted(*a):
+        traces.append(1)
+        return ev(*a)
+
+    out = population_fn(counted, cfg, 2)(state, member_ids(5), tokens, mask, jax.random.key(2))
+    assert len(traces) == 1 and out.tokens.shape[0] == 5
+    for m in range(5):
+        alone = member_output(ev, state, m, cfg, tokens, mask, jax.random.key(2))
+        np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))

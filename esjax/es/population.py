@@ -33,20 +33,26 @@ F32 = jnp.dtype(jnp.float32)
 MEMBER_AXIS = "members"  # the vmap axis name members run under (see map_members)
 
 
+def balanced_chunks(n: int, chunk: int) -> tuple:
+    """(k, size): ``n`` members in k = ⌈n / chunk⌉ chunks of one size, ⌈n / k⌉ ≤ ``chunk``, the last chunk
+    padded with k·size − n < k repeated members. One chunk shape means one compiled program: a smaller
+    remainder chunk compiled the whole decoder a second time (30 members in chunks of 4: 8 × 4, not 7 × 4 + 2)."""
+    k = -(-n // max(1, min(chunk, n)))
+    return k, -(-n // k)
+
+
 def map_members(fn: Callable, xs, chunk: int):
     """``lax.map(fn, xs, batch_size=chunk)`` with the vmap axis named ``MEMBER_AXIS``: ``fn`` sees one
     member and may use collectives over the members of its chunk. xs: pytree with leading axis M →
-    outputs stacked on a leading axis M (chunks of ``chunk`` in sequence, then the remainder)."""
+    outputs stacked on a leading axis M. The chunks all have one size (:func:`balanced_chunks`; the last
+    is padded with copies of the last member, whose outputs are dropped), so ``fn`` is traced once.
+    Collectives over ``MEMBER_AXIS`` see those copies too (a ``pmin`` of done flags is unaffected)."""
     n = jax.tree.leaves(xs)[0].shape[0]
-    chunk = max(1, min(chunk, n))
-    vfn = jax.vmap(fn, axis_name=MEMBER_AXIS)
-    full, rest = divmod(n, chunk)
-    head = jax.tree.map(lambda x: x[:full * chunk].reshape(full, chunk, *x.shape[1:]), xs)
-    out = jax.tree.map(lambda y: y.reshape(full * chunk, *y.shape[2:]), jax.lax.map(vfn, head))
-    if rest:
-        tail = vfn(jax.tree.map(lambda x: x[full * chunk:], xs))
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
-    return out
+    k, size = balanced_chunks(n, chunk)
+    pad = lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], k * size - n, 0)]) if k * size > n else x  # noqa: E731
+    head = jax.tree.map(lambda x: pad(x).reshape(k, size, *x.shape[1:]), xs)
+    out = jax.lax.map(jax.vmap(fn, axis_name=MEMBER_AXIS), head)
+    return jax.tree.map(lambda y: y.reshape(k * size, *y.shape[2:])[:n], out)
 
 
 def member_output(evaluate: Callable, state: ESState, member, cfg: ESConfig, *args, dtype=F32, shared=None):
@@ -144,10 +150,12 @@ def _dense_population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Op
     compiled = functools.lru_cache(maxsize=None)(_dense_program)
 
     def chunks(members):
-        """Member ids per chunk, each device's part contiguous: (shards, M/shards) sliced by columns."""
+        """Member ids per chunk, each device's part contiguous: (shards, M/shards) sliced by columns into
+        chunks of one size (:func:`balanced_chunks`: the last columns padded with the last member)."""
         per = members.reshape(shards, -1)
-        step = max(1, min(chunk, per.shape[1]))
-        return [per[:, k:k + step].reshape(-1) for k in range(0, per.shape[1], step)]
+        k, size = balanced_chunks(per.shape[1], chunk)
+        per = jnp.concatenate([per, jnp.repeat(per[:, -1:], k * size - per.shape[1], 1)], 1)
+        return [per[:, j * size:(j + 1) * size].reshape(-1) for j in range(k)]
 
     def program(params, n_args):
         axes = tuple(0 if s else None for s in leaf_selection(params, cfg.param_filter))  # member axis or shared
@@ -160,14 +168,15 @@ def _dense_population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Op
             params = form.merge(form(state, ids), shared)
             run = run or program(params, len(args))  # every chunk has the same tree: one lookup per call
             outs.append(run(params, ids, *args))
-        # chunk k's rows are (device, member in chunk): back to the order of ``members``
-        return jax.tree.map(lambda *ys: jnp.concatenate([y.reshape(shards, -1, *y.shape[1:]) for y in ys], 1)
+        # chunk k's rows are (device, member in chunk): back to the order of ``members``, padding dropped
+        per = members.shape[0] // shards
+        return jax.tree.map(lambda *ys: jnp.concatenate([y.reshape(shards, -1, *y.shape[1:]) for y in ys], 1)[:, :per]
                             .reshape(-1, *ys[0].shape[1:]), *outs)
 
     def lower(state, members, *args) -> dict:
         """{program name: Lowered} for abstract inputs (``jax.ShapeDtypeStruct`` leaves: no weights
         allocated): the leaf-shape member programs and the decoder program of a full chunk."""
-        ids = jax.ShapeDtypeStruct((min(members.shape[0], chunk * shards),), members.dtype)
+        ids = jax.ShapeDtypeStruct((shards * balanced_chunks(members.shape[0] // shards, chunk)[1],), members.dtype)
         shared = jax.eval_shape(lambda p: cast_params(form.unperturbed(p), dtype), state.params)
         params = form.merge(jax.eval_shape(form, state, ids), shared)
         return {**form.lower(state, ids), "population": program(params, len(args)).lower(params, ids, *args)}
