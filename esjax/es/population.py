@@ -36,7 +36,9 @@ MEMBER_AXIS = "members"  # the vmap axis name members run under (see map_members
 def balanced_chunks(n: int, chunk: int) -> tuple:
     """(k, size): ``n`` members in k = ⌈n / chunk⌉ chunks of one size, ⌈n / k⌉ ≤ ``chunk``, the last chunk
     padded with k·size − n < k repeated members. One chunk shape means one compiled program: a smaller
-    remainder chunk compiled the whole decoder a second time (30 members in chunks of 4: 8 × 4, not 7 × 4 + 2)."""
+    remainder chunk compiled the whole decoder a second time (30 members in chunks of 4: 8 × 4, not 7 × 4 + 2).
+    The fewest chunks, not an exact divisor (10 × 3): a low-rank chunk's decode reads the shared weights
+    whatever its size, so on an accelerator chunks cost more than padded members (≤ (k − 1)/n extra work)."""
     k = -(-n // max(1, min(chunk, n)))
     return k, -(-n // k)
 

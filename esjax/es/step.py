@@ -147,9 +147,12 @@ def _leaf_step_program(cfg: ESConfig):
 
 
 def _sgd_step(state: ESState, fitness, z, anchor, cfg: ESConfig):
-    """The SGD update leaf by leaf (:func:`_leaf_step_program`) and its metrics from the leaves' Σ u²."""
+    """The SGD update leaf by leaf (:func:`_leaf_step_program`) and its metrics from the leaves' Σ u², u the
+    change applied to the fp32 weights (θ' − θ; αg up to fp32 rounding at θ, the decay included)."""
     program = _leaf_step_program(cfg)
     leaves, treedef = jax.tree.flatten(state.params)
+    if cfg.awd_lambda and jax.tree.structure(anchor) != treedef:
+        raise ValueError(f"the AWD anchor's tree {jax.tree.structure(anchor)} differs from the params' {treedef}")
     anchors = jax.tree.leaves(anchor) if cfg.awd_lambda else [None] * len(leaves)
     sel = leaf_selection(state.params, cfg.param_filter)
     new, ssq = [], []
@@ -238,10 +241,10 @@ def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
     sel = leaf_selection(state.params, cfg.param_filter)
     if cfg.optimizer == "sgd":
         step = _leaf_step_program(cfg)
-        kinds = sorted({(tuple(x.shape), bool(s)) for x, s in zip(jax.tree.leaves(state.params), sel)
-                        if s or cfg.awd_lambda})
-        for shape, s in kinds:
-            leaf = jax.ShapeDtypeStruct(shape, jnp.float32)
+        kinds = sorted({(tuple(x.shape), jnp.dtype(x.dtype).name, bool(s))
+                        for x, s in zip(jax.tree.leaves(state.params), sel) if s or cfg.awd_lambda})
+        for shape, dtype, s in kinds:
+            leaf = jax.ShapeDtypeStruct(shape, dtype)
             out[f"step {shape}" + ("" if s else " (decay only)")] = step.lower(
                 leaf, leaf if cfg.awd_lambda else None, state.key, state.iteration, f, u32, selected=s)
         scalar = jax.ShapeDtypeStruct((), jnp.float32)
