@@ -1,7 +1,8 @@
 """Peak resident memory of this process, per phase: Linux's high-water mark ``VmHWM``, which writing ``5``
 to ``/proc/self/clear_refs`` resets to the current resident size. Elsewhere (no /proc) both are no-ops
 and the peak is ``None``. :func:`live_array_gb` says how much of the resident memory is JAX arrays still
-referenced (the rest: compiled programs, allocator caches, Python)."""
+referenced (the rest: compiled programs, allocator caches, Python). :func:`trim` hands freed heap pages back
+between training steps."""
 from __future__ import annotations
 
 from typing import Optional
@@ -49,7 +50,6 @@ def release() -> None:
     """Hand memory a finished phase no longer needs back to the system: collect unreachable Python objects,
     drop JAX's compiled-program caches (later calls recompile, from the persistent compilation cache
     where one is set) and ask glibc to return freed heap pages (``malloc_trim``; a no-op elsewhere)."""
-    import ctypes
     import gc
 
     import jax
@@ -57,7 +57,22 @@ def release() -> None:
     gc.collect()
     jax.clear_caches()
     gc.collect()
+    trim()
+
+
+
+def trim() -> bool:
+    """Return the heap's freed pages to the system (glibc ``malloc_trim(0)``; False elsewhere). XLA on CPU
+    allocates with malloc, and the buffers a training step frees (per-layer weights, gradients, optimizer
+    moments: a few MB each) stay resident, fragmented across malloc's arenas, while the next step
+    allocates anew: cpu-quick's GRPO phase grew 1.3 GB per step to 8.9 GB with 2.2 GB of live arrays.
+    ``esjax.runs`` trims after every training step (≈ 4 GB between GRPO steps). Serving large buffers
+    with mmap instead (``mallopt(M_MMAP_THRESHOLD, 1 MB)``) bounded the peak as well but made the ES phase
+    24 % slower (fresh pages for every program run)."""
+    import ctypes
+
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return True
     except (OSError, AttributeError):
-        pass
+        return False

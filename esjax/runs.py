@@ -40,7 +40,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from esjax import streams
+from esjax import memory, streams
 from esjax.results import (json_safe, read_metrics, read_summary, require_complete,  # noqa: F401  (re-exported)
                            safe_row, write_json)
 from esjax.checkpoint import RunCheckpointer, save_params
@@ -273,8 +273,13 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
             return iterate(state, exs, jax.random.fold_in(jax.random.fold_in(root, streams.ES_SAMPLING), t))
     else:
         state = initial_state or grpo_init(base, jax.random.fold_in(root, streams.GRPO), cfg.grpo)
+        # the updates reuse the state's buffers (donation), so the state must own its arrays: fp32 master
+        # params are the base model's own arrays, and a caller's initial state stays the caller's
+        state = state.replace(params=jax.tree.map(jnp.copy, state.params),
+                              opt_state=jax.tree.map(jnp.copy, state.opt_state) if initial_state is not None else state.opt_state)
         ref = base if cfg.grpo.beta > 0 or cfg.grpo.track_kl else None  # the KL penalty, or the KL logged
-        iterate = make_grpo_iteration(model.cfg, model.tokenizer, task, cfg.grpo, max_new, ref, mesh)
+        iterate = make_grpo_iteration(model.cfg, model.tokenizer, task, cfg.grpo, max_new, ref, mesh,
+                                      donate_state=True)
         per_step = cfg.grpo.prompts_per_step
 
         def step(state, t):
@@ -304,6 +309,7 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
     for t in range(start, n_steps):
         t0 = time.perf_counter()
         state, m = step(state, t)
+        memory.trim()  # the step's freed buffers back to the system (fragmented heap, esjax.memory.trim)
         m["iteration"] = t + 1
         m["update_norm_from_base"] = tree_distance(state.params, base)  # non-finite if any param is
         bad = {k: float(m[k]) for k in FINITE_KEYS if k in m and not math.isfinite(m[k])}

@@ -145,8 +145,12 @@ def test_config_overrides_and_errors():
 def test_sequential_accuracy_and_kl_matrices(tmp_path):
     from experiments.sequential import main
 
+    # GRPO too: its runs donate their state's buffers to each update, yet every stage's params stay readable
+    # for the KL matrix (each run copies the state it is given)
     main(["--preset", "tiny", "--out", str(tmp_path), "--no-progress", "--tasks", "lowercase,arithmetic",
-          "--methods", "es", "--set", "es_iterations=2"])
+          "--methods", "es,grpo", "--set", "es_iterations=2", "--set", "grpo_steps=2"])
+    g = json.load(open(tmp_path / "grpo" / "sequential.json"))
+    assert len(g["incremental_kl"]) == 2 and all(len(v) == 3 for v in g["accuracy"].values())
     res = json.load(open(tmp_path / "es" / "sequential.json"))
     assert res["columns"] == ["base", "after lowercase", "after arithmetic"]
     assert all(len(v) == 3 for v in res["accuracy"].values())

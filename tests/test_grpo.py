@@ -223,3 +223,26 @@ def test_tempered_sampling_is_scored_as_sampled_and_kl_stays_untempered():
     assert float(aux["kl_sum"]) == pytest.approx(float((np.asarray(kl_k3(untempered, ref_logp)) * m).sum()), rel=1e-5)
     for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_donating_iteration_equals_the_pure_one_and_consumes_its_state(tokenizer):
+    """donate_state=True writes the update into the old state's buffers: same new state and metrics as the
+    default (which leaves its input alone), and the state passed in is deleted."""
+    from esjax.grpo.trainer import make_grpo_iteration
+    from esjax.models.registry import load_model
+    from esjax.tasks import get_task
+
+    model = load_model("tiny-random-llama", with_tokenizer=False)
+    task = get_task("lowercase")
+    exs = task.examples("train", 2)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-3)
+    own = lambda s: s.replace(params=jax.tree.map(jnp.copy, s.params))  # noqa: E731  (not the model's arrays)
+    start = own(init_state(model.params, jax.random.key(0), cfg))
+    given = own(start)
+    pure, mp = make_grpo_iteration(model.cfg, tokenizer, task, cfg, 6)(start, exs)
+    donated, md = make_grpo_iteration(model.cfg, tokenizer, task, cfg, 6, donate_state=True)(given, exs)
+    for a, b in zip(jax.tree.leaves(pure.params), jax.tree.leaves(donated.params)):
+        np.testing.assert_array_equal(a, b)
+    assert mp["loss"] == md["loss"] and mp["grad_norm"] > 0
+    assert all(x.is_deleted() for x in jax.tree.leaves(given.params))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(start.params) + jax.tree.leaves(model.params))

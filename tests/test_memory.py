@@ -43,3 +43,26 @@ def test_release_keeps_programs_working_and_memory_readable():
     assert f._cache_size() == 0
     assert jnp.array_equal(f(x), before) and f._cache_size() == 1
     assert resident_gb() > 0
+
+
+
+_FRAGMENT = """
+import sys, numpy as np
+from esjax.memory import resident_gb, trim
+big = np.ones(16 << 17); del big                # a freed 16 MB buffer raises glibc's dynamic mmap threshold
+bufs = [np.ones(3 << 17) for _ in range(300)]   # 300 x 3 MB (layer-sized buffers), touched
+keep = bufs[-1]; del bufs                       # all freed but the last, which pins the heap's top
+if sys.argv[1] == "1":
+    assert trim()
+print(resident_gb())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_trim_returns_freed_layer_sized_buffers_to_the_system():
+    """Freed 3 MB buffers stay resident in glibc's heap (0.9 GB here) until trim() hands them back."""
+    import subprocess
+
+    rss = [float(subprocess.run([sys.executable, "-c", _FRAGMENT, flag], capture_output=True, text=True,
+                                check=True).stdout) for flag in ("0", "1")]
+    assert rss[0] > 0.8 and rss[1] < 0.2, rss

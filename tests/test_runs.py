@@ -326,7 +326,7 @@ def test_grpo_reference_model_is_an_explicit_setting_not_the_probe_size(tmp_path
 
     refs = []
 
-    def make_grpo_iteration(model_cfg, tokenizer, task, cfg, max_new, ref_params=None, mesh=None):
+    def make_grpo_iteration(model_cfg, tokenizer, task, cfg, max_new, ref_params=None, mesh=None, donate_state=False):
         refs.append(ref_params)
         return lambda state, examples: (state.replace(step=state.step + 1), {"loss": 0.0, "completions": 8})
     monkeypatch.setattr(runs, "make_grpo_iteration", make_grpo_iteration)

@@ -12,7 +12,7 @@ from typing import Dict
 import jax
 import numpy as np
 
-from esjax import streams
+from esjax import memory, streams
 from esjax.analysis import connectivity as lmc
 from esjax.analysis import geometry as geo
 from esjax.analysis import theory as th
@@ -79,10 +79,12 @@ def theory_results(out_dir: str, d: int, sigma: float, dim_info: Dict, cosine: f
 
 
 def _stages(progress: bool):
-    """``done(name)`` prints ``[analysis/name] done in N s`` (seconds since the previous stage), flushed."""
+    """``done(name)`` prints ``[analysis/name] done in N s`` (seconds since the previous stage), flushed,
+    and hands the stage's freed heap pages back (:func:`esjax.memory.trim`)."""
     last = [time.perf_counter()]
 
     def done(name: str):
+        memory.trim()
         now = time.perf_counter()
         if progress:
             print(f"[analysis/{name}] done in {now - last[0]:.0f} s", flush=True)
@@ -116,6 +118,7 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     res["subspace_overlap_top8"] = geo.subspace_overlaps(d_es, d_grpo, 8, 2_000_000, svd_layers)
     res["rank_fraction"] = {m: geo.matrix_ranks(d, max_size=2_000_000, layers=svd_layers)
                             for m, d in (("es", d_es), ("grpo", d_grpo))}
+    del d_es, d_grpo  # recomputed for the direction probes: each params-sized tree held only while needed (memory)
     stage("geometry")
 
     # KL drift on off-task probes (general chat + held-out prompts of every task)
@@ -134,7 +137,11 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
 
     # Linear mode connectivity and direction probes, scored by accuracy (and reward) on the task
     test = task.examples("test", n_eval, cfg.seed)
-    score = lambda p: evaluate(p, model.cfg, model.tokenizer, task, test, max_new)["accuracy"]  # noqa: E731
+    def score(p):
+        accuracy = evaluate(p, model.cfg, model.tokenizer, task, test, max_new)["accuracy"]
+        memory.trim()  # each scored point's freed buffers, before the next point's params are made
+        return accuracy
+
     points = {"base": base, "es": es, "grpo": grpo}
     ends = {name: score(p) for name, p in points.items()}  # each endpoint scored once
     curves = {}
@@ -143,6 +150,8 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
         lams, vals = lmc.interpolation_curve(score, points[a], points[b], n_interp, (ends[a], ends[b]))
         curves[name] = {"lambda": lams.tolist(), "accuracy": vals.tolist(), "barrier": lmc.barrier(lams, vals)}
     res["interpolation"] = curves
+    d_es, d_grpo = geo.update(es, base), geo.update(grpo, base)
+    del es, grpo, points  # the fine-tuned params are not needed after this
     stage("connectivity")
     t_max = max(norms["es"]["once"], norms["grpo"]["once"])
     ts = np.linspace(0, t_max, 4)[1:]
@@ -150,6 +159,7 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     res["direction_probes"] = {"t": [0.0, *ts.tolist()], **{
         name: [ends["base"], *lmc.direction_probe(score, base, d, ts).tolist()]
         for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}
+    del d_es, d_grpo
     stage("direction_probes")
 
     # Theory vs measured: tr(F_off) along a random direction, KL(base + r·u ‖ base) ≈ ½ r² tr(F)/d
