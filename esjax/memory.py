@@ -60,7 +60,6 @@ def release() -> None:
     trim()
 
 
-
 def trim() -> bool:
     """Return the heap's freed pages to the system (glibc ``malloc_trim(0)``; False elsewhere). XLA on CPU
     allocates with malloc, and the buffers a training step frees (per-layer weights, gradients, optimizer

@@ -42,16 +42,18 @@ def decoding_params(params, dtype):
     dtype = jax.numpy.dtype(dtype)
     if not has_gate_up(params):  # no MLP layers to join
         return cast_params(params, dtype)
-    layers = params["layers"]
+    mlp = [{k: lp[k] for k in ("w_gate", "w_up")} for lp in params["layers"]]
     rest = cast_params({**params, "layers": [{k: v for k, v in lp.items() if k not in ("w_gate", "w_up")}
-                                             for lp in layers]}, dtype)
-    joined = _join_gate_up([(lp["w_gate"], lp["w_up"]) for lp in layers], dtype)
-    return {**rest, "layers": [{**lp, "w_gate_up": w} for lp, w in zip(rest["layers"], joined)]}
+                                             for lp in params["layers"]]}, dtype)
+    joined = _cast_and_join({"layers": mlp}, dtype)["layers"]
+    return {**rest, "layers": [{**lp, **j} for lp, j in zip(rest["layers"], joined)]}
 
 
 @functools.partial(jax.jit, static_argnames="dtype")
-def _join_gate_up(pairs, dtype):
-    return [jax.numpy.concatenate([g.astype(dtype), u.astype(dtype)], axis=1) for g, u in pairs]
+def _cast_and_join(tree, dtype):
+    from esjax.models.decoder import fuse_gate_up
+
+    return fuse_gate_up(jax.tree.map(lambda x: x.astype(dtype), tree))
 
 
 def compute_params(params, cfg):
