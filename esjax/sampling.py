@@ -145,7 +145,8 @@ def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefi
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
-             greedy_rows=None, row_max_new=None, member_axis: Optional[str] = None) -> Generation:
+             greedy_rows=None, row_max_new=None, member_axis: Optional[str] = None,
+             steps_per_loop: int = 1) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
     Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
     says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Step t's
@@ -163,8 +164,17 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     XLA selects the whole carry, KV caches included, on every step and writes the caches at per-member
     positions (a scatter and a copy instead of an in-place update), which dominated the low-rank
     population's decode step in the H100 profile of docs/gpu.md. Tokens are unchanged (a finished row
-    only emits padding)."""
+    only emits padding).
+
+    ``steps_per_loop`` (static, k ≥ 1): decode k tokens per ``while_loop`` iteration, so the loop
+    condition — on a GPU one device-to-host copy and a host decision per iteration, ≈ 0.7 of the 2.7 ms
+    decode step in the H100 profile of docs/gpu.md — is evaluated once per k tokens. Steps past
+    ``max_new_tokens`` or after every row stopped run on finished rows (padding, nothing recorded; at
+    most k − 1 of them per call), so tokens, log-probs and lengths are those of k = 1. The loop body is
+    k copies of the step: k × the decode program's compile time."""
     B, P = tokens.shape
+    if steps_per_loop < 1:
+        raise ValueError(f"steps_per_loop must be >= 1, got {steps_per_loop}")
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {P} + {max_new_tokens} new tokens exceeds the model context "
                          f"of {cfg.max_position_embeddings}")
@@ -172,8 +182,9 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     prompt_len = mask.sum(1).astype(jnp.int32)
     with jax.named_scope("prefill"):
         last, cache = prefill(params, cfg, tokens, mask, P + max_new_tokens, delta, prefix_len, group)
-    out = jnp.full((B, max_new_tokens), cfg.pad_token_id, jnp.int32)
-    logps = jnp.zeros((B, max_new_tokens), jnp.float32)
+    width = max_new_tokens + steps_per_loop - 1  # columns for the overrun steps; sliced off at the end
+    out = jnp.full((B, width), cfg.pad_token_id, jnp.int32)
+    logps = jnp.zeros((B, width), jnp.float32)
     state = (jnp.int32(0), cache, last, out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
 
     def cond(s):
@@ -183,8 +194,10 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
             finished = jax.lax.pmin(finished.astype(jnp.int32), member_axis) > 0
         return (t < max_new_tokens) & ~finished
 
-    def body(s):
+    def step(s):
         t, cache, last, out, logps, done, lengths, key = s
+        if steps_per_loop > 1:  # an overrun step (t ≥ max_new_tokens) records nothing
+            done = done | (t >= max_new_tokens)
         key, sub = jax.random.split(key)
         nxt = sample_logits(last, sub, sampling, greedy_rows)
         lp = jnp.take_along_axis(jax.nn.log_softmax(last, -1), nxt[:, None], -1)[:, 0]
@@ -199,21 +212,26 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
                                 cache=cache, delta=delta)
         return t + 1, cache, logits[:, -1], out, logps, done, lengths, key
 
+    def body(s):
+        for _ in range(steps_per_loop):
+            s = step(s)
+        return s
+
     with jax.named_scope("decode"):
         _, _, _, out, logps, _, lengths, _ = jax.lax.while_loop(cond, body, state)
-    return Generation(out, logps, lengths)
+    return Generation(out[:, :max_new_tokens], logps[:, :max_new_tokens], lengths)
 
 
 @functools.lru_cache(maxsize=None)
 def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0,
-                  group: int = 1):
+                  group: int = 1, steps_per_loop: int = 1):
     """A jitted ``(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None) -> Generation``
     for fixed static settings (see :func:`generate`)."""
 
     @jax.jit
     def fn(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None):
         return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len, group,
-                        greedy_rows, row_max_new)
+                        greedy_rows, row_max_new, steps_per_loop=steps_per_loop)
 
     return fn
 

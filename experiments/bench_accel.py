@@ -9,6 +9,8 @@ Sections, in order (a section that would start after ``--budget-s`` seconds is l
 * ``generate``: R rows × M new tokens, esjax vs transformers ``generate`` (same device and dtype, SDPA,
   run in a subprocess: JAX preallocates 75 % of GPU memory), and the decode step against its roofline
   max(bytes / bandwidth, FLOPs / peak) with bytes = weights + the filled KV cache.
+* ``loop``: the decode step with 1 and ``--steps-per-loop`` tokens per ``while_loop`` iteration (on a GPU
+  the loop condition is a device-to-host copy per iteration).
 * ``es16`` / ``es200``: ES populations, N members × P prompts per member, low-rank and full-rank, against
   plain batched inference of the same N·P rows.
 * ``update``: the ES update's first call (compile + run) and its run time, both noise schemes.
@@ -151,6 +153,7 @@ class Bench:
         a = self.args
         head = [f"# esjax on {self.kind}: {a.shapes} shapes, compute {a.compute_dtype}, random weights, EOS off",
                 "", f"jax {jax.__version__} ({jax.default_backend()}), commit {commit()}, "
+                f"XLA_FLAGS `{os.environ.get('XLA_FLAGS', '')}`, "
                 f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
                 f"`python -m experiments.bench_accel --shapes {a.shapes}{' --quick' if a.quick else ''}`, "
                 f"{time.perf_counter() - self.t_start:.0f} s in all", "",
@@ -211,6 +214,26 @@ class Bench:
         self.add(f"decode step at {rows} rows vs roofline", f"{step * 1e3:.2f} ms",
                  f"roofline {roof['ideal_s'] * 1e3:.2f} ms ({roof['bytes'] / 1e9:.2f} GB, {roof['flops'] / 1e12:.2f} TFLOP)",
                  roof["ideal_s"] / step, ">= 0.60x", step_s=step, roofline=roof)
+
+    def loop(self):
+        """The decode step with 1 and k tokens per ``while_loop`` iteration (``steps_per_loop``), side by side:
+        each step = (full budget − half budget) / (M − M/2), the same program stopping every row halfway, so
+        compile, prefill and the k-step overrun cancel out. XLA's flags (``XLA_FLAGS``) are in the table's
+        head: with ``--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL`` the loop itself runs in a CUDA graph."""
+        a, m = self.args, self.mcfg
+        rows, new, k = a.gen_rows, a.new, a.steps_per_loop
+        tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
+        full, half = np.full(rows, new, np.int32), np.full(rows, new // 2, np.int32)
+        steps = {}
+        for n in (1, k):
+            gen = make_generate(m, new, steps_per_loop=n)
+            first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, full).tokens)
+            _, th = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, half).tokens)
+            steps[n] = ((t - th) / (new - new // 2), first)
+        self.add(f"decode step at {rows} rows, {k} tokens per loop iteration", f"{steps[k][0] * 1e3:.2f} ms "
+                 f"(first call {steps[k][1]:.0f} s)", f"1 token per iteration: {steps[1][0] * 1e3:.2f} ms "
+                 f"(first call {steps[1][1]:.0f} s)", steps[1][0] / steps[k][0], "", step_s=steps[k][0],
+                 step_one_s=steps[1][0], xla_flags=os.environ.get("XLA_FLAGS", ""))
 
     def es(self, per_member: int, kinds=("lowrank", "full")):
         a = self.args
@@ -279,7 +302,7 @@ class Bench:
 
     def run(self):
         a = self.args
-        sections = {"generate": self.generate, "es16": lambda: self.es(16), "es200": lambda: self.es(200, a.es200_kinds),
+        sections = {"generate": self.generate, "loop": self.loop, "es16": lambda: self.es(16), "es200": lambda: self.es(200, a.es200_kinds),
                     "update": self.update, "grpo": self.grpo, "n1024": self.n1024, "paper2": self.paper2}
         print(f"{self.kind}, {a.shapes} ({self.mcfg.param_count():,} parameters, compute {a.compute_dtype}), jax {jax.__version__}")
         for name in a.sections.split(","):
@@ -300,8 +323,8 @@ def parse(argv=None):
     p.add_argument("--compute-dtype", default=None, help="default: bfloat16 on an accelerator, float32 on CPU")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", "runs/bench_accel"))
-    p.add_argument("--sections", default=None, help="default: generate,es16,es200,update,grpo,n1024,paper2; with "
-                   "--quick the cheap ones first: generate,es16,update,grpo,n1024,es200,paper2")
+    p.add_argument("--sections", default=None, help="default: generate,loop,es16,es200,update,grpo,n1024,paper2; "
+                   "with --quick the cheap ones first: generate,loop,es16,update,grpo,n1024,es200,paper2")
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--reference-timeout", type=float, default=240)
@@ -315,6 +338,7 @@ def parse(argv=None):
     p.add_argument("--grpo-micro", type=int, default=16)
     p.add_argument("--paper2-direct", action="store_true")
     p.add_argument("--noise", default="lowrank,full", help="noise schemes of the es16/es200 sections")
+    p.add_argument("--steps-per-loop", type=int, default=4, help="the loop section's tokens per loop iteration")
     a = p.parse_args(argv)
     a.compute_dtype = a.compute_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     a.new = a.new or (128 if a.quick else 256)
@@ -323,8 +347,8 @@ def parse(argv=None):
     a.es200_kinds = ("full",) if a.quick else ("lowrank", "full")
     # on an H100 the full-rank population's first call took 146 s (es16) and es200 ran past a 345 s limit:
     # --quick measures everything cheap before it
-    a.sections = a.sections or ("generate,es16,update,grpo,n1024,es200,paper2" if a.quick
-                                else "generate,es16,es200,update,grpo,n1024,paper2")
+    a.sections = a.sections or ("generate,loop,es16,update,grpo,n1024,es200,paper2" if a.quick
+                                else "generate,loop,es16,es200,update,grpo,n1024,paper2")
     return a
 
 

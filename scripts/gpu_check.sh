@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The prepared device check (one call, <= 9.5 min on an H100/H200): the accelerator-relevant tests on the
-# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then a traced
-# profile of plain decode and the ES populations (docs/gpu.md reads them). Everything lands in $OUT
-# (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
+# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, its decode-loop
+# section again with the loop in a CUDA graph, then a traced profile of the low-rank ES population (docs/gpu.md
+# reads them). Everything lands in $OUT
+# (6 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
 #   device run: command="bash scripts/gpu_check.sh", carry=[".esjax-cache"], timeout_s=590
@@ -25,12 +26,17 @@ echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
 t0=$SECONDS
 timeout 250 python3 -m experiments.bench_accel --quick --budget-s 200 --out "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
-# the same shapes as the benchmark's generate (128 rows x 128 new) and es16 (30 x 16 x 64) programs
+# the decode loop inside a CUDA graph (XLA's WHILE/CONDITIONAL command buffers, off by default): the loop
+# section again in a fresh process under that flag, its table appended to bench.txt
 t1=$SECONDS
-timeout 60 python3 -m experiments.profile_decode --what generate --rows 128 --new 128 --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
-echo "profile generate exit $? after $((SECONDS - t1)) s" >> /tmp/esjax-prof/log.txt
+XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" timeout 100 python3 -m experiments.bench_accel \
+  --quick --sections loop --no-reference --out /tmp/esjax-cbwhile >> "$OUT/bench.txt" 2>&1
+echo "bench (+WHILE command buffers) exit $? after $((SECONDS - t1)) s" >> "$OUT/bench.txt"
+cat /tmp/esjax-cbwhile/table.md >> "$OUT/bench.txt" 2>/dev/null
+# the same shapes as the benchmark's es16 (30 x 16 x 64) program: is the low-rank loop's concatenate gone?
+t1=$SECONDS
 timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what lowrank --members 30 --rows 480 --new 64 --hlo \
-  --out /tmp/esjax-prof >> /tmp/esjax-prof/log.txt 2>&1
+  --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
 echo "profile es exit $? after $((SECONDS - t1)) s" >> /tmp/esjax-prof/log.txt
 cat /tmp/esjax-prof/log.txt > "$OUT/profile.txt" 2>/dev/null
 (cd /tmp/esjax-prof && tar czf "$OUT/xplanes.tgz" *.xplane.pb *.hlo.txt 2>/dev/null)

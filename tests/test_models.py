@@ -275,3 +275,29 @@ def test_decode_updates_the_kv_cache_in_place():
     assert cache_shape in hlo
     copies = [line for line in hlo.splitlines() if re.search(r"= f32\[4,2,40,8\]\{[0-9,]*\} copy\(", line)]
     assert not copies, copies
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_several_decode_steps_per_loop_iteration_change_nothing(k):
+    """``steps_per_loop`` = k (the loop condition once per k tokens) gives the tokens, log-probs and lengths of
+    k = 1 — greedy and sampled, with rows stopping at EOS and at their own budgets, and a budget that k does
+    not divide (the overrun steps record nothing); the compiled loop body holds k decode steps."""
+    cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, eos_token_ids=(5, 9), pad_token_id=0)
+    params = init_params(cfg, jax.random.key(2), 0.3)
+    toks, mask = pad_prompts([[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]], 0, 8)
+    budgets = np.array([11, 4, 7, 11], np.int32)
+    for sampling in (SamplingConfig(), SamplingConfig(temperature=1.0)):
+        for row_max_new in (None, budgets):
+            one = make_generate(cfg, 11, sampling)(params, toks, mask, jax.random.key(3), None, None, row_max_new)
+            many = make_generate(cfg, 11, sampling, steps_per_loop=k)(params, toks, mask, jax.random.key(3), None,
+                                                                        None, row_max_new)
+            for a, b in zip(one, many):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lengths = np.asarray(one.lengths)
+    assert lengths.min() < 11 and (lengths <= budgets).all()  # some row stopped early (EOS or budget)
+    writes = lambda n: make_generate(cfg, 11, steps_per_loop=n).lower(  # noqa: E731
+        params, toks, mask, jax.random.key(3)).as_text().count("dynamic_update_slice")
+    assert writes(k) - writes(1) == (k - 1) * (writes(2) - writes(1)) > 0  # k copies of the step's cache writes
+    with pytest.raises(ValueError, match="steps_per_loop"):
+        make_generate(cfg, 11, steps_per_loop=0)(params, toks, mask, jax.random.key(3))

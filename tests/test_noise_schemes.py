@@ -87,7 +87,10 @@ def test_update_compiles_once_per_leaf_shape_and_equals_one_program(noise):
         ref, mr = _apply_gradient(state, estimate_gradient(state.params, state.key, state.iteration, z, c), fitness, z,
                                   anchor if c.awd_lambda else None, c)
         for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref.params)):
-            np.testing.assert_array_equal(a, b)  # bit for bit (on CPU): runs logged before the change replay exactly
+            if jax.default_backend() == "cpu":  # bit for bit: runs logged before the change replay exactly
+                np.testing.assert_array_equal(a, b)
+            else:  # XLA:GPU fuses the two programs differently: equal to float32 rounding, not bit for bit
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
         assert set(m) == set(mr)
         for k in m:
             assert float(m[k]) == pytest.approx(float(mr[k]), rel=1e-5, abs=1e-12), k

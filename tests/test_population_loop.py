@@ -150,3 +150,19 @@ def test_uneven_chunks_trace_the_decoder_once(noise):
     for m in range(5):
         alone = member_output(ev, state, m, cfg, tokens, mask, jax.random.key(2))
         np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))
+
+
+def test_population_with_several_decode_steps_per_loop_iteration_decodes_the_same_tokens():
+    """``lm_evaluator(..., steps_per_loop=3)``: the vmapped loop (one condition per 3 tokens for the chunk)
+    gives each member the tokens and lengths of one step per iteration, and still rewrites no cache."""
+    mcfg, cfg, state, tokens, mask = _setup("lowrank")
+    mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))  # rows stop at different steps
+    outs = []
+    for k in (1, 3):
+        pop = population_fn(lm_evaluator(mcfg, 5, cfg, steps_per_loop=k), cfg, 2)
+        outs.append(pop(state, member_ids(4), tokens, mask, jax.random.key(2)))
+        if k == 3:
+            hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
+            assert cache_rewrites(hlo, 8 + 5, mcfg.head_dim) == []
+    for a, b in zip(outs[0], outs[1]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
