@@ -3,7 +3,7 @@
 # GPU first (failures print as they happen), then the accelerator benchmark's --quick table, its decode-loop
 # section again with the loop in a CUDA graph, then a traced profile of the low-rank ES population (docs/gpu.md
 # reads them). Everything lands in $OUT
-# (6 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
+# (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
 #   device run: command="bash scripts/gpu_check.sh", carry=[".esjax-cache"], timeout_s=590
