@@ -23,7 +23,9 @@ the metrics log from it and continues; because data, noise and sampling keys are
 touched, the folder's ``config.json`` is compared with the new resolved config: only
 :data:`RESUMABLE_KEYS` may differ (raising the iteration count extends a finished run; the checkpoint and
 eval cadences and the logger do not change what is learned), and the other method's settings are ignored (``es.*``,
-``es_batch``, ``es_iterations`` for GRPO; ``grpo.*``, ``grpo_steps`` for ES). Any other difference, or a
+``es_batch``, ``es_iterations`` for GRPO; ``grpo.*``, ``grpo_steps`` for ES), as are GRPO's schedule length
+``grpo.total_steps`` and ``grpo.warmup_steps`` while both configs keep a constant learning rate (no schedule
+reads them). Any other difference, or a
 checkpoint past the new iteration count, raises :class:`RunConfigMismatch` naming the keys (old -> new):
 use another ``--out`` folder or delete the old one. An iteration whose update, loss or params turn
 non-finite stops the run with :class:`RunFailed`; its checkpoints (all from earlier iterations) are kept.
@@ -117,9 +119,12 @@ def config_changes(old: dict, new: dict, method: str) -> list:
     except (TypeError, ValueError):
         pass
     a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
+    unread = ()
+    if method == "grpo" and a.get("grpo.lr_schedule", "constant") == b.get("grpo.lr_schedule", "constant") == "constant":
+        unread = ("grpo.total_steps", "grpo.warmup_steps")  # only a linear schedule reads them (make_optimizer)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] in ignored or a.get(key, "<absent>") == b.get(key, "<absent>"):
+        if key.split(".")[0] in ignored or key in unread or a.get(key, "<absent>") == b.get(key, "<absent>"):
             continue
         out.append(f"{key}: {json.dumps(a.get(key, '<absent>'))} -> {json.dumps(b.get(key, '<absent>'))}")
     return out

@@ -357,3 +357,18 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tmp_pat
     json.dump({**old, "compute_dtype": "bfloat16"}, open(path, "w"))
     with pytest.raises(ValueError, match=r'compute_dtype: "bfloat16" -> "float32"'):
         run(tiny("es_iterations=5"), tmp_path)
+
+
+def test_grpo_schedule_length_may_change_on_resume_only_when_no_schedule_reads_it():
+    """grpo.total_steps / warmup_steps are read by the linear schedule only: with a constant learning rate on
+    both sides a run may be extended (grpo_steps and total_steps raised together); with a linear one, or a
+    changed schedule, it is the learning-rate curve that changed, and resuming is refused."""
+    from esjax.runs import config_changes
+
+    old = tiny("grpo_steps=4", "grpo.total_steps=4").to_dict()
+    assert config_changes(old, tiny("grpo_steps=9", "grpo.total_steps=9", "grpo.warmup_steps=2").to_dict(), "grpo") == []
+    lin = tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.lr_schedule=linear").to_dict()
+    assert config_changes(lin, tiny("grpo_steps=9", "grpo.total_steps=9", "grpo.lr_schedule=linear").to_dict(),
+                          "grpo") == ["grpo.total_steps: 4 -> 9"]
+    assert config_changes(old, tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.lr_schedule=linear").to_dict(),
+                          "grpo") == ['grpo.lr_schedule: "constant" -> "linear"']
