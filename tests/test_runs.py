@@ -359,10 +359,11 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tmp_pat
         run(tiny("es_iterations=5"), tmp_path)
 
 
-def test_grpo_schedule_length_may_change_on_resume_only_when_no_schedule_reads_it():
+def test_grpo_settings_no_update_reads_may_change_on_resume():
     """grpo.total_steps / warmup_steps are read by the linear schedule only: with a constant learning rate on
     both sides a run may be extended (grpo_steps and total_steps raised together); with a linear one, or a
-    changed schedule, it is the learning-rate curve that changed, and resuming is refused."""
+    changed schedule, it is the learning-rate curve that changed, and resuming is refused. Likewise
+    grpo.track_kl while β = 0 on both sides."""
     from esjax.runs import config_changes
 
     old = tiny("grpo_steps=4", "grpo.total_steps=4").to_dict()
@@ -372,3 +373,8 @@ def test_grpo_schedule_length_may_change_on_resume_only_when_no_schedule_reads_i
                           "grpo") == ["grpo.total_steps: 4 -> 9"]
     assert config_changes(old, tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.lr_schedule=linear").to_dict(),
                           "grpo") == ['grpo.lr_schedule: "constant" -> "linear"']
+    # track_kl only logs the KL while β = 0; with a KL penalty the reference model is learned from
+    assert config_changes(old, tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.track_kl=false").to_dict(), "grpo") == []
+    kl = tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.beta=0.1").to_dict()
+    assert config_changes(kl, tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.beta=0.1", "grpo.track_kl=false").to_dict(),
+                          "grpo") == ["grpo.track_kl: true -> false"]

@@ -73,7 +73,8 @@ PRESET = dict(
     probe_size=64, checkpoint_every=25,  # 3 saves per method: a kill loses ≤ 25 iterations (~5 min)
     es=dict(population_size=8, sigma=4e-3, alpha=2e-3, antithetic=True, noise="lowrank", rank=1,
             param_filter="^layers/"),
-    grpo=dict(group_size=6, prompts_per_step=4, learning_rate=2e-5, total_steps=120, beta=0.0, temperature=0.6))
+    grpo=dict(group_size=6, prompts_per_step=4, learning_rate=2e-5, total_steps=120, beta=0.0, temperature=0.6,
+            track_kl=False))  # β = 0: scoring the reference model would only log a KL (the analysis measures it)
 
 _SWEEP_SETS = ["es_iterations=16", "es_batch=8", "eval_size=64"]  # the sweeps measure norms; compare measures accuracy
 SWEEPS = {
