@@ -17,17 +17,18 @@ Four commands, run in order (each resumes after a kill: every run keeps its own 
 
 Time estimate (:func:`estimate_seconds`), from cpu-quick's logged wall times on this 2-core machine
 (``docs/cpu-quick/{es,grpo}/metrics.jsonl``): an ES iteration after the first costs 12.3 s for N·B = 8 × 16
-= 128 rollouts of 16 tokens (0.096 s per rollout; the first iteration 42 s, compilation included); a GRPO
-step 8.5 s for 4 × 6 completions (first step 61 s); the after-training greedy eval 26 s for 128 problems
-(0.15 s per problem, checkpoint save included); cpu-quick's analysis took 199 s with 3 × 8 KL prompts and
-5 × 32 interpolation problems per path.
+= 128 rollouts of 16 tokens (0.096 s per rollout; the first iteration 42 s, compilation included); the
+after-training greedy eval 26 s for 128 problems (0.15 s per problem, checkpoint save included);
+cpu-quick's analysis took 199 s with 3 × 8 KL prompts and 5 × 32 interpolation problems per path. A GRPO
+step: 5.9 s for 4 × 6 completions, measured in the study's own compare run (cpu-quick's 8.5 s scored
+the reference model for a logged KL, which the study does not: ``track_kl=False``; first step 61 s).
 
 =========================  ===========================================================  ======
 phase                      arithmetic                                                     s
 =========================  ===========================================================  ======
 compare: load + base eval  30 + 4 tasks × 256 problems × 0.15                               184
 compare: ES, T = 75        42 + 74 × 12.3 + 2 extra saves × 10                              972
-compare: GRPO, 75 steps    61 + 74 × 8.5 + 2 extra saves × 10                               710
+compare: GRPO, 120 steps   61 + 119 × 5.9 + 4 extra saves × 10                              803
 compare: 2 after-evals     2 × 1,024 × 0.15                                                 307
 compare: analysis          199 × 2.5 (KL on 24 + 2 × 64 prompts, not 3 × 8; 64 problems
                            per interpolation point, not 32)                                 498
@@ -36,15 +37,13 @@ sweep N = 4, 8, 16, T = 16 per run 30 compile + 16 × N × 8 × 0.096 + 38 eval 
                            128 + 177 + 275                                                  580
 sweep variants, N = 8      base eval 68; mask 177, awd 177, kl 30 + 98 × 1.5 + 48 = 226     648
 sequential arithmetic→copy 30 load + 2 methods × 3 evals × 2 tasks × 128 × 0.15 (230) +
-                           2 × 60 KL + 2 stages × (ES 42 + 39 × 64 × 0.096, GRPO 61 + 39 × 8.5) 1729
+                           2 × 60 KL + 2 stages × (ES 42 + 39 × 64 × 0.096, GRPO 61 + 39 × 5.9) 1526
 =========================  ===========================================================  ======
 
-Without the sequential phase ≈ 3966 s ≈ 66 min (measured: 61 min, ``docs/study/phases.json``); × 1.2 for
-timing noise and a shared machine ≈ 79 min. With it ≈ 5696 s ≈ 95 min estimated, ≈ 90 min expected from the
-compare phases' measured/estimated ratio (budget 90).
+Without the sequential phase ≈ 4060 s ≈ 68 min; with it ≈ 5586 s ≈ 93 min estimated. The phases measured
+so far came in under their estimates (the first three phases 61 min against 66 at 75 GRPO steps); the
+measured times are in ``docs/study/phases.json`` and ``docs/study/README.md`` (budget 90).
 The analysis factor 2.5 is the least certain line (its parts were not timed separately).
-Not known before the run: whether 75 iterations / steps make each gain significant on 256 problems
-(cpu-quick's 10 gave ES +3/64, GRPO −2/64, neither significant).
 
 What the existing commands cannot express (so the study, as configured here, falls short of issue 17):
 
@@ -109,7 +108,7 @@ COMMANDS = commands()
 
 # measured on 2 cores (docs/cpu-quick): seconds
 ES_ROLLOUT_S, ES_FIRST_IT_S = 12.3 / 128, 42.0
-GRPO_STEP_S, GRPO_FIRST_STEP_S = 8.5, 61.0
+GRPO_STEP_S, GRPO_FIRST_STEP_S = 5.9, 61.0  # the study's compare run (no reference scoring)
 EVAL_PROBLEM_S, LOAD_S, SAVE_S, COMPILE_S, SWEEP_KL_S = 0.15, 30.0, 10.0, 30.0, 10.0
 SEQUENTIAL_KL_S = 60.0  # the incremental KL matrix per method (stages × tasks × 32 prompts); a guess, not timed
 CPU_QUICK_ANALYSIS_S, ANALYSIS_FACTOR, KL_VARIANT_FACTOR, SAFETY = 199.0, 2.5, 1.5, 1.2
@@ -119,7 +118,7 @@ def estimate_seconds(preset: dict = PRESET, sweeps: dict = SWEEPS) -> dict:
     """Per-phase wall-time estimate in seconds (the docstring's table) and the total with the safety factor."""
     p, es = preset, preset["es"]
     n_eval = (1 + len(p["eval_tasks"])) * p["eval_size"]
-    saves = lambda steps: (steps // p["checkpoint_every"] - 1) * SAVE_S  # noqa: E731 (the last save is in the eval line)
+    saves = lambda steps: (steps - 1) // p["checkpoint_every"] * SAVE_S  # noqa: E731 (the last save is in the eval line)
     ph = {"compare_load_base_eval": LOAD_S + n_eval * EVAL_PROBLEM_S,
           "compare_es": ES_FIRST_IT_S + (p["es_iterations"] - 1) * es["population_size"] * p["es_batch"] * ES_ROLLOUT_S
           + saves(p["es_iterations"]),
