@@ -167,8 +167,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     only emits padding).
 
     ``steps_per_loop`` (static, k ≥ 1): decode k tokens per ``while_loop`` iteration, so the loop
-    condition — on a GPU one device-to-host copy and a host decision per iteration, ≈ 0.7 of the 2.7 ms
-    decode step in the H100 profile of docs/gpu.md — is evaluated once per k tokens. Steps past
+    condition — on a GPU one device-to-host copy and a host decision per iteration, ≈ 0.7 ms per step under the
+    tracer in the H100 profile of docs/gpu.md (3.2 ms of kernels per step) — is evaluated once per k tokens. Steps past
     ``max_new_tokens`` or after every row stopped run on finished rows (padding, nothing recorded; at
     most k − 1 of them per call), so tokens, log-probs and lengths are those of k = 1. The loop body is
     k copies of the step: k × the decode program's compile time."""

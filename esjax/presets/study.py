@@ -1,6 +1,8 @@
 """``study``: the issue-17 study on SmolLM2-135M, 2 CPU cores, ≈ 90 min (budget 90): ES and GRPO
 long enough to test each method's held-out gain on 256 problems, the N sweep, the forgetting-aware
-variants and the sequential experiment. The ES/GRPO knobs are cpu-quick's (σ, α, lr, T = 0.6 are tuned there); only lengths and sizes grow.
+variants and the sequential experiment. The ES/GRPO knobs are cpu-quick's (σ, α, lr are tuned there) and only lengths
+and sizes grow, except GRPO's sampling temperature (1.0, chosen on a validation draw; see PRESET) and its unscored
+reference model (``track_kl=False``).
 
 Four commands, run in order (each resumes after a kill: every run keeps its own folder and checkpoints)::
 
@@ -20,8 +22,9 @@ Time estimate (:func:`estimate_seconds`), from cpu-quick's logged wall times on 
 = 128 rollouts of 16 tokens (0.096 s per rollout; the first iteration 42 s, compilation included); the
 after-training greedy eval 26 s for 128 problems (0.15 s per problem, checkpoint save included);
 cpu-quick's analysis took 199 s with 3 × 8 KL prompts and 5 × 32 interpolation problems per path. A GRPO
-step: 5.9 s for 4 × 6 completions, measured in the study's own compare run (cpu-quick's 8.5 s scored
-the reference model for a logged KL, which the study does not: ``track_kl=False``; first step 61 s).
+step: 5.9 s for 4 × 6 completions, the mean of steps 2–119 in the study's own compare run
+(``runs/study/grpo/metrics.jsonl`` wall times; cpu-quick's 8.5 s also scored the reference model for a
+logged KL, which the study does not, and ran on a less quiet machine; first step 61 s kept).
 
 =========================  ===========================================================  ======
 phase                      arithmetic                                                     s
@@ -40,9 +43,9 @@ sequential arithmetic→copy 30 load + 2 methods × 3 evals × 2 tasks × 128 ×
                            2 × 60 KL + 2 stages × (ES 42 + 39 × 64 × 0.096, GRPO 61 + 39 × 5.9) 1526
 =========================  ===========================================================  ======
 
-Without the sequential phase ≈ 4060 s ≈ 68 min; with it ≈ 5586 s ≈ 93 min estimated. The phases measured
-so far came in under their estimates (the first three phases 61 min against 66 at 75 GRPO steps); the
-measured times are in ``docs/study/phases.json`` and ``docs/study/README.md`` (budget 90).
+Without the sequential phase ≈ 4060 s ≈ 68 min; with it ≈ 5586 s ≈ 93 min estimated; measured 5,143 s
+≈ 86 min (``docs/study/phases.json``: compare 2,494 s against 2,764, its GRPO line 894 s against 803; the
+sweeps under their estimates; sequential 1,527 s against 1,526). Budget 90.
 The analysis factor 2.5 is the least certain line (its parts were not timed separately).
 
 What the existing commands cannot express (so the study, as configured here, falls short of issue 17):
@@ -68,7 +71,7 @@ PRESET = dict(
     # GRPO 120 steps at T = 1.0: cpu-quick's T = 0.6 gave +5.5 points at 75 steps (p = 0.076) and +5.1 at 120
     # (p = 0.09), its groups turning uniform (zero-variance groups 0.72 → 0.93 of each step's); T = 1.0 was chosen
     # on a validation draw (seed 1: other train pool and test problems): 0.137 → 0.254 on 256 problems, p = 5e-4.
-    # ES keeps 75 iterations (+17 points). Wall time: ES 945 s, GRPO ≈ 750 s
+    # ES keeps 75 iterations (+17 points). Phase times: ES 945 s, GRPO 894 s (docs/study/tuning.json: every run)
     eval_tasks=("arithmetic-word", "capitals", "copy"), train_pool=256, es_batch=16, es_iterations=75, grpo_steps=120,
     max_new_tokens=16, eval_size=256,  # ≥ 256 held-out problems: a McNemar test can see a gain of ~5 points
     probe_size=64, checkpoint_every=25,  # 3 saves per method: a kill loses ≤ 25 iterations (~5 min)
