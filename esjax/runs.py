@@ -120,10 +120,11 @@ def config_changes(old: dict, new: dict, method: str) -> list:
         pass
     a, b = _flatten(old), _flatten(json.loads(json.dumps(new)))
     unread = []
-    if method == "grpo" and a.get("grpo.lr_schedule", "constant") == b.get("grpo.lr_schedule", "constant") == "constant":
-        unread += ["grpo.total_steps", "grpo.warmup_steps"]  # only a linear schedule reads them (make_optimizer)
-    if method == "grpo" and a.get("grpo.beta", 0.0) == b.get("grpo.beta", 0.0) == 0:
-        unread += ["grpo.track_kl"]  # with no KL penalty the reference model is scored for the log only
+    if method == "grpo":
+        if a.get("grpo.lr_schedule", "constant") == b.get("grpo.lr_schedule", "constant") == "constant":
+            unread += ["grpo.total_steps", "grpo.warmup_steps"]  # only a linear schedule reads them (make_optimizer)
+        if a.get("grpo.beta", 0.0) == b.get("grpo.beta", 0.0) == 0:
+            unread += ["grpo.track_kl"]  # with no KL penalty the reference model is scored for the log only
     out = []
     for key in sorted(set(a) | set(b)):
         if key.split(".")[0] in ignored or key in unread or a.get(key, "<absent>") == b.get(key, "<absent>"):

@@ -111,5 +111,5 @@ def per_token_loss(logp, old_logp, ref_logp, advantages, clip_eps: float, clip_e
     loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high)
     kl_logp = logp if kl_logp is None else kl_logp
     kl = jnp.zeros_like(logp) if ref_logp is None else KL_ESTIMATORS[kl_estimator](kl_logp, ref_logp)
-    # β = 0 (a Python number): the KL is only logged, so it stays out of the loss (0 × an overflowed k3 would be NaN)
-    return (loss + beta * kl if not isinstance(beta, (int, float)) or beta else loss), kl, clipped
+    # β = 0 (static): the KL is only logged, so it stays out of the loss (0 × an overflowed k3 would be NaN)
+    return (loss + beta * kl if beta else loss), kl, clipped
