@@ -15,6 +15,8 @@ Memory per device (bytes; params replicated, rows split over devices):
     noise   = c · the noise scheme's ``member_bytes`` (c members per chunk): full-rank d · (4 + bytes(compute
               dtype)) (θ + σε formed in the compute dtype from an fp32 draw); low-rank r · Σ_matrices
               (n_in + n_out) · 4 plus the vectors' dense draws;
+    shared  = the scheme's ``shared_bytes``, once per population call: low-rank members' decoding copy of θ
+              (d · bytes(compute dtype) below fp32; on fp32 the joined W_gate ‖ W_up), full-rank 0;
     KV      = 2 · L · rows · K · (prompt + M) · Dh · bytes(compute dtype), rows = c · B (ES) or G · P / D.
 Wall time: a short measured probe (decode tokens/s and scoring tokens/s of the actual model on this
 machine) extrapolated to the counts above, an upper bound since completions often stop early.
@@ -100,7 +102,8 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
                "forward_passes_per_task": es_passes["forward_passes"] * cfg.es_iterations,
                "backward_passes_per_task": 0,
                "iterations": cfg.es_iterations, "members_per_chunk": chunk,
-               "memory_per_device": {"params": d * 4, "noise": noise,
+               "memory_per_device": {"params": d * 4, "shared": get_scheme(es.noise).shared_bytes(model_cfg, es),
+                                     "noise": noise,
                                      "kv_cache": kv_row * chunk * cfg.es_batch}},
         "grpo": {"completions_per_step": gr_completions, "max_tokens_per_step": gr_completions * M,
                  "optimizer_updates_per_step": updates,

@@ -129,3 +129,35 @@ def test_get_scheme_is_what_population_and_cost_use():
     params = {"x": jnp.zeros((3,))}
     out = pop(init_state(params, jax.random.key(0), ESConfig(population_size=4, noise="sign-test")), member_ids(4))
     assert out.shape == (4,) and set(np.round(np.abs(np.asarray(out)) / 1e-3).astype(int)) <= {1, 3}
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_shared_bytes_are_the_bytes_shared_params_adds(compute_dtype):
+    from esjax.models.registry import load_model
+
+    model = load_model("tiny-random-llama", with_tokenizer=False)
+    mcfg = model.cfg.replace(compute_dtype=compute_dtype)
+    master = jax.tree.map(lambda x: x.astype(jnp.float32), model.params)
+    ids = {id(x) for x in jax.tree.leaves(master)}
+    for name in ("lowrank", "full"):
+        shared = get_scheme(name).shared_params(master, mcfg.dtype)
+        added = sum(x.nbytes for x in jax.tree.leaves(shared) if id(x) not in ids)
+        assert get_scheme(name).shared_bytes(mcfg, ESConfig(noise=name)) == added, name
+    assert get_scheme("lowrank").shared_bytes(mcfg, ESConfig()) > 0
+
+
+def test_auto_chunk_size_takes_the_shared_copy_and_the_rows_from_device_memory(monkeypatch):
+    from esjax.es import population as pop
+    from esjax.models.registry import model_config
+
+    mcfg = model_config("tiny-random-llama").replace(compute_dtype="bfloat16")
+    cfg = ESConfig(population_size=64, noise="lowrank")
+    scheme = get_scheme("lowrank")
+    monkeypatch.setattr(pop, "device_memory_budget", lambda fraction=pop.ACCEL_MEMORY_FRACTION: None)  # CPU
+    assert pop.auto_chunk_size(mcfg, cfg, 16, 32, 64) == pop.CPU_MAX_ROWS // 16  # factors are tiny: rows bind
+    per = scheme.member_bytes(mcfg, cfg) + 16 * pop.row_bytes(mcfg, 32, 64)
+    free = scheme.shared_bytes(mcfg, cfg) + 5.5 * per
+    monkeypatch.setattr(pop, "device_memory_budget", lambda fraction=pop.ACCEL_MEMORY_FRACTION: free)
+    assert pop.auto_chunk_size(mcfg, cfg, 16, 32, 64) == 5
+    assert pop.auto_chunk_size(mcfg, cfg, 16, 32, 64, budget_bytes=free - per) == 4
+    assert pop.auto_chunk_size(mcfg, dataclasses.replace(cfg, chunk_size=7), 16, 32, 64) == 7

@@ -333,17 +333,21 @@ def auto_chunk_size(model_cfg, cfg: ESConfig, rows_per_member: int, prompt_len: 
                     budget_bytes: Optional[float] = None) -> int:
     """Members evaluated at once (vmapped) per device: ``cfg.chunk_size`` if set, else as many as fit.
 
-    On a device that reports its memory: budget = 70 % of free memory, a member costs its scheme's
-    ``member_bytes`` plus ``rows_per_member`` × :func:`row_bytes`, at most 16,384 rows at once. Elsewhere
-    (CPU): a 2 GB budget for the members' weights and at most 512 rows (measured on 2 cores)."""
+    On a device that reports its memory: budget = 70 % of free memory less what the population call
+    shares (the scheme's ``shared_bytes``: low-rank members' compute-dtype copy of θ), a member costs its
+    scheme's ``member_bytes`` plus ``rows_per_member`` × :func:`row_bytes`, at most 16,384 rows at once.
+    Elsewhere (CPU): a 2 GB budget for the members' weights and at most 512 rows (measured on 2 cores).
+    ``budget_bytes`` replaces the 70 % (or 2 GB) before anything is taken from it."""
     if cfg.chunk_size:
         return cfg.chunk_size
     rows = max(1, rows_per_member)
+    scheme = get_scheme(cfg.noise)
     free = device_memory_budget()
     if budget_bytes is None:
         budget_bytes = CPU_BUDGET_BYTES if free is None else free
-    per_member = get_scheme(cfg.noise).member_bytes(model_cfg, cfg)
+    per_member = scheme.member_bytes(model_cfg, cfg)
     if free is not None:
+        budget_bytes -= scheme.shared_bytes(model_cfg, cfg)
         per_member += rows * row_bytes(model_cfg, prompt_len, max_new_tokens)
     max_rows = CPU_MAX_ROWS if free is None else ACCEL_MAX_ROWS
     return max(1, min(cfg.population_size, int(budget_bytes // per_member), max_rows // rows))

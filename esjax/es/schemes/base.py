@@ -13,7 +13,9 @@ Member n of iteration t is scored at θ + σ s_n E_n and the update is g = (1/N)
 * ``leaf_gradient(key, iteration, weights, i, shape, cfg)``: leaf i of g, regenerating the N members'
   noise — compiled once per leaf *shape* (:func:`esjax.es.step.estimate_gradient`), so an LLM's ~340
   leaves compile as ~7 small programs;
-* ``member_bytes(model_cfg, cfg)``: device memory one member adds while it is evaluated (chunk sizing).
+* ``member_bytes(model_cfg, cfg)``: device memory one member adds while it is evaluated, and
+  ``shared_bytes(model_cfg, cfg)``: what ``shared_params`` adds once per population call beside the fp32
+  master (chunk sizing: :func:`esjax.es.population.auto_chunk_size`).
 
 ``dense`` schemes materialise each member's weights θ + σ s E (formed once per member, directly in the
 compute dtype) and run the plain decoder; the others are drawn for the whole population by a program of
@@ -57,6 +59,10 @@ class NoiseScheme:
 
     def member_bytes(self, model_cfg, cfg) -> int:
         raise NotImplementedError
+
+    def shared_bytes(self, model_cfg, cfg) -> int:
+        """Device memory ``shared_params`` adds (0: the members read the master itself)."""
+        return 0
 
 
 class DenseScheme(NoiseScheme):

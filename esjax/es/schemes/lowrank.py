@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from esjax.es.noise import leaf_key, lowrank_draw_shape, lowrank_leaf, lowrank_noise, member_key, normal
 from esjax.es.schemes.base import NoiseScheme, register_scheme
@@ -46,6 +47,14 @@ class LowRankScheme(NoiseScheme):
         from esjax.models.decoder import param_shapes
         shapes = jax.tree.leaves(param_shapes(model_cfg), is_leaf=lambda s: isinstance(s, tuple))
         return 4 * sum(cfg.rank * sum(s) if len(s) == 2 else s[0] for s in shapes)
+
+    def shared_bytes(self, model_cfg, cfg) -> int:
+        """The decoding copy: every parameter in the compute dtype when that is narrower than the fp32
+        master; on fp32 only the joined W_gate ‖ W_up (the other leaves are the master's own arrays)."""
+        item = np.dtype(model_cfg.dtype).itemsize
+        if item < 4:
+            return item * model_cfg.param_count()
+        return item * 2 * model_cfg.num_layers * model_cfg.hidden_size * model_cfg.intermediate_size
 
 
 LOWRANK = register_scheme(LowRankScheme())
