@@ -11,6 +11,9 @@ Sections, in order (a section that would start after ``--budget-s`` seconds is l
   max(bytes / bandwidth, FLOPs / peak) with bytes = weights + the filled KV cache.
 * ``loop``: the decode step with 1 and ``--steps-per-loop`` tokens per ``while_loop`` iteration (on a GPU
   the loop condition is a device-to-host copy per iteration).
+* ``cache``: R rows × ``--cache-new`` new tokens with the whole KV cache read at every step vs the cache
+  grown in blocks of ``--cache-block`` slots (``generate(..., cache_block=...)``: each step reads about the
+  filled part), tokens/s side by side, with each program's first call (one loop per block compiles longer).
 * ``es16`` / ``es200``: ES populations, N members × P prompts per member, low-rank and full-rank, against
   plain batched inference of the same N·P rows.
 * ``update``: the ES update's first call (compile + run) and its run time, both noise schemes.
@@ -41,7 +44,7 @@ from esjax.es.population import auto_chunk_size, lm_evaluator, member_ids, popul
 from esjax.es.step import ESConfig, es_update, init_state
 from esjax.models.decoder import init_params
 from esjax.models.precision import compute_params
-from esjax.sampling import make_generate
+from esjax.sampling import CACHE_BLOCK, make_generate
 from experiments.shapes import shape_config
 
 # (bf16 dense peak FLOP/s, memory bytes/s) by a substring of jax's device_kind (vendor data sheets)
@@ -235,6 +238,22 @@ class Bench:
                  f"(first call {steps[1][1]:.0f} s)", steps[1][0] / steps[k][0], "", step_s=steps[k][0],
                  step_one_s=steps[1][0], xla_flags=os.environ.get("XLA_FLAGS", ""))
 
+    def cache(self):
+        """Long generations with the whole cache read every step vs the cache grown in blocks, side by side
+        (same rows, prompts and weights; whole-call time, compile excluded)."""
+        a, m = self.args, self.mcfg
+        rows, new, block = a.gen_rows, a.cache_new, a.cache_block
+        tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
+        res = {}
+        for b in (0, block):  # 0: the whole cache at every step
+            gen = make_generate(m, new, cache_block=b)
+            res[b] = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0)).tokens)
+        tps = {b: rows * new / t for b, (_, t) in res.items()}
+        self.add(f"generate {rows} rows x {new} new, cache grown in blocks of {block}",
+                 f"{tps[block]:,.0f} tok/s (first call {res[block][0]:.0f} s)",
+                 f"whole cache every step: {tps[0]:,.0f} tok/s (first call {res[0][0]:.0f} s)", tps[block] / tps[0], "",
+                 tokens_per_s=tps[block], whole_cache_tokens_per_s=tps[0])
+
     def es(self, per_member: int, kinds=("lowrank", "full")):
         a = self.args
         for noise in [k for k in kinds if k in a.noise.split(",")]:
@@ -302,7 +321,7 @@ class Bench:
 
     def run(self):
         a = self.args
-        sections = {"generate": self.generate, "loop": self.loop, "es16": lambda: self.es(16), "es200": lambda: self.es(200, a.es200_kinds),
+        sections = {"generate": self.generate, "loop": self.loop, "cache": self.cache, "es16": lambda: self.es(16), "es200": lambda: self.es(200, a.es200_kinds),
                     "update": self.update, "grpo": self.grpo, "n1024": self.n1024, "paper2": self.paper2}
         print(f"{self.kind}, {a.shapes} ({self.mcfg.param_count():,} parameters, compute {a.compute_dtype}), jax {jax.__version__}")
         for name in a.sections.split(","):
@@ -323,8 +342,8 @@ def parse(argv=None):
     p.add_argument("--compute-dtype", default=None, help="default: bfloat16 on an accelerator, float32 on CPU")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", "runs/bench_accel"))
-    p.add_argument("--sections", default=None, help="default: generate,loop,es16,es200,update,grpo,n1024,paper2; "
-                   "with --quick the cheap ones first: generate,es16,update,grpo,n1024,loop,es200,paper2")
+    p.add_argument("--sections", default=None, help="default: generate,loop,cache,es16,es200,update,grpo,n1024,paper2; "
+                   "with --quick the cheap ones first: generate,es16,update,grpo,n1024,loop,cache,es200,paper2")
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--reference-timeout", type=float, default=240)
@@ -339,16 +358,20 @@ def parse(argv=None):
     p.add_argument("--paper2-direct", action="store_true")
     p.add_argument("--noise", default="lowrank,full", help="noise schemes of the es16/es200 sections")
     p.add_argument("--steps-per-loop", type=int, default=4, help="the loop section's tokens per loop iteration")
+    p.add_argument("--cache-new", type=int, default=None, help="the cache section's new tokens (512; 1,024 without --quick)")
+    p.add_argument("--cache-block", type=int, default=CACHE_BLOCK, help="the cache section's block of slots "
+                   "(default: generate's, esjax.sampling.CACHE_BLOCK)")
     a = p.parse_args(argv)
     a.compute_dtype = a.compute_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     a.new = a.new or (128 if a.quick else 256)
     a.es_new = a.es_new or (64 if a.quick else 256)
+    a.cache_new = a.cache_new or (512 if a.quick else 1024)
     a.budget_s = a.budget_s or (330 if a.quick else 3600)
     a.es200_kinds = ("full",) if a.quick else ("lowrank", "full")
     # on an H100 the full-rank population's first call took 146 s (es16) and es200 ran past a 345 s limit:
     # --quick measures everything cheap before it
-    a.sections = a.sections or ("generate,es16,update,grpo,n1024,loop,es200,paper2" if a.quick
-                                else "generate,loop,es16,es200,update,grpo,n1024,paper2")
+    a.sections = a.sections or ("generate,es16,update,grpo,n1024,loop,cache,es200,paper2" if a.quick
+                                else "generate,loop,cache,es16,es200,update,grpo,n1024,paper2")
     return a
 
 

@@ -11,12 +11,14 @@ def test_bench_accel_writes_its_table_on_cpu(tmp_path):
     from experiments.shapes import shape_config
 
     out = tmp_path / "bench"
-    res = main(["--shapes", "tiny", "--out", str(out), "--no-reference", "--sections", "generate,loop,es16,update,paper2",
-                "--gen-rows", "2", "--new", "4", "--members", "2", "--es-new", "2"])
+    res = main(["--shapes", "tiny", "--out", str(out), "--no-reference", "--sections",
+                "generate,loop,cache,es16,update,paper2", "--gen-rows", "2", "--new", "4", "--members", "2", "--es-new", "2",
+                "--cache-new", "6", "--cache-block", "2"])
     table = (out / "table.md").read_text()
     assert "| generate 2 rows x 4 new |" in table and "ES lowrank N=2 x 16 prompts" in table
     assert "ES update full, N=2" in table and "failed" not in table, table
     assert "| decode step at 2 rows, 4 tokens per loop iteration |" in table and "XLA_FLAGS" in table
+    assert "| generate 2 rows x 6 new, cache grown in blocks of 2 |" in table
     data = json.loads((out / "results.json").read_text())
     assert data["device"] == jax.devices()[0].device_kind
     ratios = [v["ratio"] for k, v in res.items() if k.startswith("ES ") and "update" not in k]

@@ -11,7 +11,8 @@ import pytest
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import forward, init_params, positions_from_mask
 from esjax.models.hf import load_hf_checkpoint, save_hf_checkpoint
-from esjax.sampling import SamplingConfig, generate_reference, make_generate, pad_prompts, sample_logits
+from esjax.sampling import (SamplingConfig, decode_segments, generate_reference, make_generate, pad_prompts,
+                            peak_cache_slots, sample_logits)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -301,3 +302,57 @@ def test_several_decode_steps_per_loop_iteration_change_nothing(k):
     assert writes(k) - writes(1) == (k - 1) * (writes(2) - writes(1)) > 0  # k copies of the step's cache writes
     with pytest.raises(ValueError, match="steps_per_loop"):
         make_generate(cfg, 11, steps_per_loop=0)(params, toks, mask, jax.random.key(3))
+
+
+def test_decode_segments_end_on_whole_loop_iterations():
+    assert decode_segments(11) == decode_segments(11, 11) == decode_segments(11, 16) == (11,)
+    assert decode_segments(11, 4) == (4, 8, 11)
+    assert decode_segments(11, 4, 3) == (6, 11)  # blocks rounded up to whole iterations of 3 steps
+    assert decode_segments(12, 3, 3) == (3, 6, 9, 12)
+    with pytest.raises(ValueError, match="cache_block"):
+        decode_segments(11, -1)
+    # most slots alive at once: the last growth copies P + 8 slots into P + 11
+    assert peak_cache_slots(5, 11, 0) == 16 and peak_cache_slots(5, 11, 4) == 16 + 13
+    assert peak_cache_slots(5, 200) == 205 and peak_cache_slots(5, 600) == 605 + 517  # default block: 256
+
+
+def _loop_cache_slots(fn, *args) -> list:
+    """Cache slots (axis 2 of the (B, K, S, Dh) carries) of each decode while_loop in fn's jaxpr, in order."""
+    def loops(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "while":
+                yield sorted({v.aval.shape[2] for v in e.invars if getattr(v.aval, "ndim", 0) == 4})
+                continue
+            for sub in e.params.values():  # nested jits: ClosedJaxpr params
+                if hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    yield from loops(sub.jaxpr)
+
+    return list(loops(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def test_a_cache_grown_in_blocks_changes_nothing():
+    """``cache_block``: each decode segment reads a cache of P + its end slots (not P + max_new) and the
+    tokens and lengths are those of one full-size cache (log-probs to float rounding) — greedy and sampled,
+    rows stopping at EOS and at their own budgets, with a shared prefix, and with several steps per loop
+    iteration."""
+    cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, eos_token_ids=(5, 9), pad_token_id=0)
+    params = init_params(cfg, jax.random.key(2), 0.3)
+    budgets = np.array([11, 4, 7, 11], np.int32)
+    prompts = [[3, 4, 5, 6, 7], [3, 4, 8, 9], [3, 4, 10, 11, 12, 13], [3, 4, 14]]
+    greedy, sampled = SamplingConfig(), SamplingConfig(temperature=1.0)
+    for block, k, prefix, sampling, row_max_new in [(4, 1, 0, sampled, None), (4, 1, 2, greedy, budgets),
+                                                    (3, 2, 0, greedy, budgets), (3, 2, 2, sampled, budgets)]:
+        toks, mask = pad_prompts(prompts, 0, 8, prefix_len=prefix)
+        args = (params, toks, mask, jax.random.key(3), None, None, row_max_new)
+        one = make_generate(cfg, 11, sampling, prefix)(*args)
+        grown = make_generate(cfg, 11, sampling, prefix, steps_per_loop=k, cache_block=block)(*args)
+        np.testing.assert_array_equal(np.asarray(one.tokens), np.asarray(grown.tokens))
+        np.testing.assert_array_equal(np.asarray(one.lengths), np.asarray(grown.lengths))
+        # the softmax sums over fewer (masked, exactly zero) slots: float rounding only
+        np.testing.assert_allclose(np.asarray(one.logprobs), np.asarray(grown.logprobs), rtol=1e-5, atol=1e-6)
+        assert np.asarray(one.lengths).min() < 11  # some row stopped early (EOS or budget)
+        P = toks.shape[1]
+        fn = make_generate(cfg, 11, sampling, prefix, steps_per_loop=k, cache_block=block)
+        assert _loop_cache_slots(fn, *args) == [[P + end] for end in decode_segments(11, block, k)]
+    assert _loop_cache_slots(make_generate(cfg, 11, sampling, prefix), *args) == [[P + 11]]

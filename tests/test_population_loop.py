@@ -166,3 +166,20 @@ def test_population_with_several_decode_steps_per_loop_iteration_decodes_the_sam
             assert cache_rewrites(hlo, 8 + 5, mcfg.head_dim) == []
     for a, b in zip(outs[0], outs[1]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_population_with_a_cache_grown_in_blocks_decodes_the_same_tokens():
+    """``lm_evaluator(..., cache_block=2)`` under the members' vmap: each segment's loop reads its own cache
+    size, no cache of any segment is selected or scattered, and the tokens and lengths are unchanged."""
+    mcfg, cfg, state, tokens, mask = _setup("lowrank")
+    mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))  # rows stop at different steps
+    outs = []
+    for block in (0, 2):
+        pop = population_fn(lm_evaluator(mcfg, 5, cfg, cache_block=block), cfg, 2)
+        outs.append(pop(state, member_ids(4), tokens, mask, jax.random.key(2)))
+    hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
+    for slots in (8 + 2, 8 + 4, 8 + 5):
+        assert re.search(rf"\[[\d,]*,{slots},{mcfg.head_dim}\]", hlo), slots  # a cache of each segment's size
+        assert cache_rewrites(hlo, slots, mcfg.head_dim) == []
+    np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
+    np.testing.assert_array_equal(np.asarray(outs[0].lengths), np.asarray(outs[1].lengths))

@@ -285,17 +285,20 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     return draw
 
 
-def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int = 0, steps_per_loop: int = 1):
+def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int = 0, steps_per_loop: int = 1,
+                 cache_block: Optional[int] = None):
     """``evaluate(params, delta, member, tokens, mask, key) -> Generation`` for one member on a prompt
     batch whose first ``prefix_len`` columns are shared (prefilled once per member); greedy by default,
     sampled members draw from ``fold_in(key, member)``. Run it under :func:`map_members` (or
     :func:`member_output`): its decode loop stops once for all members of a chunk (see
-    :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration)."""
+    :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration, a
+    cache read to the filled ``cache_block``)."""
     sampling = SamplingConfig(cfg.member_temperature, 0, cfg.member_top_p)
 
     def evaluate(params, delta, member, tokens, mask, key):
         return generate(params, model_cfg, tokens, mask, jax.random.fold_in(key, member), max_new_tokens,
-                        sampling, delta, prefix_len, member_axis=MEMBER_AXIS, steps_per_loop=steps_per_loop)
+                        sampling, delta, prefix_len, member_axis=MEMBER_AXIS, steps_per_loop=steps_per_loop,
+                        cache_block=cache_block)
 
     return evaluate
 
@@ -322,10 +325,14 @@ def device_memory_budget(fraction: float = ACCEL_MEMORY_FRACTION) -> Optional[fl
 
 
 def row_bytes(model_cfg, prompt_len: int, max_new_tokens: int) -> int:
-    """Device memory of one decoded sequence: its KV cache (2·L·K·Dh per slot) plus the prefill's MLP
-    activations (3·F per prompt token), in the compute dtype, and one float32 vocabulary row."""
+    """Device memory of one decoded sequence: its KV cache (2·L·K·Dh per slot, at the most slots alive at
+    once: :func:`esjax.sampling.peak_cache_slots`) plus the prefill's MLP activations (3·F per prompt
+    token), in the compute dtype, and one float32 vocabulary row."""
+    from esjax.sampling import peak_cache_slots
+
     item = np.dtype(model_cfg.dtype).itemsize
-    kv = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * model_cfg.head_dim * (prompt_len + max_new_tokens)
+    kv = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * model_cfg.head_dim * peak_cache_slots(
+        prompt_len, max_new_tokens)
     return item * (kv + 3 * model_cfg.intermediate_size * prompt_len) + 4 * model_cfg.vocab_size
 
 

@@ -331,6 +331,17 @@ def forward_shared_prefix(params, cfg: ModelConfig, tokens, mask, levels: tuple,
                    **kw)
 
 
+def grow_cache(cache: KVCache, size: int) -> KVCache:
+    """``cache`` with ``size`` ≥ its slots: the new slots empty (zero keys/values, not valid), the filled ones
+    and ``length`` unchanged. One copy of the cache (see :func:`esjax.sampling.generate`'s ``cache_block``)."""
+    extra = size - cache.valid.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot grow a cache of {cache.valid.shape[1]} slots to {size}")
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))  # noqa: E731  (B, K, S, Dh)
+    return KVCache(tuple(map(pad, cache.k)), tuple(map(pad, cache.v)),
+                   jnp.pad(cache.valid, ((0, 0), (0, extra))), cache.length)
+
+
 def repeat_rows(cache: KVCache, rows: int) -> KVCache:
     """Each cached row repeated consecutively up to ``rows`` rows (a multiple of the cache's batch)."""
     rep = lambda x: jnp.repeat(x, rows // x.shape[0], axis=0)  # noqa: E731
