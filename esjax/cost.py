@@ -17,9 +17,7 @@ Memory per device (bytes; params replicated, rows split over devices):
               (n_in + n_out) · 4 plus the vectors' dense draws;
     shared  = the scheme's ``shared_bytes``, once per population call: low-rank members' decoding copy of θ
               (d · bytes(compute dtype) below fp32; on fp32 the joined W_gate ‖ W_up), full-rank 0;
-    KV      = 2 · L · rows · K · S · Dh · bytes(compute dtype), rows = c · B (ES) or G · P / D, S the most cache
-              slots alive at once (:func:`esjax.sampling.peak_cache_slots`: prompt + M, plus prompt + M − the
-              last block while a cache grown in blocks makes its last copy).
+    KV      = 2 · L · rows · K · (prompt + M) · Dh · bytes(compute dtype), rows = c · B (ES) or G · P / D.
 Wall time: a short measured probe (decode tokens/s and scoring tokens/s of the actual model on this
 machine) extrapolated to the counts above, an upper bound since completions often stop early.
 """
@@ -82,11 +80,10 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
     against the model context (``"context_problem"``: None or a line saying what does not fit)."""
     from esjax.es.population import auto_chunk_size
     from esjax.es.schemes import get_scheme
-    from esjax.sampling import peak_cache_slots
 
     d, M, es, gr = model_cfg.param_count(), cfg.max_new_tokens, cfg.es, cfg.grpo
     M = M or 1024
-    kv_row = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * peak_cache_slots(prompt_tokens, M) * model_cfg.head_dim \
+    kv_row = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * (prompt_tokens + M) * model_cfg.head_dim \
         * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize
     chunk = auto_chunk_size(model_cfg, es, cfg.es_batch, prompt_tokens, M)
     es_completions = es.population_size * cfg.es_batch

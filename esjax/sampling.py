@@ -158,15 +158,6 @@ def decode_segments(max_new_tokens: int, cache_block: int = 0, steps_per_loop: i
     return tuple(range(block, max_new_tokens, block)) + (max_new_tokens,)
 
 
-def peak_cache_slots(prompt_len: int, max_new_tokens: int, cache_block: Optional[int] = None,
-                     steps_per_loop: int = 1) -> int:
-    """Most KV-cache slots alive at once per row in :func:`generate`: P + M, plus, when the cache grows in
-    blocks, the previous segment's P + end while the last growth copies it."""
-    block = CACHE_BLOCK if cache_block is None else cache_block
-    ends = decode_segments(max_new_tokens, block, steps_per_loop)
-    return prompt_len + ends[-1] + (prompt_len + ends[-2] if len(ends) > 1 else 0)
-
-
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
@@ -198,16 +189,17 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     most k − 1 of them per call), so tokens, log-probs and lengths are those of k = 1. The loop body is
     k copies of the step: k × the decode program's compile time.
 
-    ``cache_block`` (static; None = ``CACHE_BLOCK``, 256; 0 = off): the decode loop reads only the filled
-    part of the KV cache, to the block. The loop runs in segments of ``cache_block`` steps
-    (:func:`decode_segments`; a budget of at most one block is one segment, as with 0); segment j reads
-    and writes a cache of P + (j + 1)·``cache_block`` slots, grown by one copy between segments
-    (:func:`esjax.models.decoder.grow_cache`), instead of P + ``max_new_tokens`` slots at every step. A
-    step's attention reads the whole cache it is given, so at M new tokens the cache bytes read fall from
-    M·(P + M) slot-steps to about M·(P + M/2 + block/2); the weights read per step are unchanged. Same
-    tokens and lengths; log-probs equal to float rounding (softmax sums over fewer masked slots, each an
-    exact zero). The decode program holds one loop per segment: each adds one step body's compile time;
-    the last growth holds two caches at once (:func:`peak_cache_slots`). On 2 CPU cores (SmolLM2-135M,
+    ``cache_block`` (static; None = ``CACHE_BLOCK``, 256; 0 = off): the decode loop reads the KV cache
+    only up to the block holding the current step. The loop runs in segments (:func:`decode_segments`:
+    blocks rounded up to whole loop iterations, the last segment ending at M; a budget of at most one block
+    is one segment, as with 0); the segment ending at step e reads and writes a cache of P + e slots,
+    grown between segments layer by layer (:func:`esjax.models.decoder.grow_cache`), instead of P + M
+    slots at every step. A step's attention reads the whole cache it is given, so over a generation of M
+    tokens the cache bytes read fall from M·(P + M) slot-steps to about M·(P + M/2 + block/2) (exactly
+    that when the block divides M); the weights read per step are unchanged. The same computation:
+    masked slots add exact zeros to the softmax, so only the summation order changes — log-probs agree
+    to float rounding and tokens are the same barring near-ties (tested equal on CPU). The decode program
+    holds one loop per segment, each adding one step body's compile time. On 2 CPU cores (SmolLM2-135M,
     32 rows × 512 new tokens) blocks of 128 decoded 1.33x faster than the whole cache every step."""
     B, P = tokens.shape
     if steps_per_loop < 1:
@@ -281,18 +273,22 @@ def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfi
 
 
 def generate_reference(params, cfg: ModelConfig, tokens, mask, max_new_tokens: int):
-    """Greedy generation by full re-forward of the growing sequence (no cache): the test oracle."""
+    """Greedy generation by full re-forward of the growing sequence (no cache): the test oracle. The
+    sequence lives in a (B, P + M) buffer whose unwritten columns are masked out (causal attention never
+    reads them), so one compiled forward serves every length."""
     tokens, mask = np.asarray(tokens), np.asarray(mask)
-    done = np.zeros(tokens.shape[0], bool)
+    B, P = tokens.shape
+    seq = np.concatenate([tokens, np.full((B, max_new_tokens), cfg.pad_token_id, np.int32)], 1)
+    seen = np.concatenate([mask, np.zeros((B, max_new_tokens), bool)], 1)
+    done = np.zeros(B, bool)
     outs = []
-    fwd = jax.jit(lambda p, t, m: forward(p, cfg, t, positions_from_mask(m), m)[0][:, -1])
-    for _ in range(max_new_tokens):
-        nxt = np.asarray(jnp.argmax(fwd(params, tokens, mask), -1)).astype(np.int32)
+    fwd = jax.jit(lambda p, t, m, at: forward(p, cfg, t, positions_from_mask(m), m)[0][:, at])
+    for i in range(max_new_tokens):
+        nxt = np.asarray(jnp.argmax(fwd(params, seq, seen, P + i - 1), -1)).astype(np.int32)
         nxt = np.where(done, cfg.pad_token_id, nxt)
         outs.append(nxt)
         done |= np.isin(nxt, cfg.eos_token_ids)
-        tokens = np.concatenate([tokens, nxt[:, None]], 1)
-        mask = np.concatenate([mask, np.ones((len(nxt), 1), bool)], 1)
+        seq[:, P + i], seen[:, P + i] = nxt, True
         if done.all():
             break
     return np.stack(outs, 1)

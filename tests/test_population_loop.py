@@ -178,8 +178,8 @@ def test_population_with_a_cache_grown_in_blocks_decodes_the_same_tokens():
         pop = population_fn(lm_evaluator(mcfg, 5, cfg, cache_block=block), cfg, 2)
         outs.append(pop(state, member_ids(4), tokens, mask, jax.random.key(2)))
     hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
-    for slots in (8 + 2, 8 + 4, 8 + 5):
-        assert re.search(rf"\[[\d,]*,{slots},{mcfg.head_dim}\]", hlo), slots  # a cache of each segment's size
+    for slots in (8 + 2, 8 + 4, 8 + 5):  # a cache of each segment's size: (members 2, rows 2, K, slots, Dh)
+        assert f"[2,2,{mcfg.num_kv_heads},{slots},{mcfg.head_dim}]" in hlo, slots
         assert cache_rewrites(hlo, slots, mcfg.head_dim) == []
     np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
     np.testing.assert_array_equal(np.asarray(outs[0].lengths), np.asarray(outs[1].lengths))

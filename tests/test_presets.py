@@ -86,9 +86,8 @@ def test_dry_run_counts_and_memory(data_root, capsys):
     assert c["es"]["forward_passes_per_task"] == 600_000 and c["grpo"]["forward_passes_per_task"] == 504 * 3 * 80
     assert c["grpo"]["backward_passes_per_task"] == 504 * 80 and c["context_problem"] is None
     assert c["es"]["memory_per_device"]["params"] == 4 * c["parameters"]
-    # KV cache of one ES chunk: 2 · L · rows · K · S · Dh · 4 bytes; the cache grows in blocks of 256 slots,
-    # so its last growth holds P + M and P + M − 256 slots at once
-    assert c["es"]["memory_per_device"]["kv_cache"] == 2 * 36 * 200 * 8 * ((100 + 1024) + (100 + 768)) * 128 * 4
+    # KV cache of one ES chunk: 2 · L · rows · K · (P + M) · Dh · 4 bytes
+    assert c["es"]["memory_per_device"]["kv_cache"] == 2 * 36 * 200 * 8 * (100 + 1024) * 128 * 4
     assert model_config("tiny-random-qwen3").arch == "qwen3"
 
 

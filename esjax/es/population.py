@@ -291,8 +291,8 @@ def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int 
     batch whose first ``prefix_len`` columns are shared (prefilled once per member); greedy by default,
     sampled members draw from ``fold_in(key, member)``. Run it under :func:`map_members` (or
     :func:`member_output`): its decode loop stops once for all members of a chunk (see
-    :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration, a
-    cache read to the filled ``cache_block``)."""
+    :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration;
+    ``cache_block``: the cache grown in blocks, None = generate's default)."""
     sampling = SamplingConfig(cfg.member_temperature, 0, cfg.member_top_p)
 
     def evaluate(params, delta, member, tokens, mask, key):
@@ -325,14 +325,12 @@ def device_memory_budget(fraction: float = ACCEL_MEMORY_FRACTION) -> Optional[fl
 
 
 def row_bytes(model_cfg, prompt_len: int, max_new_tokens: int) -> int:
-    """Device memory of one decoded sequence: its KV cache (2·L·K·Dh per slot, at the most slots alive at
-    once: :func:`esjax.sampling.peak_cache_slots`) plus the prefill's MLP activations (3·F per prompt
-    token), in the compute dtype, and one float32 vocabulary row."""
-    from esjax.sampling import peak_cache_slots
-
+    """Device memory of one decoded sequence: its KV cache (2·L·K·Dh per slot, P + M slots: a cache grown
+    in blocks is grown layer by layer, so its peak is that plus one layer, see
+    :func:`esjax.models.decoder.grow_cache`) plus the prefill's MLP activations (3·F per prompt token), in
+    the compute dtype, and one float32 vocabulary row."""
     item = np.dtype(model_cfg.dtype).itemsize
-    kv = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * model_cfg.head_dim * peak_cache_slots(
-        prompt_len, max_new_tokens)
+    kv = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * model_cfg.head_dim * (prompt_len + max_new_tokens)
     return item * (kv + 3 * model_cfg.intermediate_size * prompt_len) + 4 * model_cfg.vocab_size
 
 

@@ -333,7 +333,10 @@ def forward_shared_prefix(params, cfg: ModelConfig, tokens, mask, levels: tuple,
 
 def grow_cache(cache: KVCache, size: int) -> KVCache:
     """``cache`` with ``size`` ≥ its slots: the new slots empty (zero keys/values, not valid), the filled ones
-    and ``length`` unchanged. One copy of the cache (see :func:`esjax.sampling.generate`'s ``cache_block``)."""
+    and ``length`` unchanged (see :func:`esjax.sampling.generate`'s ``cache_block``). One copy, one layer's K
+    or V at a time, so XLA can free each old buffer once it is copied: the program's peak grows by at most
+    about one layer's cache, not by a second cache (``tests/test_models.py`` checks this on the compiled
+    CPU program)."""
     extra = size - cache.valid.shape[1]
     if extra < 0:
         raise ValueError(f"cannot grow a cache of {cache.valid.shape[1]} slots to {size}")
