@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (one call, <= 9.5 min on an H100/H200): the accelerator-relevant tests on the
 # GPU first (failures print as they happen), then the accelerator benchmark's --quick table, its decode-loop
-# section again with the loop in a CUDA graph, then a traced profile of the low-rank ES population (docs/gpu.md
-# reads them). Everything lands in $OUT
+# section again with the loop in a CUDA graph, its cache section (whole cache vs blocks), then, with the time
+# left, a traced profile of the low-rank ES population (docs/gpu.md reads them). Everything lands in $OUT
 # (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
@@ -19,23 +19,31 @@ mkdir -p "$OUT" /tmp/esjax-prof
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"; } > "$OUT/gpu.txt" 2>&1
 # tests on the GPU (no 8 forced devices: the sharded cases stay on CPU/CI); TF32 is kept out of the float32
 # comparisons by tests/conftest.py (highest matmul precision). -rf --tb=short: reasons survive a timeout.
-JAX_PLATFORMS=cuda XLA_FLAGS= timeout 170 python3 -m pytest -p no:cacheprovider -rf --tb=short \
+JAX_PLATFORMS=cuda XLA_FLAGS= timeout 160 python3 -m pytest -p no:cacheprovider -rf --tb=short \
   tests/test_precision.py tests/test_population_loop.py tests/test_noise_schemes.py tests/test_models.py \
   -k "not sharded and not fresh_process and not export" > "$OUT/tests.txt" 2>&1
 echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
 t0=$SECONDS
-timeout 250 python3 -m experiments.bench_accel --quick --budget-s 200 --out "$OUT" > "$OUT/bench.txt" 2>&1
+timeout 240 python3 -m experiments.bench_accel --quick --budget-s 190 --sections generate,es16,update,grpo,n1024,loop,es200,paper2 \
+  --out "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
 # the decode loop inside a CUDA graph (XLA's WHILE/CONDITIONAL command buffers, off by default): the loop
 # section again in a fresh process under that flag, its table appended to bench.txt
 t1=$SECONDS
-XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" timeout 100 python3 -m experiments.bench_accel \
+XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" timeout 75 python3 -m experiments.bench_accel \
   --quick --sections loop --no-reference --out /tmp/esjax-cbwhile >> "$OUT/bench.txt" 2>&1
 echo "bench (+WHILE command buffers) exit $? after $((SECONDS - t1)) s" >> "$OUT/bench.txt"
 cat /tmp/esjax-cbwhile/table.md >> "$OUT/bench.txt" 2>/dev/null
-# the same shapes as the benchmark's es16 (30 x 16 x 64) program: is the low-rank loop's concatenate gone?
+# 512-token generation: the whole KV cache every step vs the cache grown in blocks (generate's default)
 t1=$SECONDS
-timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what lowrank --members 30 --rows 480 --new 64 --hlo \
+timeout 85 python3 -m experiments.bench_accel --quick --sections cache --no-reference --out /tmp/esjax-cache \
+  >> "$OUT/bench.txt" 2>&1
+echo "bench (cache) exit $? after $((SECONDS - t1)) s" >> "$OUT/bench.txt"
+cat /tmp/esjax-cache/table.md >> "$OUT/bench.txt" 2>/dev/null
+# the same shapes as the benchmark's es16 (30 x 16 x 64) program: is the low-rank loop's concatenate gone?
+# (only with the time that is left: the measurements above come first)
+t1=$SECONDS
+[ $((565 - SECONDS)) -ge 30 ] && timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what lowrank --members 30 --rows 480 --new 64 --hlo \
   --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
 echo "profile es exit $? after $((SECONDS - t1)) s" >> /tmp/esjax-prof/log.txt
 cat /tmp/esjax-prof/log.txt > "$OUT/profile.txt" 2>/dev/null
