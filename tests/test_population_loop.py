@@ -152,34 +152,22 @@ def test_uneven_chunks_trace_the_decoder_once(noise):
         np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))
 
 
-def test_population_with_several_decode_steps_per_loop_iteration_decodes_the_same_tokens():
-    """``lm_evaluator(..., steps_per_loop=3)``: the vmapped loop (one condition per 3 tokens for the chunk)
-    gives each member the tokens and lengths of one step per iteration, and still rewrites no cache."""
+@pytest.mark.parametrize("setting", [{"steps_per_loop": 3}, {"cache_block": 2}])
+def test_population_decode_loop_settings_decode_the_same_tokens(setting):
+    """``lm_evaluator(..., steps_per_loop=3)`` (one loop condition per 3 tokens for the chunk) and
+    ``cache_block=2`` (a loop per segment, each reading its own cache size) under the members' vmap: the
+    tokens and lengths of the plain loop, log-probs to float rounding, and no cache of any size is selected
+    or scattered."""
     mcfg, cfg, state, tokens, mask = _setup("lowrank")
     mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))  # rows stop at different steps
     outs = []
-    for k in (1, 3):
-        pop = population_fn(lm_evaluator(mcfg, 5, cfg, steps_per_loop=k), cfg, 2)
-        outs.append(pop(state, member_ids(4), tokens, mask, jax.random.key(2)))
-        if k == 3:
-            hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
-            assert cache_rewrites(hlo, 8 + 5, mcfg.head_dim) == []
-    for a, b in zip(outs[0], outs[1]):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def test_population_with_a_cache_grown_in_blocks_decodes_the_same_tokens():
-    """``lm_evaluator(..., cache_block=2)`` under the members' vmap: each segment's loop reads its own cache
-    size, no cache of any segment is selected or scattered, and the tokens and lengths are unchanged."""
-    mcfg, cfg, state, tokens, mask = _setup("lowrank")
-    mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))  # rows stop at different steps
-    outs = []
-    for block in (0, 2):
-        pop = population_fn(lm_evaluator(mcfg, 5, cfg, cache_block=block), cfg, 2)
+    for kw in ({}, setting):
+        pop = population_fn(lm_evaluator(mcfg, 5, cfg, **kw), cfg, 2)
         outs.append(pop(state, member_ids(4), tokens, mask, jax.random.key(2)))
     hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
-    for slots in (8 + 2, 8 + 4, 8 + 5):  # a cache of each segment's size: (members 2, rows 2, K, slots, Dh)
-        assert f"[2,2,{mcfg.num_kv_heads},{slots},{mcfg.head_dim}]" in hlo, slots
+    for slots in ((8 + 2, 8 + 4, 8 + 5) if "cache_block" in setting else (8 + 5,)):
+        assert f"[2,2,{mcfg.num_kv_heads},{slots},{mcfg.head_dim}]" in hlo, slots  # (members, rows, K, slots, Dh)
         assert cache_rewrites(hlo, slots, mcfg.head_dim) == []
     np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
     np.testing.assert_array_equal(np.asarray(outs[0].lengths), np.asarray(outs[1].lengths))
+    np.testing.assert_allclose(np.asarray(outs[0].logprobs), np.asarray(outs[1].logprobs), rtol=1e-5, atol=1e-6)
