@@ -87,7 +87,8 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
         * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize
     chunk = auto_chunk_size(model_cfg, es, cfg.es_batch, prompt_tokens, M)
     es_completions = es.population_size * cfg.es_batch
-    noise = chunk * get_scheme(es.noise).member_bytes(model_cfg, es)  # members' weights or deltas
+    scheme = get_scheme(es.noise)
+    noise = chunk * scheme.member_bytes(model_cfg, es)  # members' weights or deltas
     updates = gr.updates_per_step
     gr_completions = gr.group_size * gr.prompts_per_step
     es_passes = pass_counts("es", es_completions, es)
@@ -102,7 +103,7 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
                "forward_passes_per_task": es_passes["forward_passes"] * cfg.es_iterations,
                "backward_passes_per_task": 0,
                "iterations": cfg.es_iterations, "members_per_chunk": chunk,
-               "memory_per_device": {"params": d * 4, "shared": get_scheme(es.noise).shared_bytes(model_cfg, es),
+               "memory_per_device": {"params": d * 4, "shared": scheme.shared_bytes(model_cfg, es),
                                      "noise": noise,
                                      "kv_cache": kv_row * chunk * cfg.es_batch}},
         "grpo": {"completions_per_step": gr_completions, "max_tokens_per_step": gr_completions * M,

@@ -24,8 +24,7 @@ JAX_PLATFORMS=cuda XLA_FLAGS= timeout 160 python3 -m pytest -p no:cacheprovider 
   -k "not sharded and not fresh_process and not export" > "$OUT/tests.txt" 2>&1
 echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
 t0=$SECONDS
-timeout 240 python3 -m experiments.bench_accel --quick --budget-s 190 --sections generate,es16,update,grpo,n1024,loop,es200,paper2 \
-  --out "$OUT" > "$OUT/bench.txt" 2>&1
+timeout 240 python3 -m experiments.bench_accel --quick --budget-s 190 --out "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
 # the decode loop inside a CUDA graph (XLA's WHILE/CONDITIONAL command buffers, off by default): the loop
 # section again in a fresh process under that flag, its table appended to bench.txt

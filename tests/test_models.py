@@ -13,6 +13,7 @@ from esjax.models.decoder import forward, init_params, positions_from_mask
 from esjax.models.hf import load_hf_checkpoint, save_hf_checkpoint
 from esjax.sampling import (SamplingConfig, decode_segments, generate_reference, make_generate, pad_prompts,
                             sample_logits)
+from jaxprs import sub_jaxprs
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -344,9 +345,8 @@ def _loop_cache_slots(fn, *args) -> list:
             if e.primitive.name == "while":
                 yield sorted({v.aval.shape[2] for v in e.invars if getattr(v.aval, "ndim", 0) == 4})
                 continue
-            for sub in e.params.values():  # nested jits: ClosedJaxpr params
-                if hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    yield from loops(sub.jaxpr)
+            for sub in sub_jaxprs(e):  # nested jits
+                yield from loops(sub)
 
     return list(loops(jax.make_jaxpr(fn)(*args).jaxpr))
 

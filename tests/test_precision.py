@@ -10,15 +10,7 @@ from esjax.es.step import ESConfig, init_state
 from esjax.models.decoder import forward, init_params, param_shapes, positions_from_mask
 from esjax.models.precision import compute_params
 from esjax.models.registry import model_config
-
-
-def _sub_jaxprs(eqn):
-    for v in eqn.params.values():
-        for x in (v if isinstance(v, (tuple, list)) else (v,)):
-            if hasattr(x, "jaxpr") and hasattr(x, "consts"):  # ClosedJaxpr
-                yield x.jaxpr
-            elif hasattr(x, "eqns"):
-                yield x
+from jaxprs import sub_jaxprs
 
 
 def weight_converts_in_loops(jaxpr, weight_shapes, in_loop=False, found=None):
@@ -32,7 +24,7 @@ def weight_converts_in_loops(jaxpr, weight_shapes, in_loop=False, found=None):
             aval = eqn.invars[0].aval
             if aval.dtype == jnp.float32 and tuple(aval.shape[-2:]) in weight_shapes:
                 found["converts"].append(tuple(aval.shape))
-        for sub in _sub_jaxprs(eqn):
+        for sub in sub_jaxprs(eqn):
             weight_converts_in_loops(sub, weight_shapes, inside, found)
     return found
 
