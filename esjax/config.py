@@ -51,6 +51,11 @@ class RunConfig:
     use_mesh: bool = True  # shard over all local/global devices
     logger: str = "jsonl"  # "jsonl": metrics.jsonl only; "tensorboard": also <run>/tensorboard/ event files
     compute_dtype: str = "float32"  # activations, KV cache, decode weights (esjax.models.precision); θ stays fp32
+    # the decode loop (esjax.sampling.generate; same tokens whatever they are, so a run may resume with
+    # others): tokens per while_loop iteration (k > 1 pays the loop condition once per k tokens), and the
+    # KV-cache block the loop reads up to (0 = the whole cache every step)
+    decode_steps_per_loop: int = 1
+    decode_cache_block: int = 256
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
@@ -66,7 +71,10 @@ class RunConfig:
         for name in ("train_pool", "es_batch", "eval_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens", "eval_max_new_tokens"):
+        if self.decode_steps_per_loop < 1:
+            raise ValueError(f"RunConfig.decode_steps_per_loop must be >= 1, got {self.decode_steps_per_loop}")
+        for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens", "eval_max_new_tokens",
+                     "decode_cache_block"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RunConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.logger not in LOGGERS:
@@ -81,6 +89,11 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def model_settings(self) -> dict:
+        """The :class:`~esjax.models.config.ModelConfig` fields a run sets: how its model computes and decodes."""
+        return {"compute_dtype": self.compute_dtype, "decode_steps_per_loop": self.decode_steps_per_loop,
+                "decode_cache_block": self.decode_cache_block}
 
     def model_spec(self) -> str:
         """``model`` with a relative ``hf:``/``gguf:`` path resolved against ``model_root``."""

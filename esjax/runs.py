@@ -59,7 +59,8 @@ from esjax.tensorboard import EventWriter
 
 METHODS = ("es", "grpo")
 TIMING_KEYS = ("time_generate", "time_reward", "time_update", "tokens_per_s", "wall_time")
-RESUMABLE_KEYS = ("es_iterations", "grpo_steps", "checkpoint_every", "eval_every", "logger")
+RESUMABLE_KEYS = ("es_iterations", "grpo_steps", "checkpoint_every", "eval_every", "logger", "decode_steps_per_loop",
+                  "decode_cache_block")
 OTHER_METHOD_KEYS = {"es": ("grpo", "grpo_steps"), "grpo": ("es", "es_batch", "es_iterations")}
 FINITE_KEYS = ("update_norm", "update_norm_from_base", "loss", "grad_norm")  # a non-finite one stops the run
 
@@ -200,17 +201,22 @@ def preflight(cfg: RunConfig, out_dir: str, methods=METHODS, log=print) -> None:
 
 def load_run_model(cfg: RunConfig) -> Model:
     """The base model of a run: ``cfg.model`` (resolved against ``model_root``) with float32 master weights
-    computing in ``cfg.compute_dtype`` (:mod:`esjax.models.precision`)."""
-    return load_model(cfg.model_spec(), seed=cfg.seed, compute_dtype=cfg.compute_dtype)
+    computing in ``cfg.compute_dtype`` (:mod:`esjax.models.precision`) and decoding with the run's
+    ``decode_*`` settings."""
+    return run_model(load_model(cfg.model_spec(), seed=cfg.seed, compute_dtype=cfg.compute_dtype), cfg)
 
 
-def check_model_dtype(model, cfg: RunConfig) -> None:
-    """A model handed to a run must compute in the run's ``compute_dtype`` (else the config would claim a
-    precision the run did not use)."""
+def run_model(model: Model, cfg: RunConfig) -> Model:
+    """A model handed to a run, with the run's decode settings. It must compute in the run's
+    ``compute_dtype`` (else the config would claim a precision the run did not use); the decode settings
+    change how fast it decodes, not what, so they are applied."""
     have = getattr(getattr(model, "cfg", None), "compute_dtype", cfg.compute_dtype)
     if have != cfg.compute_dtype:
         raise ValueError(f"the model computes in {have} but the run config says compute_dtype={cfg.compute_dtype}: "
                          f"load it with esjax.runs.load_run_model(cfg) (load_model(..., compute_dtype=...))")
+    if getattr(model, "cfg", None) is None:  # a stand-in without a config has nothing to set
+        return model
+    return model._replace(cfg=model.cfg.replace(**cfg.model_settings()))
 
 
 def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
@@ -240,7 +246,7 @@ def run_method(cfg: RunConfig, method: str, out_dir: str, model: Optional[Model]
     data (:func:`preflight`) before writing anything; see the module docstring for files and statuses."""
     preflight(cfg, out_dir, (method,), log)
     if model is not None:
-        check_model_dtype(model, cfg)
+        model = run_model(model, cfg)
     run_dir = os.path.join(out_dir, method)
     n_steps = cfg.es_iterations if method == "es" else cfg.grpo_steps
     os.makedirs(run_dir, exist_ok=True)

@@ -143,7 +143,7 @@ def prefill(params, cfg: ModelConfig, tokens, mask, size: int, delta=None, prefi
     return logits[:, -1], cache
 
 
-CACHE_BLOCK = 256  # generate's default cache_block: generations longer than this read the cache to the block
+CACHE_BLOCK = ModelConfig.decode_cache_block  # the default cache_block (256): longer generations read the cache to the block
 
 
 def decode_segments(max_new_tokens: int, cache_block: int = 0, steps_per_loop: int = 1) -> tuple:
@@ -162,7 +162,7 @@ def decode_segments(max_new_tokens: int, cache_block: int = 0, steps_per_loop: i
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
              greedy_rows=None, row_max_new=None, member_axis: Optional[str] = None,
-             steps_per_loop: int = 1, cache_block: Optional[int] = None) -> Generation:
+             steps_per_loop: Optional[int] = None, cache_block: Optional[int] = None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
     Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
     says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Step t's
@@ -182,6 +182,11 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     population's decode step in the H100 profile of docs/gpu.md. Tokens are unchanged (a finished row
     only emits padding).
 
+    ``steps_per_loop`` and ``cache_block`` default (None) to the model config's ``decode_steps_per_loop``
+    (1) and ``decode_cache_block`` (256), which a run sets from its RunConfig (``--set
+    decode_steps_per_loop=4``), so every generation of the run — ES members, GRPO rollouts, evaluation —
+    decodes the same way.
+
     ``steps_per_loop`` (static, k ≥ 1): decode k tokens per ``while_loop`` iteration, so the loop
     condition — on a GPU one device-to-host copy and a host decision per iteration, ≈ 0.7 ms per step under the
     tracer in the H100 profile of docs/gpu.md (3.2 ms of kernels per step) — is evaluated once per k tokens. Steps past
@@ -189,7 +194,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     most k − 1 of them per call), so tokens, log-probs and lengths are those of k = 1. The loop body is
     k copies of the step: k × the decode program's compile time.
 
-    ``cache_block`` (static; None = ``CACHE_BLOCK``, 256; 0 = off): the decode loop reads the KV cache
+    ``cache_block`` (static; 0 = off): the decode loop reads the KV cache
     only up to the block holding the current step. The loop runs in segments (:func:`decode_segments`:
     blocks rounded up to whole loop iterations, the last segment ending at M; a budget of at most one block
     is one segment, as with 0); the segment ending at step e reads and writes a cache of P + e slots,
@@ -202,6 +207,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     holds one loop per segment, each adding one step body's compile time. On 2 CPU cores (SmolLM2-135M,
     32 rows × 512 new tokens) blocks of 128 decoded 1.33x faster than the whole cache every step."""
     B, P = tokens.shape
+    steps_per_loop = cfg.decode_steps_per_loop if steps_per_loop is None else steps_per_loop
+    cache_block = cfg.decode_cache_block if cache_block is None else cache_block
     if steps_per_loop < 1:
         raise ValueError(f"steps_per_loop must be >= 1, got {steps_per_loop}")
     if P + max_new_tokens > cfg.max_position_embeddings:
@@ -209,7 +216,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
                          f"of {cfg.max_position_embeddings}")
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
     prompt_len = mask.sum(1).astype(jnp.int32)
-    ends = decode_segments(max_new_tokens, CACHE_BLOCK if cache_block is None else cache_block, steps_per_loop)
+    ends = decode_segments(max_new_tokens, cache_block, steps_per_loop)
     with jax.named_scope("prefill"):
         last, cache = prefill(params, cfg, tokens, mask, P + ends[0], delta, prefix_len, group)
     width = max_new_tokens + steps_per_loop - 1  # columns for the overrun steps; sliced off at the end
@@ -260,7 +267,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
 
 @functools.lru_cache(maxsize=None)
 def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0,
-                  group: int = 1, steps_per_loop: int = 1, cache_block: Optional[int] = None):
+                  group: int = 1, steps_per_loop: Optional[int] = None, cache_block: Optional[int] = None):
     """A jitted ``(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None) -> Generation``
     for fixed static settings (see :func:`generate`)."""
 

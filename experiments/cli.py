@@ -59,7 +59,7 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
     from esjax.tasks import encode_prompts, get_task
 
     model = load_run_model(cfg) if probe else None
-    mcfg = model.cfg if model else model_config(cfg.model_spec()).replace(compute_dtype=cfg.compute_dtype)
+    mcfg = model.cfg if model else model_config(cfg.model_spec()).replace(**cfg.model_settings())
     report = {}
     for name in tasks:
         task = get_task(name, **cfg.kwargs_for(name))

@@ -11,27 +11,44 @@ from esjax.models.registry import load_model
 from esjax.tensorboard import read_events
 
 
-def test_bfloat16_compute_dtype_reaches_the_model_and_a_run_completes(tmp_path, monkeypatch):
+def test_bfloat16_compute_dtype_and_decode_settings_reach_the_model_and_a_run_completes(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"RunConfig.compute_dtype must be one of \('float32', 'bfloat16', 'float16'\), "
                                          r"got 'bf16'"):
         build_config("tiny", ["compute_dtype=bf16"])
+    with pytest.raises(ValueError, match=r"RunConfig.decode_steps_per_loop must be >= 1, got 0"):
+        build_config("tiny", ["decode_steps_per_loop=0"])
+    with pytest.raises(ValueError, match=r"RunConfig.decode_cache_block must be >= 0, got -1"):
+        build_config("tiny", ["decode_cache_block=-1"])
     cfg = build_config("tiny", ["compute_dtype=bfloat16", "es_iterations=1", "eval_size=2", "use_mesh=false", "eval_tasks=",
-                                "logger=tensorboard"])
-    loaded = []
-    real = runs.load_model
+                                "logger=tensorboard", "decode_steps_per_loop=2", "decode_cache_block=3"])
+    loaded, trained = [], []
+    real, real_iteration = runs.load_model, runs.make_es_iteration
 
     def spy(*a, **k):
         loaded.append(real(*a, **k))
         return loaded[-1]
+
+    def spy_iteration(model_cfg, *a, **k):
+        trained.append(model_cfg)
+        return real_iteration(model_cfg, *a, **k)
     monkeypatch.setattr(runs, "load_model", spy)
+    monkeypatch.setattr(runs, "make_es_iteration", spy_iteration)
     s = runs.run_method(cfg, "es", str(tmp_path), None, progress=False, log=lambda m: None)
     assert len(loaded) == 1 and loaded[0].cfg.compute_dtype == "bfloat16" and loaded[0].cfg.param_dtype == "float32"
+    # the members decode 2 tokens per loop iteration and read the cache in blocks of 3 (4 with 2 per iteration)
+    assert [(c.compute_dtype, c.decode_steps_per_loop, c.decode_cache_block) for c in trained] == [("bfloat16", 2, 3)]
     assert s["status"] == "complete" and s["iterations"] == 1 and s["update_norm"] > 0
     rows = runs.read_metrics(str(tmp_path / "es"))
     ev = read_events(glob.glob(os.path.join(str(tmp_path), "es", "tensorboard", "events.out.tfevents.*"))[0])
     assert [e["step"] for e in ev[1:]] == [r["iteration"] for r in rows] == [0, 1]
     assert ev[2]["scalars"]["update_norm"] == pytest.approx(rows[1]["update_norm"], rel=1e-6)
     assert ev[2]["scalars"]["eval/lowercase/accuracy"] == rows[1]["eval/lowercase/accuracy"]
+    # a run may resume with other decode settings (same tokens); a handed model decodes with the run's
+    other = build_config("tiny", ["compute_dtype=bfloat16", "es_iterations=1", "eval_size=2", "use_mesh=false",
+                                  "eval_tasks=", "logger=tensorboard"])
+    assert runs.config_changes(cfg.to_dict(), other.to_dict(), "es") == []
+    handed = runs.run_model(load_model("tiny-random-llama", compute_dtype="bfloat16"), cfg)
+    assert (handed.cfg.decode_steps_per_loop, handed.cfg.decode_cache_block) == (2, 3)
     # a model loaded in another compute dtype than the config's is refused (the config would misreport the run)
     fp32 = load_model("tiny-random-llama")
     with pytest.raises(ValueError, match=r"the model computes in float32 but the run config says "

@@ -157,14 +157,17 @@ def test_population_decode_loop_settings_decode_the_same_tokens(setting):
     """``lm_evaluator(..., steps_per_loop=3)`` (one loop condition per 3 tokens for the chunk) and
     ``cache_block=2`` (a loop per segment, each reading its own cache size) under the members' vmap: the
     tokens and lengths of the plain loop, log-probs to float rounding, and no cache of any size is selected
-    or scattered."""
+    or scattered. The model config's ``decode_*`` setting (what a RunConfig sets) makes the same program."""
     mcfg, cfg, state, tokens, mask = _setup("lowrank")
     mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))  # rows stop at different steps
     outs = []
     for kw in ({}, setting):
         pop = population_fn(lm_evaluator(mcfg, 5, cfg, **kw), cfg, 2)
         outs.append(pop(state, member_ids(4), tokens, mask, jax.random.key(2)))
-    hlo = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].compile().as_text()
+    lowered = lambda p: p.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"]  # noqa: E731
+    from_cfg = mcfg.replace(**{"decode_" + k: v for k, v in setting.items()})
+    assert lowered(population_fn(lm_evaluator(from_cfg, 5, cfg), cfg, 2)).as_text() == lowered(pop).as_text()
+    hlo = lowered(pop).compile().as_text()
     for slots in ((8 + 2, 8 + 4, 8 + 5) if "cache_block" in setting else (8 + 5,)):
         assert f"[2,2,{mcfg.num_kv_heads},{slots},{mcfg.head_dim}]" in hlo, slots  # (members, rows, K, slots, Dh)
         assert cache_rewrites(hlo, slots, mcfg.head_dim) == []

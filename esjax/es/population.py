@@ -285,14 +285,14 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     return draw
 
 
-def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int = 0, steps_per_loop: int = 1,
+def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int = 0, steps_per_loop: Optional[int] = None,
                  cache_block: Optional[int] = None):
     """``evaluate(params, delta, member, tokens, mask, key) -> Generation`` for one member on a prompt
     batch whose first ``prefix_len`` columns are shared (prefilled once per member); greedy by default,
     sampled members draw from ``fold_in(key, member)``. Run it under :func:`map_members` (or
     :func:`member_output`): its decode loop stops once for all members of a chunk (see
     :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration;
-    ``cache_block``: the cache grown in blocks, None = generate's default)."""
+    ``cache_block``: the cache grown in blocks; None = ``model_cfg``'s ``decode_*`` settings)."""
     sampling = SamplingConfig(cfg.member_temperature, 0, cfg.member_top_p)
 
     def evaluate(params, delta, member, tokens, mask, key):

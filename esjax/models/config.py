@@ -48,6 +48,10 @@ class ModelConfig:
     pad_token_id: int = 0
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
+    # how the decode loop runs (esjax.sampling.generate's defaults; the same tokens whatever they are):
+    # tokens per while_loop iteration, and the KV-cache block the loop reads up to (0 = the whole cache)
+    decode_steps_per_loop: int = 1
+    decode_cache_block: int = 256
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -60,6 +64,12 @@ class ModelConfig:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if isinstance(self.decode_steps_per_loop, bool) or not isinstance(self.decode_steps_per_loop, int) \
+                or self.decode_steps_per_loop < 1:
+            raise ValueError(f"ModelConfig.decode_steps_per_loop must be an integer >= 1, got {self.decode_steps_per_loop!r}")
+        if isinstance(self.decode_cache_block, bool) or not isinstance(self.decode_cache_block, int) \
+                or self.decode_cache_block < 0:
+            raise ValueError(f"ModelConfig.decode_cache_block must be an integer >= 0, got {self.decode_cache_block!r}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
