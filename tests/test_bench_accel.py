@@ -27,3 +27,31 @@ def test_bench_accel_writes_its_table_on_cpu(tmp_path):
     m = shape_config("qwen2.5-1.5b")
     r = roofline_step(m, 1, 0, (1e15, 1e12))
     np.testing.assert_allclose(r["ideal_s"], m.param_count() * 2 / 1e12)
+
+
+def test_paper2_row_scales_the_short_rows_rate_by_the_longer_generations_roofline():
+    """The paper-2 iteration (30 × 200 × 1,024) is extrapolated from the es200 rate at --es-new tokens and
+    scaled by the roofline of the longer generation: per step the cache read grows with the segment's end
+    (the cache grown in blocks), so at Qwen2.5-1.5B shapes and 1,000+ rows a 1,024-token step costs more
+    than a 64-token one; beside it the arithmetic floor of the same chunks."""
+    from experiments.bench_accel import Bench, generation_roofline_s, parse, roofline_step
+    from experiments.shapes import shape_config
+
+    m, peaks = shape_config("qwen2.5-1.5b"), (989e12, 3.35e12)
+    step = lambda context, copies=1: roofline_step(m, 1000, context, peaks, copies)["ideal_s"]  # noqa: E731
+    np.testing.assert_allclose(generation_roofline_s(m, 1000, 64, 600, peaks, cache_block=0), 600 * step(664))
+    np.testing.assert_allclose(generation_roofline_s(m, 1000, 64, 600, peaks, 5, cache_block=256),
+                               256 * step(320, 5) + 256 * step(576, 5) + 88 * step(664, 5))
+    np.testing.assert_allclose(step(1000, 5) - step(1000), 4 * m.param_count() * 2 / 3.35e12)  # members' own weights
+
+    bench = Bench(parse(["--shapes", "tiny", "--out", "/nonexistent", "--es-new", "64", "--prompt-len", "64"]))
+    bench.mcfg, bench.peaks = m, peaks
+    bench.results["ES full N=30 x 200 prompts x 64 new (chunk 5)"] = {"tokens_per_s": 1e5, "chunk": 5}
+    bench.paper2()
+    row = bench.results["paper-2 ES iteration, full: 30 x 200 x 1,024 tokens"]
+    roof = lambda n: generation_roofline_s(m, 1000, 64, n, peaks, 5)  # noqa: E731
+    scale = (roof(1024) / 1024) / (roof(64) / 64)
+    assert scale > 1.5  # at 1,000 rows the longer cache reads dominate the scaling
+    np.testing.assert_allclose(row["seconds"], 30 * 200 * 1024 / 1e5 * scale)
+    assert row["reference"] == f"arithmetic floor {6 * roof(1024):,.0f} s (6 chunks of 5)"
+    assert "paper-2 ES iteration, lowrank" not in bench.results  # nothing measured to extrapolate from
