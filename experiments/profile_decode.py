@@ -8,8 +8,10 @@ Each program is compiled and run once first, then traced for one call with ``jax
 trace is read back with ``jax.profiler.ProfileData`` (no TensorBoard needed). For each program
 ``profile_<what>.txt`` holds: the wall time of the traced call, the time the device was busy (sum of op
 durations on its busiest line, and that sum over the wall time: far below 1 means launch gaps or host
-work), and the ops ranked by total time with their counts (GPU kernels by name; the trace does not
-record jax's named scopes for kernels inside CUDA graphs). On CPU the "device" lines are the XLA CPU
+work), each compiled program's share of that time (a population call runs the weight cast, the member
+noise and the decode program), and the ops ranked by total time with their counts, named
+``program:op`` where the trace records the program (op names such as ``copy.1`` repeat across programs;
+GPU kernels by kernel name; the trace does not record jax's named scopes for kernels inside CUDA graphs). On CPU the "device" lines are the XLA CPU
 client's threads. Writes under ``--out`` (``$OUT`` on the device machine).
 """
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _stats(event) -> dict:
 
 
 def summarize_xplane(path: str, top: int = 40) -> dict:
-    """Per device line: busy ns and ops ranked by total ns, from one ``*.xplane.pb``."""
+    """Per device line: busy ns, busy ns per compiled program (``modules``), and ops ranked by total ns
+    (``program:op`` where the event names its program), from one ``*.xplane.pb``."""
     from jax.profiler import ProfileData
     pd = ProfileData.from_file(path)
     lines = []
@@ -52,6 +55,7 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
             if "XLA Modules" in line.name or "Steps" in line.name or "Source" in line.name:
                 continue
             ops = collections.defaultdict(lambda: [0.0, 0, ""])
+            modules = collections.Counter()  # busy ns per compiled program (a call runs several)
             busy, first, last = 0.0, float("inf"), 0.0
             for ev in line.events:
                 dur = float(ev.duration_ns)
@@ -60,6 +64,10 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 st = _stats(ev)
                 # GPU kernels run inside CUDA-graph "command buffers": their own name says which fusion it is
                 name = ev.name if is_device else str(st.get("hlo_op") or ev.name)
+                module = st.get("hlo_module")
+                if module is not None:  # op names repeat across programs (copy.1 in each): keep them apart
+                    name = f"{module}:{name}"
+                modules[str(module) if module is not None else "(no program)"] += dur
                 busy += dur
                 first, last = min(first, float(ev.start_ns)), max(last, float(ev.start_ns) + dur)
                 rec = ops[name]
@@ -72,7 +80,7 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 ranked = sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]
                 lines.append({"plane": plane.name, "line": line.name, "busy_ns": busy, "span_ns": last - first,
                               "events": sum(r[1] for r in ops.values()),
-                              "ops": ranked})
+                              "ops": ranked, "modules": modules.most_common()})
     lines.sort(key=lambda r: -r["busy_ns"])
     return {"lines": lines}
 
@@ -103,6 +111,7 @@ def report(label: str, wall: float, summary: dict, steps: int, first: float) -> 
         out.append(f"## {ln['plane']} / {ln['line']}: busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of wall; first op to "
                    f"last {ln['span_ns'] / 1e6:.1f} ms), "
                    f"{ln['events']} op events ({ln['events'] / steps:.0f} per step)")
+        out.append("programs: " + ", ".join(f"{m} {t / max(ln['busy_ns'], 1):.0%}" for m, t in ln["modules"][:8]))
         out.append("| op | total ms | share | count | µs each | detail |")
         out.append("|---|---|---|---|---|---|")
         for name, (tot, cnt, detail) in ln["ops"]:

@@ -55,3 +55,21 @@ def test_paper2_row_scales_the_short_rows_rate_by_the_longer_generations_rooflin
     np.testing.assert_allclose(row["seconds"], 30 * 200 * 1024 / 1e5 * scale)
     assert row["reference"] == f"arithmetic floor {6 * roof(1024):,.0f} s (6 chunks of 5)"
     assert "paper-2 ES iteration, lowrank" not in bench.results  # nothing measured to extrapolate from
+
+
+def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
+    """The device check's profile and the CPU proxy (ahead-of-time compile on abstract shapes) run on tiny
+    shapes. The profile attributes the population call's time to its programs by name (the weight cast,
+    the member noise and the decode program run in one call, and op names such as ``copy.1`` repeat across
+    them) and writes the decode program's optimized HLO."""
+    from experiments import aot_compile, profile_decode
+
+    text, = profile_decode.main(["--shapes", "tiny", "--what", "lowrank", "--members", "2", "--rows", "4", "--new", "4",
+                                 "--prompt-len", "8", "--hlo", "--out", str(tmp_path)])
+    assert "failed" not in text and "jit_member_noise" in text.split("programs: ")[1].splitlines()[0], text[:600]
+    assert "| jit_member_noise:" in text  # ops named program:op
+    hlo = (tmp_path / "profile_lowrank.hlo.txt").read_text()
+    assert "HloModule jit_population" in hlo and " while(" in hlo
+    totals = aot_compile.main(["--shapes", "tiny", "--members", "4", "--prompts", "2", "--new", "4", "--prompt-len", "8",
+                               "--noise", "lowrank"])
+    assert set(totals) == {("lowrank", "es_update"), ("lowrank", "population")} and all(t > 0 for t in totals.values())

@@ -114,13 +114,13 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
         return _dense_population_fn(evaluate, cfg, chunk, mesh, arg_specs, dtype)
     else:
         @jax.named_scope("population")
-        def body(shared, members, deltas, *args):
+        def population(shared, members, deltas, *args):  # profiles name the program jit_population
             return map_members(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
                                (members, deltas), chunk)
 
         prepare, extra = member_noise_fn(cfg, mesh), (P(POP),)
     compiled = functools.lru_cache(maxsize=None)(  # per number of evaluator args (their default specs)
-        lambda n_args: _compiled(body, mesh, (P(), P(POP), *extra, *(tuple(arg_specs) or (P(),) * n_args))))
+        lambda n_args: _compiled(population, mesh, (P(), P(POP), *extra, *(tuple(arg_specs) or (P(),) * n_args))))
 
     def f(state, members, *args):
         shared = scheme.shared_params(state.params, dtype)  # cast by its own program: the weights arrive cast
@@ -193,12 +193,12 @@ def _dense_program(evaluate, mesh, arg_specs, treedef, axes):
     in_axes = jax.tree.unflatten(treedef, list(axes))
 
     @jax.named_scope("population")
-    def body(params, members, *args):
+    def population(params, members, *args):  # profiles name the program jit_population
         return jax.vmap(lambda p, m: evaluate(p, None, m, *args), in_axes=(in_axes, 0),
                         axis_name=MEMBER_AXIS)(params, members)
 
     specs = jax.tree.unflatten(treedef, [P(POP) if a == 0 else P() for a in axes])
-    return _compiled(body, mesh, (specs, P(POP), *arg_specs))
+    return _compiled(population, mesh, (specs, P(POP), *arg_specs))
 
 
 def member_params_fn(cfg: ESConfig, mesh: Optional[Mesh] = None, dtype=F32):
@@ -212,13 +212,13 @@ def member_params_fn(cfg: ESConfig, mesh: Optional[Mesh] = None, dtype=F32):
     dtype = jnp.dtype(dtype)
 
     @jax.named_scope("member_params")
-    def leaf(theta, key, iteration, members, i):
+    def member_params(theta, key, iteration, members, i):
         def one(n):
             k, sign = member_key(key, iteration, n, cfg.antithetic)
             return scheme.member_leaf(theta, scheme.leaf_perturbation(k, i, theta.shape, cfg.sigma * sign, cfg), dtype)
         return jax.vmap(one)(members)
 
-    program = _compiled(leaf, mesh, (P(), P(), P(), P(POP), P()))  # jit: one compilation per leaf shape
+    program = _compiled(member_params, mesh, (P(), P(), P(), P(POP), P()))  # jit: one compilation per leaf shape
 
     def selected(params):
         leaves, treedef = jax.tree.flatten(params)
@@ -259,14 +259,14 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     scheme = get_scheme(cfg.noise)
 
     @jax.named_scope("member_noise")
-    def leaf(key, iteration, members, i, shape):
+    def member_noise(key, iteration, members, i, shape):
         def one(n):
             k, sign = member_key(key, iteration, n, cfg.antithetic)
             return scheme.leaf_perturbation(k, i, shape, cfg.sigma * sign, cfg)
         return jax.vmap(one)(members)
 
     program = functools.lru_cache(maxsize=None)(
-        lambda shape: _compiled(functools.partial(leaf, shape=shape), mesh, (P(), P(), P(POP), P())))
+        lambda shape: _compiled(functools.partial(member_noise, shape=shape), mesh, (P(), P(), P(POP), P())))
 
     def draw(state, members):
         leaves, treedef = jax.tree.flatten(state.params)
