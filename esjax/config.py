@@ -51,9 +51,10 @@ class RunConfig:
     use_mesh: bool = True  # shard over all local/global devices
     logger: str = "jsonl"  # "jsonl": metrics.jsonl only; "tensorboard": also <run>/tensorboard/ event files
     compute_dtype: str = "float32"  # activations, KV cache, decode weights (esjax.models.precision); θ stays fp32
-    # the decode loop (esjax.sampling.generate; same tokens whatever they are, so a run may resume with
-    # others): tokens per while_loop iteration (k > 1 pays the loop condition once per k tokens), and the
-    # KV-cache block the loop reads up to (0 = the whole cache every step)
+    # the decode loop (esjax.sampling.generate): tokens per while_loop iteration (k > 1 pays the loop
+    # condition once per k tokens), and the KV-cache block the loop reads up to (0 = the whole cache every
+    # step). The same tokens whatever they are (log-probs to float rounding, so a near-tie could flip), so a
+    # run may resume with others
     decode_steps_per_loop: int = 1
     decode_cache_block: int = 256
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
@@ -68,11 +69,9 @@ class RunConfig:
                 raise ValueError(f"RunConfig.{f.name} must be true or false, got {v!r}")
             if f.type == "str" and not isinstance(v, str):
                 raise ValueError(f"RunConfig.{f.name} must be a string, got {v!r}")
-        for name in ("train_pool", "es_batch", "eval_size", "checkpoint_every"):
+        for name in ("train_pool", "es_batch", "eval_size", "checkpoint_every", "decode_steps_per_loop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.decode_steps_per_loop < 1:
-            raise ValueError(f"RunConfig.decode_steps_per_loop must be >= 1, got {self.decode_steps_per_loop}")
         for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens", "eval_max_new_tokens",
                      "decode_cache_block"):
             if getattr(self, name) < 0:

@@ -22,7 +22,8 @@ the metrics log from it and continues; because data, noise and sampling keys are
 (seed, iteration), the resumed run reproduces the uninterrupted one. Before anything in the folder is
 touched, the folder's ``config.json`` is compared with the new resolved config: only
 :data:`RESUMABLE_KEYS` may differ (raising the iteration count extends a finished run; the checkpoint and
-eval cadences and the logger do not change what is learned), and the other method's settings are ignored (``es.*``,
+eval cadences and the logger do not change what is learned; the decode loop's ``decode_*`` settings
+change how fast tokens are decoded, not which, up to float-rounding ties), and the other method's settings are ignored (``es.*``,
 ``es_batch``, ``es_iterations`` for GRPO; ``grpo.*``, ``grpo_steps`` for ES), as are GRPO's schedule length
 ``grpo.total_steps`` and ``grpo.warmup_steps`` while both configs keep a constant learning rate (no schedule
 reads them), and ``grpo.track_kl`` while both have β = 0 (the KL is then logged, never learned from). Any other difference, or a

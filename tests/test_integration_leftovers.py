@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from esjax import runs
+from esjax import evaluation, runs
 from esjax.config import build_config
 from esjax.models.registry import load_model
 from esjax.tensorboard import read_events
@@ -31,12 +31,22 @@ def test_bfloat16_compute_dtype_and_decode_settings_reach_the_model_and_a_run_co
     def spy_iteration(model_cfg, *a, **k):
         trained.append(model_cfg)
         return real_iteration(model_cfg, *a, **k)
+    evaluated = []
+    real_generate = evaluation.make_generate
+
+    def spy_generate(model_cfg, *a, **k):
+        evaluated.append(model_cfg)
+        return real_generate(model_cfg, *a, **k)
     monkeypatch.setattr(runs, "load_model", spy)
     monkeypatch.setattr(runs, "make_es_iteration", spy_iteration)
+    monkeypatch.setattr(evaluation, "make_generate", spy_generate)
     s = runs.run_method(cfg, "es", str(tmp_path), None, progress=False, log=lambda m: None)
     assert len(loaded) == 1 and loaded[0].cfg.compute_dtype == "bfloat16" and loaded[0].cfg.param_dtype == "float32"
-    # the members decode 2 tokens per loop iteration and read the cache in blocks of 3 (4 with 2 per iteration)
-    assert [(c.compute_dtype, c.decode_steps_per_loop, c.decode_cache_block) for c in trained] == [("bfloat16", 2, 3)]
+    # the members and the evaluations decode 2 tokens per loop iteration and read the cache in blocks of 3
+    # (4 with 2 per iteration)
+    settings = lambda c: (c.compute_dtype, c.decode_steps_per_loop, c.decode_cache_block)  # noqa: E731
+    assert [settings(c) for c in trained] == [("bfloat16", 2, 3)]
+    assert evaluated and {settings(c) for c in evaluated} == {("bfloat16", 2, 3)}
     assert s["status"] == "complete" and s["iterations"] == 1 and s["update_norm"] > 0
     rows = runs.read_metrics(str(tmp_path / "es"))
     ev = read_events(glob.glob(os.path.join(str(tmp_path), "es", "tensorboard", "events.out.tfevents.*"))[0])

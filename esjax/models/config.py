@@ -64,12 +64,10 @@ class ModelConfig:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if isinstance(self.decode_steps_per_loop, bool) or not isinstance(self.decode_steps_per_loop, int) \
-                or self.decode_steps_per_loop < 1:
-            raise ValueError(f"ModelConfig.decode_steps_per_loop must be an integer >= 1, got {self.decode_steps_per_loop!r}")
-        if isinstance(self.decode_cache_block, bool) or not isinstance(self.decode_cache_block, int) \
-                or self.decode_cache_block < 0:
-            raise ValueError(f"ModelConfig.decode_cache_block must be an integer >= 0, got {self.decode_cache_block!r}")
+        for name, least in (("decode_steps_per_loop", 1), ("decode_cache_block", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"ModelConfig.{name} must be an integer >= {least}, got {v!r}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
