@@ -60,6 +60,7 @@ def test_paper2_row_scales_the_short_rows_rate_by_the_roofline_of_the_long_itera
     bench.mcfg, bench.peaks = m, peaks
     bench.results[f"ES full N=30 x 200 prompts x 64 new (chunk {short_chunk})"] = {"tokens_per_s": 1e5,
                                                                                    "chunk": short_chunk}
+    bench.results["ES lowrank N=30 x 16 prompts x 64 new (chunk 30)"] = {"tokens_per_s": 4e4, "chunk": 30}  # --quick
     bench.paper2()
     row = bench.results["paper-2 ES iteration, full: 30 x 200 x 1,024 tokens"]
     long, k, size = population_roofline_s(m, 30, 200, 64, 1024, peaks, long_chunk, True)
@@ -67,7 +68,13 @@ def test_paper2_row_scales_the_short_rows_rate_by_the_roofline_of_the_long_itera
     assert long / short > 1024 / 64  # per token, the long iteration's roofline is slower
     np.testing.assert_allclose(row["seconds"], 30 * 200 * 64 / 1e5 * long / short)
     assert row["reference"] == f"arithmetic floor {long:,.0f} s ({k} chunks of {size})" and size == long_chunk
-    assert "paper-2 ES iteration, lowrank" not in bench.results  # nothing measured to extrapolate from
+    # low-rank, measured at 16 prompts only (--quick): 480 rows at 64 tokens → 6,000 rows at 1,024
+    row = bench.results["paper-2 ES iteration, lowrank: 30 x 200 x 1,024 tokens"]
+    lr_chunk = pop.auto_chunk_size(m, ESConfig(population_size=30, noise="lowrank", rank=1), 200, 64, 1024)
+    long, _, _ = population_roofline_s(m, 30, 200, 64, 1024, peaks, lr_chunk, False)
+    short, _, _ = population_roofline_s(m, 30, 16, 64, 64, peaks, 30, False)
+    np.testing.assert_allclose(row["seconds"], 30 * 16 * 64 / 4e4 * long / short)
+    assert "the 16-prompt call at 64 tokens" in row["esjax"]
 
 
 def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
