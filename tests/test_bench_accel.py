@@ -77,6 +77,25 @@ def test_paper2_row_scales_the_short_rows_rate_by_the_roofline_of_the_long_itera
     assert "the 16-prompt call at 64 tokens" in row["esjax"]
 
 
+def test_lowrank_byte_bound_counts_weights_per_chunk_and_every_members_factors():
+    """With one row per member (N = 1,024) every member's factors are read for one row each step: the bytes
+    allow about 0.67x of plain decoding; at EGGROLL's 16 prompts per member, 0.94x."""
+    from esjax.es.schemes import get_scheme
+    from esjax.es.step import ESConfig
+    from experiments.bench_accel import lowrank_byte_bound
+    from experiments.shapes import shape_config
+
+    m = shape_config("qwen2.5-1.5b")
+    w, factors = 2 * m.param_count(), get_scheme("lowrank").member_bytes(m, ESConfig(rank=1)) // 2  # bf16
+    kv_row = 2 * m.num_layers * m.num_kv_heads * m.head_dim * 96 * 2
+    assert 2.8e6 < factors < 3.0e6  # ≈ 2.9 MB per member
+    np.testing.assert_allclose(lowrank_byte_bound(m, 1024, 1, 96, 1024), (w + 1024 * kv_row) / (w + 1024 * kv_row + 1024 * factors))
+    np.testing.assert_allclose(lowrank_byte_bound(m, 1024, 16, 96, 1024), 0.94, atol=0.01)
+    # 30 members in chunks of 4: 8 chunks read the weights, 32 members' rows (2 padded copies)
+    np.testing.assert_allclose(lowrank_byte_bound(m, 30, 16, 96, 4),
+                               (w + 480 * kv_row) / (8 * w + 512 * kv_row + 30 * factors))
+
+
 def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
     """The device check's profile and the CPU proxy (ahead-of-time compile on abstract shapes) run on tiny
     shapes. The profile attributes the population call's time to its programs by name (the weight cast,
