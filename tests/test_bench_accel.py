@@ -1,6 +1,7 @@
 """experiments.bench_accel runs end to end on CPU (tiny shapes, tiny sizes) and writes its table: the
 script a lent GPU runs must not rot between loans. No speed is asserted."""
 import json
+import re
 
 import jax
 import numpy as np
@@ -106,9 +107,10 @@ def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
     text, = profile_decode.main(["--shapes", "tiny", "--what", "lowrank", "--members", "2", "--rows", "4", "--new", "4",
                                  "--prompt-len", "8", "--hlo", "--out", str(tmp_path)])
     assert "failed" not in text and "programs: " in text, text[:600]
-    if jax.default_backend() == "cpu":  # the CPU client's events name their program
-        assert "jit_member_noise" in text.split("programs: ")[1].splitlines()[0], text[:600]
-        assert "| jit_member_noise:" in text  # ops named program:op
+    if jax.default_backend() == "cpu":  # the CPU client's events name their program (on whichever thread ran it)
+        programs = " ".join(ln for ln in text.splitlines() if ln.startswith("programs: "))
+        assert "jit_population" in programs or "jit_member_noise" in programs, text[:600]
+        assert re.search(r"^\| jit_(population|member_noise):", text, re.M), text[:600]  # ops named program:op
     hlo = (tmp_path / "profile_lowrank.hlo.txt").read_text()
     assert "HloModule jit_population" in hlo and " while(" in hlo
     totals = aot_compile.main(["--shapes", "tiny", "--members", "4", "--prompts", "2", "--new", "4", "--prompt-len", "8",
