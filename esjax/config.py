@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from esjax.es.step import ESConfig
 from esjax.grpo.step import GRPOConfig
+from esjax.models.config import ModelConfig
 from esjax.presets import load_presets
 
 
@@ -55,8 +56,8 @@ class RunConfig:
     # condition once per k tokens), and the KV-cache block the loop reads up to (0 = the whole cache every
     # step). The same tokens whatever they are (log-probs to float rounding, so a near-tie could flip), so a
     # run may resume with others
-    decode_steps_per_loop: int = 1
-    decode_cache_block: int = 256
+    decode_steps_per_loop: int = ModelConfig.decode_steps_per_loop  # the defaults live on ModelConfig
+    decode_cache_block: int = ModelConfig.decode_cache_block
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 

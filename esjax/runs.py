@@ -211,13 +211,13 @@ def run_model(model: Model, cfg: RunConfig) -> Model:
     """A model handed to a run, with the run's decode settings. It must compute in the run's
     ``compute_dtype`` (else the config would claim a precision the run did not use); the decode settings
     change how fast it decodes, not what, so they are applied."""
-    have = getattr(getattr(model, "cfg", None), "compute_dtype", cfg.compute_dtype)
-    if have != cfg.compute_dtype:
-        raise ValueError(f"the model computes in {have} but the run config says compute_dtype={cfg.compute_dtype}: "
-                         f"load it with esjax.runs.load_run_model(cfg) (load_model(..., compute_dtype=...))")
-    if getattr(model, "cfg", None) is None:  # a stand-in without a config has nothing to set
+    mcfg = getattr(model, "cfg", None)
+    if mcfg is None:  # a stand-in without a config has nothing to check or set
         return model
-    return model._replace(cfg=model.cfg.replace(**cfg.model_settings()))
+    if mcfg.compute_dtype != cfg.compute_dtype:
+        raise ValueError(f"the model computes in {mcfg.compute_dtype} but the run config says compute_dtype="
+                         f"{cfg.compute_dtype}: load it with esjax.runs.load_run_model(cfg) (load_model(..., compute_dtype=...))")
+    return model._replace(cfg=mcfg.replace(**cfg.model_settings()))
 
 
 def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:

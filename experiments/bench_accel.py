@@ -90,17 +90,21 @@ def prompts(rows: int, length: int, vocab: int, seed: int = 0):
     return rng.integers(3, vocab, (rows, length)).astype(np.int32), np.ones((rows, length), bool)
 
 
+def step_bytes(mcfg, rows: int, context: float, weight_copies: int = 1) -> float:
+    """Bytes one decode step reads at ``rows`` rows and mean ``context`` cache slots read: ``weight_copies``
+    × the weights (full-rank members each read their own) + the KV cache, in the compute dtype."""
+    item = np.dtype(mcfg.dtype).itemsize
+    kv = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * context * rows * item
+    return weight_copies * mcfg.param_count() * item + kv
+
+
 def roofline_step(mcfg, rows: int, context: float, peaks, weight_copies: int = 1) -> dict:
     """Ideal seconds of one decode step at ``rows`` rows and mean ``context`` cache slots read:
-    max(bytes / bandwidth, FLOPs / peak), bytes = ``weight_copies`` × the weights (full-rank members each
-    read their own) + the KV cache read."""
-    item = np.dtype(mcfg.dtype).itemsize
-    d = mcfg.param_count()
-    kv = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * context * rows * item
-    flops = 2 * d * rows + 4 * rows * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
+    max(bytes / bandwidth, FLOPs / peak), bytes = :func:`step_bytes`."""
+    flops = 2 * mcfg.param_count() * rows + 4 * rows * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
     flop_peak, bandwidth = peaks
-    weights = weight_copies * d * item
-    return {"bytes": weights + kv, "flops": flops, "ideal_s": max((weights + kv) / bandwidth, flops / flop_peak)}
+    nbytes = step_bytes(mcfg, rows, context, weight_copies)
+    return {"bytes": nbytes, "flops": flops, "ideal_s": max(nbytes / bandwidth, flops / flop_peak)}
 
 
 def generation_roofline_s(mcfg, rows: int, prompt_len: int, new: int, peaks, weight_copies: int = 1) -> float:
@@ -120,12 +124,11 @@ def lowrank_byte_bound(mcfg, members: int, per_member: int, context: float, chun
     step (the ratio a memory-bound decode can reach): the population reads the shared weights once per
     chunk (:func:`esjax.es.population.balanced_chunks`), the same KV cache, and every member's factors in
     the compute dtype."""
-    item = np.dtype(mcfg.dtype).itemsize
-    weights = mcfg.param_count() * item
-    kv = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * context * members * per_member * item
-    factors = get_scheme("lowrank").member_bytes(mcfg, ESConfig(population_size=members, rank=rank)) // 4 * item
-    k, size = balanced_chunks(members, chunk)
-    return (weights + kv) / (k * weights + kv * k * size / members + members * factors)
+    factors = get_scheme("lowrank").member_bytes(mcfg, ESConfig(population_size=members, rank=rank)) // 4 \
+        * np.dtype(mcfg.dtype).itemsize  # fp32 factors, cast once per population call
+    k, size = balanced_chunks(members, chunk)  # k chunks of size members (padded copies decode too)
+    return step_bytes(mcfg, members * per_member, context) / (
+        step_bytes(mcfg, k * size * per_member, context, weight_copies=k) + members * factors)
 
 
 def population_roofline_s(mcfg, members: int, per_member: int, prompt_len: int, new: int, peaks, chunk: int,

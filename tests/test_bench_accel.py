@@ -35,8 +35,8 @@ def test_bench_accel_writes_its_table_on_cpu(tmp_path):
 def test_paper2_row_scales_the_short_rows_rate_by_the_roofline_of_the_long_iteration(monkeypatch):
     """The paper-2 iteration (30 × 200 × 1,024) is extrapolated from the es200 rate at --es-new tokens, scaled
     by the roofline of the iteration as it would run: each step reads the cache up to its segment's end
-    (the cache grown in blocks), and at 1,024 tokens fewer full-rank members fit in a chunk (on an 80 GB
-    card: 3 instead of 5). Beside it, the arithmetic floor of those chunks."""
+    (the cache grown in blocks), and at 1,024 tokens fewer full-rank members fit in a chunk (with 56 GB for
+    members, 70 % of 80 GB: 3 instead of 5). Beside it, the arithmetic floor of those chunks."""
     from esjax.es import population as pop
     from esjax.es.step import ESConfig
     from experiments.bench_accel import Bench, generation_roofline_s, parse, population_roofline_s, roofline_step

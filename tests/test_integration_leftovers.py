@@ -21,25 +21,18 @@ def test_bfloat16_compute_dtype_and_decode_settings_reach_the_model_and_a_run_co
         build_config("tiny", ["decode_cache_block=-1"])
     cfg = build_config("tiny", ["compute_dtype=bfloat16", "es_iterations=1", "eval_size=2", "use_mesh=false", "eval_tasks=",
                                 "logger=tensorboard", "decode_steps_per_loop=2", "decode_cache_block=3"])
-    loaded, trained = [], []
-    real, real_iteration = runs.load_model, runs.make_es_iteration
+    loaded, trained, evaluated = [], [], []
+    real = runs.load_model
 
     def spy(*a, **k):
         loaded.append(real(*a, **k))
         return loaded[-1]
 
-    def spy_iteration(model_cfg, *a, **k):
-        trained.append(model_cfg)
-        return real_iteration(model_cfg, *a, **k)
-    evaluated = []
-    real_generate = evaluation.make_generate
-
-    def spy_generate(model_cfg, *a, **k):
-        evaluated.append(model_cfg)
-        return real_generate(model_cfg, *a, **k)
+    def record_model_cfg(fn, sink):  # fn(model_cfg, ...) that first notes the model config it was given
+        return lambda model_cfg, *a, **k: (sink.append(model_cfg), fn(model_cfg, *a, **k))[1]
     monkeypatch.setattr(runs, "load_model", spy)
-    monkeypatch.setattr(runs, "make_es_iteration", spy_iteration)
-    monkeypatch.setattr(evaluation, "make_generate", spy_generate)
+    monkeypatch.setattr(runs, "make_es_iteration", record_model_cfg(runs.make_es_iteration, trained))
+    monkeypatch.setattr(evaluation, "make_generate", record_model_cfg(evaluation.make_generate, evaluated))
     s = runs.run_method(cfg, "es", str(tmp_path), None, progress=False, log=lambda m: None)
     assert len(loaded) == 1 and loaded[0].cfg.compute_dtype == "bfloat16" and loaded[0].cfg.param_dtype == "float32"
     # the members and the evaluations decode 2 tokens per loop iteration and read the cache in blocks of 3
