@@ -122,7 +122,7 @@ def estimate_gradient(params, state_key, iteration, weights, cfg: ESConfig):
     program = _leaf_gradient_program(cfg)
     leaves, treedef = jax.tree.flatten(params)
     sel = leaf_selection(params, cfg.param_filter)
-    g = [program(state_key, iteration, weights, jnp.uint32(i), shape=tuple(x.shape)) if s
+    g = [program(state_key, iteration, weights, np.uint32(i), shape=tuple(x.shape)) if s
          else jnp.zeros(x.shape, jnp.float32) for i, (x, s) in enumerate(zip(leaves, sel))]
     return jax.tree.unflatten(treedef, g)
 
@@ -158,7 +158,7 @@ def _sgd_step(state: ESState, fitness, z, anchor, cfg: ESConfig):
     new, ssq = [], []
     for i, (p, a, s) in enumerate(zip(leaves, anchors, sel)):
         if s or cfg.awd_lambda:
-            q, e = program(p, a, state.key, state.iteration, z, jnp.uint32(i), selected=bool(s))
+            q, e = program(p, a, state.key, state.iteration, z, np.uint32(i), selected=bool(s))
         else:  # neither stepped nor decayed: the leaf is unchanged
             q, e = p, jnp.zeros((), jnp.float32)
         new.append(q)
