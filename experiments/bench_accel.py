@@ -20,7 +20,8 @@ Sections, in order (a section that would start after ``--budget-s`` seconds is l
 * ``grpo``: one GRPO learner update (B sequences of prompt + M tokens, micro-batches), model FLOPs
   utilisation against the device's bf16 peak.
 * ``n1024``: N = 1,024 low-rank members (``--n1024-prompts`` each, 1) against plain inference of the same
-  rows, beside the ratio the bytes allow (each member's factors are read at every step for its rows).
+  rows, beside the ratio the device's roofline allows (each member's factors are read at every step for
+  its rows; the FLOPs of 1,024 rows usually hide them).
 * ``paper2``: a paper-2 ES iteration (N = 30 × 200 prompts × 1,024 tokens), extrapolated from the es200
   (else es16) call, scaled by the ratio of the two calls' rooflines (longer KV-cache reads, fewer members
   per chunk at 1,024 tokens), beside that iteration's arithmetic floor (``--paper2-direct`` measures it).
@@ -107,28 +108,53 @@ def roofline_step(mcfg, rows: int, context: float, peaks, weight_copies: int = 1
     return {"bytes": nbytes, "flops": flops, "ideal_s": max(nbytes / bandwidth, flops / flop_peak)}
 
 
+def prefill_roofline_s(mcfg, rows: int, prompt_len: int, peaks, weight_copies: int = 1) -> float:
+    """Ideal seconds of prefilling ``rows`` prompts of ``prompt_len`` tokens: max(bytes / bandwidth, FLOPs /
+    peak) with FLOPs = 2 × (non-embedding weights) per token + the vocabulary head once per row (the prefill
+    computes the last position's logits only) + causal attention 2·L·H·d·P² per row; bytes = the weights
+    (``weight_copies`` of them) + the KV cache written. A 64-token prefill of 6,000 rows is ≈ 1.0 s of an
+    H100's bf16 peak, beside ≈ 2.1 s for the 64 decode steps after it: left out, it made short calls look
+    far less efficient than they are."""
+    flop_peak, bandwidth = peaks
+    embed = mcfg.vocab_size * mcfg.hidden_size
+    body = mcfg.param_count() - embed * (1 if mcfg.tie_embeddings else 2)
+    flops = rows * (2 * body * prompt_len + 2 * embed
+                    + 2 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * prompt_len ** 2)
+    nbytes = step_bytes(mcfg, rows, prompt_len, weight_copies)  # weights + the cache it writes
+    return max(nbytes / bandwidth, flops / flop_peak)
+
+
 def generation_roofline_s(mcfg, rows: int, prompt_len: int, new: int, peaks, weight_copies: int = 1) -> float:
-    """Ideal seconds of a whole ``new``-token generation of ``rows`` rows: Σ over its steps of
-    :func:`roofline_step` at the cache slots each step reads — prompt + the end of its segment with the
-    cache grown in blocks of ``mcfg.decode_cache_block`` (:func:`esjax.sampling.decode_segments`; 0:
-    prompt + ``new`` at every step)."""
-    total, start = 0.0, 0
+    """Ideal seconds of a whole ``new``-token generation of ``rows`` rows: the prefill
+    (:func:`prefill_roofline_s`) + Σ over the decode steps of :func:`roofline_step` at the cache slots each
+    step reads — prompt + the end of its segment with the cache grown in blocks of
+    ``mcfg.decode_cache_block`` (:func:`esjax.sampling.decode_segments`; 0: prompt + ``new`` at every step)."""
+    total, start = prefill_roofline_s(mcfg, rows, prompt_len, peaks, weight_copies), 0
     for end in decode_segments(new, mcfg.decode_cache_block, mcfg.decode_steps_per_loop):
         total += (end - start) * roofline_step(mcfg, rows, prompt_len + end, peaks, weight_copies)["ideal_s"]
         start = end
     return total
 
 
-def lowrank_byte_bound(mcfg, members: int, per_member: int, context: float, chunk: int, rank: int = 1) -> float:
-    """Bytes of a plain decode step of members × ``per_member`` rows over those of the low-rank population's
-    step (the ratio a memory-bound decode can reach): the population reads the shared weights once per
-    chunk (:func:`esjax.es.population.balanced_chunks`), the same KV cache, and every member's factors in
-    the compute dtype."""
-    factors = get_scheme("lowrank").member_bytes(mcfg, ESConfig(population_size=members, rank=rank)) // 4 \
-        * np.dtype(mcfg.dtype).itemsize  # fp32 factors, cast once per population call
-    k, size = balanced_chunks(members, chunk)  # k chunks of size members (padded copies decode too)
-    return step_bytes(mcfg, members * per_member, context) / (
-        step_bytes(mcfg, k * size * per_member, context, weight_copies=k) + members * factors)
+def lowrank_roofline_ratio(mcfg, members: int, per_member: int, context: float, chunk: int, peaks,
+                           rank: int = 1) -> float:
+    """The ratio of the low-rank population's decode step to plain decoding of the same members ×
+    ``per_member`` rows that the device's peaks allow: ideal seconds (max(bytes / bandwidth, FLOPs / peak))
+    of the plain step over those of the population's. The population reads the shared weights once per
+    chunk (:func:`esjax.es.population.balanced_chunks`, padded members decode too), the same KV cache, and
+    every member's factors in the compute dtype, and does 2·r·(n_in + n_out) more FLOPs per matrix and row.
+    Qwen2.5-1.5B, 64-token prompts, one chunk, H100: both steps are compute-bound at 1,024 rows (the factors'
+    3 GB fit under the FLOPs' time), so about 1.0x; a memory-bound device would allow 0.67x."""
+    item = np.dtype(mcfg.dtype).itemsize
+    factor_elems = get_scheme("lowrank").member_bytes(mcfg, ESConfig(population_size=members, rank=rank)) // 4
+    k, size = balanced_chunks(members, chunk)
+    rows = k * size * per_member
+    plain = roofline_step(mcfg, members * per_member, context, peaks)["ideal_s"]
+    pop = roofline_step(mcfg, rows, context, peaks, weight_copies=k)
+    flop_peak, bandwidth = peaks
+    nbytes = pop["bytes"] + members * factor_elems * item
+    flops = pop["flops"] + 2 * rows * factor_elems
+    return plain / max(nbytes / bandwidth, flops / flop_peak)
 
 
 def population_roofline_s(mcfg, members: int, per_member: int, prompt_len: int, new: int, peaks, chunk: int,
@@ -343,14 +369,16 @@ class Bench:
         """N = 1,024 low-rank members, ``--n1024-prompts`` each (1; EGGROLL's runs use 16), against plain
         inference of the same rows (in one call: 16 prompts need an H200's memory). Every member's factors
         (r·(n_in + n_out) per matrix, ≈ 2.9 MB in bf16 for Qwen2.5-1.5B) are read at every step for its
-        rows: the reference column gives the ratio the bytes alone allow (:func:`lowrank_byte_bound`:
-        Qwen2.5-1.5B, 64-token prompts, one chunk: 0.67x at 1 prompt, 0.94x at 16)."""
+        rows: the reference column gives the ratio the roofline allows (:func:`lowrank_roofline_ratio`:
+        Qwen2.5-1.5B, 64-token prompts, one chunk, H100: ≈ 1.0x, both steps compute-bound; an H100 measured
+        0.79x, 2026-11-27)."""
         a, per = self.args, self.args.n1024_prompts
         tps, first, chunk = self.population("lowrank", 1024, per, a.es_new)
         plain, _ = self.plain(1024 * per, a.es_new)
         ref = f"plain inference, same {1024 * per} rows: {plain:,.0f} tok/s"
         if self.peaks is not None:
-            ref += f"; bytes allow {lowrank_byte_bound(self.mcfg, 1024, per, a.prompt_len + a.es_new / 2, chunk):.2f}x"
+            allowed = lowrank_roofline_ratio(self.mcfg, 1024, per, a.prompt_len + a.es_new / 2, chunk, self.peaks)
+            ref += f"; roofline allows {allowed:.2f}x"
         self.add(f"ES lowrank N=1024 x {per} prompt{'s' * (per > 1)} x {a.es_new} new (chunk {chunk})",
                  f"{tps:,.0f} tok/s (first call {first:.0f} s)", ref, tps / plain, ">= 0.90x")
 
@@ -443,9 +471,9 @@ def parse(argv=None):
     a.cache_new = a.cache_new or (512 if a.quick else 1024)
     a.budget_s = a.budget_s or (330 if a.quick else 3600)
     a.es200_kinds = ("full",) if a.quick else ("lowrank", "full")
-    # on an H100 the full-rank population's first call took 146 s (es16) and es200 ran past a 345 s limit:
-    # --quick measures everything cheap before it
-    a.sections = a.sections or ("generate,es16,update,grpo,n1024,loop,es200,paper2" if a.quick
+    # --quick: the rows still short of their targets first (an H100, 2026-11-27: 8 sections ≈ 380 s with
+    # their compiles; the loop row last, its question answered by the trace: docs/gpu.md §6)
+    a.sections = a.sections or ("generate,es16,n1024,es200,paper2,update,grpo,loop" if a.quick
                                 else "generate,loop,cache,es16,es200,update,grpo,n1024,paper2")
     return a
 
