@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (one call, <= 9.5 min on an H100/H200): the accelerator-relevant tests on the
-# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, its decode-loop
-# section again with the loop in a CUDA graph, its cache section (whole cache vs blocks), then, with the time
-# left, a traced profile of the low-rank ES population (docs/gpu.md reads them). Everything lands in $OUT
-# (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
+# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then, with the
+# time left, a traced profile of the low-rank ES population (docs/gpu.md reads them). Everything lands in
+# $OUT (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
 #   device run: command="bash scripts/gpu_check.sh", carry=[".esjax-cache"], timeout_s=590
@@ -18,28 +17,19 @@ mkdir -p "$OUT" /tmp/esjax-prof
   git status --short | head; date -u
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"; } > "$OUT/gpu.txt" 2>&1
 # tests on the GPU (no 8 forced devices: the sharded cases stay on CPU/CI); TF32 is kept out of the float32
-# comparisons by tests/conftest.py (highest matmul precision). -rf --tb=short: reasons survive a timeout.
-JAX_PLATFORMS=cuda XLA_FLAGS= timeout 160 python3 -m pytest -p no:cacheprovider -rf --tb=short \
-  tests/test_precision.py tests/test_population_loop.py tests/test_noise_schemes.py tests/test_models.py \
+# comparisons by tests/conftest.py (highest matmul precision). -v: each test's name as it passes (each
+# compiles its own programs: 7 took 160 s on an H100); -rf --tb=short: reasons survive a timeout.
+JAX_PLATFORMS=cuda XLA_FLAGS= timeout 100 python3 -m pytest -p no:cacheprovider -v -rf --tb=short \
+  tests/test_population_loop.py tests/test_precision.py tests/test_noise_schemes.py \
   -k "not sharded and not fresh_process and not export" > "$OUT/tests.txt" 2>&1
 echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
+# the benchmark's --quick table (its sections in the order of what is still short of its target; the loop
+# with +WHILE command buffers and the cache blocks were measured on 2026-11-27: docs/gpu.md §6)
 t0=$SECONDS
-timeout 240 python3 -m experiments.bench_accel --quick --budget-s 190 --out "$OUT" > "$OUT/bench.txt" 2>&1
+timeout 390 python3 -m experiments.bench_accel --quick --budget-s 330 --out "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
-# the decode loop inside a CUDA graph (XLA's WHILE/CONDITIONAL command buffers, off by default): the loop
-# section again in a fresh process under that flag, its table appended to bench.txt
-t1=$SECONDS
-XLA_FLAGS="--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" timeout 75 python3 -m experiments.bench_accel \
-  --quick --sections loop --no-reference --out /tmp/esjax-cbwhile >> "$OUT/bench.txt" 2>&1
-echo "bench (+WHILE command buffers) exit $? after $((SECONDS - t1)) s" >> "$OUT/bench.txt"
-cat /tmp/esjax-cbwhile/table.md >> "$OUT/bench.txt" 2>/dev/null
-# 512-token generation: the whole KV cache every step vs the cache grown in blocks (generate's default)
-t1=$SECONDS
-timeout 85 python3 -m experiments.bench_accel --quick --sections cache --no-reference --out /tmp/esjax-cache \
-  >> "$OUT/bench.txt" 2>&1
-echo "bench (cache) exit $? after $((SECONDS - t1)) s" >> "$OUT/bench.txt"
-cat /tmp/esjax-cache/table.md >> "$OUT/bench.txt" 2>/dev/null
-# the same shapes as the benchmark's es16 (30 x 16 x 64) program: is the low-rank loop's concatenate gone?
+# the same shapes as the benchmark's es16 (30 x 16 x 64) program: is the GPU still idle while the host draws
+# the member noise (160 ms of a 678 ms call on 2026-11-27, before the noise was drawn per leaf shape)?
 # (only with the time that is left: the measurements above come first)
 t1=$SECONDS
 [ $((565 - SECONDS)) -ge 30 ] && timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what lowrank --members 30 --rows 480 --new 64 --hlo \
