@@ -105,35 +105,39 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
 
     Dense members are formed chunk by chunk by programs of their own, one per leaf shape
     (:func:`member_params_fn`), and then decoded by one program. Delta members (a few MB)
-    are drawn by a program of their own and passed in with the shared compute-dtype weights: one program
-    holding both the noise generator and the model compiled 2× slower (SmolLM2: 68 s vs 12 + 19 s) and
-    ran no faster."""
+    are drawn by programs of their own (:func:`member_noise_fn`, one per leaf shape) and passed in with the
+    shared compute-dtype weights: one program holding both the noise generator and the model compiled 2×
+    slower (SmolLM2: 68 s vs 12 + 19 s) and ran no faster."""
     scheme = get_scheme(cfg.noise)
     dtype = jnp.dtype(dtype)
     if scheme.dense:
         return _dense_population_fn(evaluate, cfg, chunk, mesh, arg_specs, dtype)
-    else:
-        @jax.named_scope("population")
-        def population(shared, members, deltas, *args):  # profiles name the program jit_population
-            return map_members(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
-                               (members, deltas), chunk)
+    draw = member_noise_fn(cfg, mesh)
 
-        prepare, extra = member_noise_fn(cfg, mesh), (P(POP),)
-    compiled = functools.lru_cache(maxsize=None)(  # per number of evaluator args (their default specs)
-        lambda n_args: _compiled(population, mesh, (P(), P(POP), *extra, *(tuple(arg_specs) or (P(),) * n_args))))
+    @jax.named_scope("population")
+    def population(shared, members, groups, *args, layout):  # profiles name the program jit_population
+        deltas = draw.unstack(groups, layout)  # the draws per leaf shape into the params' tree, once per call
+        return map_members(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
+                           (members, deltas), chunk)
+
+    compiled = functools.lru_cache(maxsize=None)(  # per number of evaluator args (their default specs) and layout
+        lambda n_args, layout: _compiled(functools.partial(population, layout=layout), mesh,
+                                         (P(), P(POP), P(POP), *(tuple(arg_specs) or (P(),) * n_args))))
 
     def f(state, members, *args):
         shared = scheme.shared_params(state.params, dtype)  # cast by its own program: the weights arrive cast
-        return compiled(len(args))(shared, members, prepare(state, members), *args)
+        layout = draw.layout(state.params)
+        return compiled(len(args), layout)(shared, members, draw(state, members, layout), *args)
 
     def lower(state, members, *args) -> dict:
         """{program name: ``jax.stages.Lowered``} of what ``f`` runs, for abstract inputs (``jax.ShapeDtypeStruct``
         leaves allowed: ahead-of-time compilation allocates no weights)."""
+        layout = draw.layout(state.params)
         shared = jax.eval_shape(functools.partial(scheme.shared_params, dtype=dtype), state.params)
-        deltas = jax.eval_shape(prepare, state, members)
+        groups = jax.eval_shape(functools.partial(draw, layout=layout), state, members)
         return {"cast weights": jax.jit(functools.partial(scheme.shared_params, dtype=dtype)).lower(state.params),
-                **prepare.lower(state, members),
-                "population": compiled(len(args)).lower(shared, members, deltas, *args)}
+                **draw.lower(state, members),
+                "population": compiled(len(args), layout).lower(shared, members, groups, *args)}
 
     f.lower = lower
     return f
@@ -251,49 +255,60 @@ def member_params_fn(cfg: ESConfig, mesh: Optional[Mesh] = None, dtype=F32):
 
 
 def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
-    """``draw(state, members)``: the members' scaled perturbations σ s_n E_n stacked on a leading member axis
-    (the tree :func:`esjax.es.step.member_perturbation` gives, vmapped), by one program per leaf shape that
-    draws every leaf of that shape (vmap over the leaf indices; an LLM's ~340 leaves have ~7 shapes). One
-    program over all leaves compiled for 32 s on CPU for Qwen2.5-1.5B shapes (mostly slicing grouped draws
-    into leaves); one call per leaf spent 160 ms of a 680 ms population call on an H100 dispatching ~340
-    tiny programs while the GPU idled (docs/gpu.md). With a mesh each device draws only its members.
-    ``draw.lower(state, members)``: {name: Lowered} per leaf shape (AOT)."""
+    """``draw(state, members)``: the members' scaled perturbations σ s_n E_n, as one array (pytree) per
+    distinct leaf shape of shape (M, leaves of that shape, ...), each drawn by one program (vmap over the
+    members and the leaf indices; an LLM's ~340 leaves have ~7 shapes); ``draw.unstack(groups,
+    draw.layout(params))`` (inside a program) gives the tree :func:`esjax.es.step.member_perturbation`
+    gives, vmapped (``None`` for unselected leaves). One call per leaf spent 160 ms of a 680 ms population
+    call on an H100 dispatching ~340 tiny programs while the GPU idled; one program over all leaves
+    compiled for 32 s on CPU for Qwen2.5-1.5B shapes, and slicing each group into its leaves inside the
+    draw programs tripled their compile time (4 s → 13.5 s): the population program slices them, once
+    per call (docs/gpu.md). With a mesh each device draws only its members. ``draw.lower(state,
+    members)``: {name: Lowered} per leaf shape (AOT)."""
     scheme = get_scheme(cfg.noise)
 
     @jax.named_scope("member_noise")
     def member_noise(key, iteration, members, ids, shape):
-        def leaf(i):  # (M, ...) draws of leaf i
-            def one(n):
-                k, sign = member_key(key, iteration, n, cfg.antithetic)
-                return scheme.leaf_perturbation(k, i, shape, cfg.sigma * sign, cfg)
-            return jax.vmap(one)(members)
-        stacked = jax.vmap(leaf)(ids)  # (leaves, M, ...)
-        return tuple(jax.tree.map(lambda a: a[j], stacked) for j in range(ids.shape[0]))
+        def one(n):  # (leaves, ...) draws of member n
+            k, sign = member_key(key, iteration, n, cfg.antithetic)
+            return jax.vmap(lambda i: scheme.leaf_perturbation(k, i, shape, cfg.sigma * sign, cfg))(ids)
+        return jax.vmap(one)(members)
 
     program = functools.lru_cache(maxsize=None)(
         lambda shape: _compiled(functools.partial(member_noise, shape=shape), mesh, (P(), P(), P(POP), P())))
 
-    def groups(params):
-        """{leaf shape: indices of the selected leaves of that shape (uint32, ascending)}."""
-        out = {}
-        for i, (x, s) in enumerate(zip(jax.tree.leaves(params), leaf_selection(params, cfg.param_filter))):
+    def layout(params) -> tuple:
+        """(treedef, ((shape, leaf indices), ...) per distinct selected shape in sorted order, per leaf its
+        (group, position) or None): hashable, so the population program is compiled once per layout."""
+        leaves, treedef = jax.tree.flatten(params)
+        by_shape = {}
+        for i, (x, s) in enumerate(zip(leaves, leaf_selection(params, cfg.param_filter))):
             if s:
-                out.setdefault(tuple(x.shape), []).append(i)
-        return {shape: np.asarray(ids, np.uint32) for shape, ids in out.items()}
+                by_shape.setdefault(tuple(x.shape), []).append(i)
+        shapes = sorted(by_shape)
+        where = [None] * len(leaves)
+        for g, shape in enumerate(shapes):
+            for j, i in enumerate(by_shape[shape]):
+                where[i] = (g, j)
+        return treedef, tuple((shape, tuple(by_shape[shape])) for shape in shapes), tuple(where)
 
-    def draw(state, members):
-        leaves, treedef = jax.tree.flatten(state.params)
-        out = [None] * len(leaves)
-        for shape, ids in groups(state.params).items():
-            for i, d in zip(ids, program(shape)(state.key, state.iteration, members, ids)):
-                out[i] = d
-        return jax.tree.unflatten(treedef, out)
+    def draw(state, members, layout=None):
+        _, groups, _ = layout or draw.layout(state.params)
+        return tuple(program(shape)(state.key, state.iteration, members, np.asarray(ids, np.uint32))
+                     for shape, ids in groups)
+
+    def unstack(groups, layout):
+        treedef, _, where = layout
+        return jax.tree.unflatten(treedef, [None if w is None else jax.tree.map(lambda a: a[:, w[1]], groups[w[0]])
+                                            for w in where])
 
     def lower(state, members) -> dict:
-        return {f"member noise {shape} x{len(ids)}": program(shape).lower(state.key, state.iteration, members, ids)
-                for shape, ids in sorted(groups(state.params).items())}
+        u32 = np.uint32
+        return {f"member noise {shape} x{len(ids)}": program(shape).lower(state.key, state.iteration, members,
+                                                                        np.asarray(ids, u32))
+                for shape, ids in layout(state.params)[1]}
 
-    draw.lower = lower
+    draw.layout, draw.unstack, draw.lower = layout, unstack, lower
     return draw
 
 
