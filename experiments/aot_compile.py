@@ -79,7 +79,7 @@ def main(argv=None):
         for stage, lower in stages.items():
             rows = compile_all(timed_lower(lower))
             for name, t_lower, t_compile in rows:
-                print(f"  {noise:8s} {stage:11s} {name:28s} lower {t_lower:6.2f} s  compile {t_compile:6.2f} s")
+                print(f"  {noise:8s} {stage:11s} {name:34s} lower {t_lower:6.2f} s  compile {t_compile:6.2f} s")
             totals[noise, stage] = sum(r[1] + r[2] for r in rows)
     print("totals (lower + compile):")
     for (noise, stage), t in totals.items():

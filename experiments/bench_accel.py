@@ -113,8 +113,8 @@ def prefill_roofline_s(mcfg, rows: int, prompt_len: int, peaks, weight_copies: i
     peak) with FLOPs = 2 × (non-embedding weights) per token + the vocabulary head once per row (the prefill
     computes the last position's logits only) + causal attention 2·L·H·d·P² per row; bytes = the weights
     (``weight_copies`` of them) + the KV cache written. A 64-token prefill of 6,000 rows is ≈ 1.0 s of an
-    H100's bf16 peak, beside ≈ 2.1 s for the 64 decode steps after it: left out, it made short calls look
-    far less efficient than they are."""
+    H100's bf16 peak, beside ≈ 2.2 s for the full-rank population's 64 decode steps after it (30 × 200
+    rows in chunks of 3): left out, it made short calls look far less efficient than they are."""
     flop_peak, bandwidth = peaks
     embed = mcfg.vocab_size * mcfg.hidden_size
     body = mcfg.param_count() - embed * (1 if mcfg.tie_embeddings else 2)

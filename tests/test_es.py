@@ -85,6 +85,37 @@ def test_sequential_vmapped_and_sharded_updates_agree(noise):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("param_filter,sharded", [(None, False), ("^(q|k|o|g|u)$", False), ("^(q|k|o|g|u)$", True)])
+def test_lowrank_population_gives_each_member_its_own_noise_leaf_for_leaf(param_filter, sharded):
+    """The low-rank population draws every leaf of one shape in one program and slices the draws into the
+    params' tree: several leaves per shape, some left out by ``param_filter``, with and without a mesh —
+    each member's deltas are its own ``member_perturbation``, leaf for leaf (a fitness could not tell two
+    swapped leaves of one shape apart; this compares the deltas themselves)."""
+    cfg = ESConfig(population_size=8, sigma=0.1, noise="lowrank", rank=2, param_filter=param_filter)
+    shapes = {"q": (6, 4), "k": (6, 4), "v": (6, 4), "o": (6, 4), "g": (4,), "h": (4,), "u": (3, 5)}
+    params = {n: jax.random.normal(jax.random.key(i), s) for i, (n, s) in enumerate(shapes.items())}
+    state = init_state(params, jax.random.key(7), cfg)
+
+    def flat(delta, like):  # every leaf's dense delta in tree order, zeros where a leaf is not perturbed
+        leaves = jax.tree.leaves(densify(delta), is_leaf=lambda x: x is None)
+        return jnp.concatenate([(jnp.zeros(x.shape) if d is None else d).ravel()
+                                for x, d in zip(jax.tree.leaves(like), leaves)])
+
+    mesh = make_mesh() if sharded else None
+    pop = population_fn(lambda p, d, m: flat(d, p), cfg, chunk=2, mesh=mesh)
+    got = np.asarray(pop(state, member_ids(8, 8 if sharded else 1)))[:8]
+    want = np.stack([flat(member_perturbation(state.params, state.key, state.iteration, m, cfg, cfg.sigma), params)
+                     for m in range(8)])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert np.abs(want).max() > 0 and len({tuple(r) for r in np.round(want, 6)}) == 8  # members differ
+    if param_filter:  # the unselected leaves (v, h) stay exactly zero
+        sizes = [int(np.prod(s)) for s in jax.tree.leaves(shapes, is_leaf=lambda t: isinstance(t, tuple))]
+        names = sorted(shapes)  # jax.tree order of a dict: sorted keys
+        start = np.cumsum([0] + sizes)
+        for n, a, b in zip(names, start[:-1], start[1:]):
+            assert (np.abs(got[:, a:b]).max() == 0) == (n in ("v", "h")), n
+
+
 def test_noise_is_deterministic_and_independent_per_leaf_and_member():
     params = {"a": jnp.zeros((64, 8)), "b": jnp.zeros((64, 8))}
     k, _ = member_key(jax.random.key(0), 3, 5)

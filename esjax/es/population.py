@@ -116,9 +116,9 @@ def population_fn(evaluate: Callable, cfg: ESConfig, chunk: int, mesh: Optional[
 
     @jax.named_scope("population")
     def population(shared, members, groups, *args, layout):  # profiles name the program jit_population
-        deltas = draw.unstack(groups, layout)  # the draws per leaf shape into the params' tree, once per call
-        return map_members(lambda md: evaluate(*scheme.member(shared, md[1], dtype), md[0], *args),
-                           (members, deltas), chunk)
+        def one(mg):  # one member: its draws per leaf shape into the params' tree (before its decode loop)
+            return evaluate(*scheme.member(shared, draw.unstack(mg[1], layout), dtype), mg[0], *args)
+        return map_members(one, (members, groups), chunk)
 
     compiled = functools.lru_cache(maxsize=None)(  # per number of evaluator args (their default specs) and layout
         lambda n_args, layout: _compiled(functools.partial(population, layout=layout), mesh,
@@ -258,13 +258,13 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     """``draw(state, members)``: the members' scaled perturbations σ s_n E_n, as one array (pytree) per
     distinct leaf shape of shape (M, leaves of that shape, ...), each drawn by one program (vmap over the
     members and the leaf indices; an LLM's ~340 leaves have ~7 shapes); ``draw.unstack(groups,
-    draw.layout(params))`` (inside a program) gives the tree :func:`esjax.es.step.member_perturbation`
-    gives, vmapped (``None`` for unselected leaves). One call per leaf spent 160 ms of a 680 ms population
+    draw.layout(params))`` on one member's groups (inside a program) gives the tree
+    :func:`esjax.es.step.member_perturbation` gives (``None`` for unselected leaves). One call per leaf spent 160 ms of a 680 ms population
     call on an H100 dispatching ~340 tiny programs while the GPU idled; one program over all leaves
     compiled for 32 s on CPU for Qwen2.5-1.5B shapes, and slicing each group into its leaves inside the
-    draw programs tripled their compile time (4 s → 13.5 s): the population program slices them, once
-    per call (docs/gpu.md). With a mesh each device draws only its members. ``draw.lower(state,
-    members)``: {name: Lowered} per leaf shape (AOT)."""
+    draw programs tripled their compile time (4 s → 13.5 s): the population program slices them, chunk
+    by chunk (sliced once for the whole population, they were copied whole: docs/gpu.md §6). With a mesh
+    each device draws only its members. ``draw.lower(state, members)``: {name: Lowered} per leaf shape (AOT)."""
     scheme = get_scheme(cfg.noise)
 
     @jax.named_scope("member_noise")
@@ -298,8 +298,9 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
                      for shape, ids in groups)
 
     def unstack(groups, layout):
+        """One member's draws, (leaves of that shape, ...) per shape, as the params' tree."""
         treedef, _, where = layout
-        return jax.tree.unflatten(treedef, [None if w is None else jax.tree.map(lambda a: a[:, w[1]], groups[w[0]])
+        return jax.tree.unflatten(treedef, [None if w is None else jax.tree.map(lambda a: a[w[1]], groups[w[0]])
                                             for w in where])
 
     def lower(state, members) -> dict:
