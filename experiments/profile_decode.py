@@ -42,8 +42,9 @@ def _stats(event) -> dict:
 
 
 def summarize_xplane(path: str, top: int = 40) -> dict:
-    """Per device line: busy ns, busy ns per compiled program (``modules``), and ops ranked by total ns
-    (``program:op`` where the event names its program), from one ``*.xplane.pb``."""
+    """Per device line: busy ns, busy ns per compiled program (``modules``), each program's first start and
+    last end from the line's first op (``spans``, ns), and ops ranked by total ns (``program:op`` where the
+    event names its program), from one ``*.xplane.pb``."""
     from jax.profiler import ProfileData
     pd = ProfileData.from_file(path)
     lines = []
@@ -56,6 +57,7 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 continue
             ops = collections.defaultdict(lambda: [0.0, 0, ""])
             modules = collections.Counter()  # busy ns per compiled program (a call runs several)
+            spans = {}  # per program: [first start, last end] in ns
             busy, first, last = 0.0, float("inf"), 0.0
             for ev in line.events:
                 dur = float(ev.duration_ns)
@@ -67,7 +69,10 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 module = st.get("hlo_module")
                 if module is not None:  # op names repeat across programs (copy.1 in each): keep them apart
                     name = f"{module}:{name}"
-                modules[str(module) if module is not None else "(no program)"] += dur
+                prog = str(module) if module is not None else "(no program)"
+                modules[prog] += dur
+                span = spans.setdefault(prog, [float(ev.start_ns), 0.0])
+                span[0], span[1] = min(span[0], float(ev.start_ns)), max(span[1], float(ev.start_ns) + dur)
                 busy += dur
                 first, last = min(first, float(ev.start_ns)), max(last, float(ev.start_ns) + dur)
                 rec = ops[name]
@@ -80,7 +85,9 @@ def summarize_xplane(path: str, top: int = 40) -> dict:
                 ranked = sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]
                 lines.append({"plane": plane.name, "line": line.name, "busy_ns": busy, "span_ns": last - first,
                               "events": sum(r[1] for r in ops.values()),
-                              "ops": ranked, "modules": modules.most_common()})
+                              "ops": ranked, "modules": modules.most_common(),
+                              "spans": sorted(((m, a - first, b - first) for m, (a, b) in spans.items()),
+                                              key=lambda t: t[1])})
     lines.sort(key=lambda r: -r["busy_ns"])
     return {"lines": lines}
 
@@ -112,6 +119,9 @@ def report(label: str, wall: float, summary: dict, steps: int, first: float) -> 
                    f"last {ln['span_ns'] / 1e6:.1f} ms), "
                    f"{ln['events']} op events ({ln['events'] / steps:.0f} per step)")
         out.append("programs: " + ", ".join(f"{m} {t / max(ln['busy_ns'], 1):.0%}" for m, t in ln["modules"][:8]))
+        # when each program ran, from the line's first op (a device idle before the decode shows here)
+        out.append("spans (ms from the first op): " + ", ".join(f"{m} {a / 1e6:.1f}–{b / 1e6:.1f}"
+                                                               for m, a, b in ln["spans"][:8]))
         out.append("| op | total ms | share | count | µs each | detail |")
         out.append("|---|---|---|---|---|---|")
         for name, (tot, cnt, detail) in ln["ops"]:

@@ -37,4 +37,4 @@ t1=$SECONDS
 echo "profile es exit $? after $((SECONDS - t1)) s" >> /tmp/esjax-prof/log.txt
 cat /tmp/esjax-prof/log.txt > "$OUT/profile.txt" 2>/dev/null
 (cd /tmp/esjax-prof && tar czf "$OUT/xplanes.tgz" *.xplane.pb *.hlo.txt 2>/dev/null)
-tail -n 3 "$OUT/tests.txt"; grep -h "^#" "$OUT/profile.txt" | head; cat "$OUT/table.md" 2>/dev/null
+tail -n 3 "$OUT/tests.txt"; grep -h "^#\|^programs\|^spans" "$OUT/profile.txt" | head; cat "$OUT/table.md" 2>/dev/null

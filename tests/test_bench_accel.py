@@ -133,6 +133,8 @@ def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
         programs = " ".join(ln for ln in text.splitlines() if ln.startswith("programs: "))
         assert "jit_population" in programs or "jit_member_noise" in programs, text[:600]
         assert re.search(r"^\| jit_(population|member_noise):", text, re.M), text[:600]  # ops named program:op
+        spans = " ".join(ln for ln in text.splitlines() if ln.startswith("spans (ms from the first op): "))
+        assert re.search(r"jit_(population|member_noise) \d+\.\d–\d+\.\d", spans), text[:800]  # when each ran
     hlo = (tmp_path / "profile_lowrank.hlo.txt").read_text()
     assert "HloModule jit_population" in hlo and " while(" in hlo
     totals = aot_compile.main(["--shapes", "tiny", "--members", "4", "--prompts", "2", "--new", "4", "--prompt-len", "8",
