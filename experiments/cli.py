@@ -79,14 +79,23 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
     return report
 
 
+def use_compilation_cache() -> None:
+    """Compiled programs persist across runs (the first cpu-quick run spends minutes compiling): in
+    ``~/.cache/esjax/jax`` unless ``JAX_COMPILATION_CACHE_DIR`` names another folder (the tests' session
+    cache, a cluster's shared one), for programs compiling ≥ 2 s unless
+    ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise."""
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "esjax", "jax"))
+    if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def setup(args, script: str):
     """Error reporting, compilation cache, distributed start-up; the resolved config and the results folder."""
     one_line_errors(not (getattr(args, "traceback", False) or os.environ.get("ESJAX_TRACEBACK", "") not in ("", "0")))
-    import jax
-
-    # compiled programs persist across runs (the first cpu-quick run spends minutes compiling)
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "esjax", "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    use_compilation_cache()
     if args.distributed:
         from esjax.parallel import initialize_distributed
 

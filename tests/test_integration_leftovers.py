@@ -3,6 +3,7 @@
 import glob
 import os
 
+import jax
 import pytest
 
 from esjax import evaluation, runs
@@ -76,3 +77,28 @@ def test_dry_run_checks_the_longest_prompt_of_the_train_pool_and_the_test_exampl
     assert "WARNING: the longest prompt" in capsys.readouterr().out
     dry_run(cfg, ("gsm8k",), probe=False)
     assert "256 tokens assumed" in capsys.readouterr().out
+
+
+def test_runs_use_the_compilation_cache_the_environment_names(monkeypatch):
+    """``experiments.cli`` keeps compiled programs in ~/.cache/esjax/jax, unless JAX_COMPILATION_CACHE_DIR
+    (and JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS) say otherwise: it used to overwrite them, so a
+    cluster's shared cache, or the test session's, was ignored by every run."""
+    from experiments.cli import use_compilation_cache
+
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/shared/jax-cache")
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+        jax.config.update("jax_compilation_cache_dir", "/shared/jax-cache")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == "/shared/jax-cache"
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.5
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+        monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+        use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == os.path.join(os.path.expanduser("~"), ".cache", "esjax", "jax")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
