@@ -259,8 +259,9 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     distinct leaf shape of shape (M, leaves of that shape, ...), each drawn by one program (vmap over the
     members and the leaf indices; an LLM's ~340 leaves have ~7 shapes); ``draw.unstack(groups,
     draw.layout(params))`` on one member's groups (inside a program) gives the tree
-    :func:`esjax.es.step.member_perturbation` gives (``None`` for unselected leaves). One call per leaf spent 160 ms of a 680 ms population
-    call on an H100 dispatching ~340 tiny programs while the GPU idled; one program over all leaves
+    :func:`esjax.es.step.member_perturbation` gives (``None`` for unselected leaves). One call per leaf
+    spent 160 ms of a 680 ms population call on an H100 dispatching ~340 tiny programs while the GPU
+    idled; one program over all leaves
     compiled for 32 s on CPU for Qwen2.5-1.5B shapes, and slicing each group into its leaves inside the
     draw programs tripled their compile time (4 s → 13.5 s): the population program slices them, chunk
     by chunk (sliced once for the whole population, they were copied whole: docs/gpu.md §6). With a mesh
@@ -304,9 +305,8 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
                                             for w in where])
 
     def lower(state, members) -> dict:
-        u32 = np.uint32
         return {f"member noise {shape} x{len(ids)}": program(shape).lower(state.key, state.iteration, members,
-                                                                        np.asarray(ids, u32))
+                                                                        np.asarray(ids, np.uint32))
                 for shape, ids in layout(state.params)[1]}
 
     draw.layout, draw.unstack, draw.lower = layout, unstack, lower
