@@ -121,7 +121,7 @@ def report(label: str, wall: float, summary: dict, steps: int, first: float) -> 
         out.append("programs: " + ", ".join(f"{m} {t / max(ln['busy_ns'], 1):.0%}" for m, t in ln["modules"][:8]))
         # when each program ran, from the line's first op (a device idle before the decode shows here)
         out.append("spans (ms from the first op): " + ", ".join(f"{m} {a / 1e6:.1f}–{b / 1e6:.1f}"
-                                                               for m, a, b in ln["spans"][:8]))
+                                                               for m, a, b in ln["spans"]))
         out.append("| op | total ms | share | count | µs each | detail |")
         out.append("|---|---|---|---|---|---|")
         for name, (tot, cnt, detail) in ln["ops"]:
