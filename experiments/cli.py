@@ -81,7 +81,7 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
 
 def use_compilation_cache() -> None:
     """Compiled programs persist across runs (the first cpu-quick run spends minutes compiling): in
-    ``~/.cache/esjax/jax`` unless ``JAX_COMPILATION_CACHE_DIR`` names another folder (the tests' session
+    ``~/.cache/esjax/jax`` unless ``JAX_COMPILATION_CACHE_DIR`` names another folder (a GPU check's
     cache, a cluster's shared one), for programs compiling ≥ 2 s unless
     ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise."""
     import jax

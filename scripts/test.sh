@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh machine → installed esjax + test dependencies → the test suite (8 forced CPU devices, one compilation cache per session, ~19-23 min on 2 cores).
+# Fresh machine → installed esjax + test dependencies → the test suite (8 forced CPU devices, ~19-25 min on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -r requirements.txt -r requirements-test.txt

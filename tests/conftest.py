@@ -1,19 +1,9 @@
 """Test session set-up: 8 forced host devices (multi-device code runs on this CPU), highest matmul precision
 and shared fixtures. ``JAX_PLATFORMS=cuda pytest ...`` runs the suite on a GPU."""
-import atexit
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache per test session (unless JAX_COMPILATION_CACHE_DIR names one already),
-# inherited by the runs the tests start as subprocesses (a resumed run compiles the programs its interrupted
-# twin already compiled); removed at exit.
-if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="esjax-tests-jax-cache-")
-    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

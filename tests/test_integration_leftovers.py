@@ -82,7 +82,7 @@ def test_dry_run_checks_the_longest_prompt_of_the_train_pool_and_the_test_exampl
 def test_runs_use_the_compilation_cache_the_environment_names(monkeypatch):
     """``experiments.cli`` keeps compiled programs in ~/.cache/esjax/jax, unless JAX_COMPILATION_CACHE_DIR
     (and JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS) say otherwise: it used to overwrite them, so a
-    cluster's shared cache, or the test session's, was ignored by every run."""
+    cluster's shared cache was ignored by every run."""
     from experiments.cli import use_compilation_cache
 
     saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)

@@ -14,7 +14,8 @@ WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")
 
 
 def _env(devices, **extra):
-    # no shared compilation cache: processes of one distributed run would write and read its entries at once
+    # no compilation cache the environment names: processes of one distributed run would write and read its
+    # entries at once
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESJAX_") and k != "JAX_COMPILATION_CACHE_DIR"}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu", **extra)
     return env
