@@ -21,6 +21,16 @@ def leaf_paths(tree) -> list:
     return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) for path, _ in flat]
 
 
+def shape_groups(tree, param_filter: Optional[str]) -> dict:
+    """{leaf shape: indices (``jax.tree`` order) of the leaves ``param_filter`` selects with that shape},
+    in sorted shape order: the unit per-leaf-shape programs (ES update, member noise) compile by."""
+    groups = {}
+    for i, (x, s) in enumerate(zip(jax.tree.leaves(tree), leaf_selection(tree, param_filter))):
+        if s:
+            groups.setdefault(tuple(x.shape), []).append(i)
+    return dict(sorted(groups.items()))
+
+
 def module_type(path: str) -> str:
     """Bucket of a leaf path: q, k, v, o, mlp, norm, embed, head, bias, or other."""
     leaf = path.rsplit("/", 1)[-1]

@@ -25,7 +25,7 @@ from esjax.es.noise import member_key
 from esjax.es.schemes import get_scheme
 from esjax.es.step import ESConfig, ESState, member_perturbation
 from esjax.models.precision import cast_params
-from esjax.trees import leaf_selection
+from esjax.trees import leaf_selection, shape_groups
 from esjax.parallel import POP
 from esjax.sampling import SamplingConfig, generate
 
@@ -241,14 +241,9 @@ def member_params_fn(cfg: ESConfig, mesh: Optional[Mesh] = None, dtype=F32):
         return jax.tree.map(lambda a, b: b if a is None else a, formed, shared, is_leaf=lambda x: x is None)
 
     def lower(state, members) -> dict:
-        leaves, _, sel = selected(state.params)
-        u32 = jax.ShapeDtypeStruct((), jnp.uint32)
-        first = {}
-        for x, s in zip(leaves, sel):
-            if s:
-                first.setdefault(tuple(x.shape), x)
-        return {f"member params {shape}": program.lower(x, state.key, state.iteration, members, u32)
-                for shape, x in sorted(first.items())}
+        leaves, u32 = jax.tree.leaves(state.params), jax.ShapeDtypeStruct((), jnp.uint32)
+        return {f"member params {shape}": program.lower(leaves[ids[0]], state.key, state.iteration, members, u32)
+                for shape, ids in shape_groups(state.params, cfg.param_filter).items()}
 
     form.unperturbed, form.merge, form.lower = unperturbed, merge, lower
     return form
@@ -261,11 +256,11 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     draw.layout(params))`` on one member's groups (inside a program) gives the tree
     :func:`esjax.es.step.member_perturbation` gives (``None`` for unselected leaves). One call per leaf
     spent 160 ms of a 680 ms population call on an H100 dispatching ~340 tiny programs while the GPU
-    idled; one program over all leaves
-    compiled for 32 s on CPU for Qwen2.5-1.5B shapes, and slicing each group into its leaves inside the
-    draw programs tripled their compile time (4 s → 13.5 s): the population program slices them, chunk
-    by chunk (sliced once for the whole population, they were copied whole: docs/gpu.md §6). With a mesh
-    each device draws only its members. ``draw.lower(state, members)``: {name: Lowered} per leaf shape (AOT)."""
+    idled; one program over all leaves compiled for 32 s on CPU for Qwen2.5-1.5B shapes, and slicing
+    each group into its leaves inside the draw programs tripled their compile time (4 s → 13.5 s): the
+    population program slices them, chunk by chunk (sliced once for the whole population, they were
+    copied whole: docs/gpu.md §6). With a mesh each device draws only its members.
+    ``draw.lower(state, members)``: {name: Lowered} per leaf shape (AOT)."""
     scheme = get_scheme(cfg.noise)
 
     @jax.named_scope("member_noise")
@@ -281,17 +276,13 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
     def layout(params) -> tuple:
         """(treedef, ((shape, leaf indices), ...) per distinct selected shape in sorted order, per leaf its
         (group, position) or None): hashable, so the population program is compiled once per layout."""
-        leaves, treedef = jax.tree.flatten(params)
-        by_shape = {}
-        for i, (x, s) in enumerate(zip(leaves, leaf_selection(params, cfg.param_filter))):
-            if s:
-                by_shape.setdefault(tuple(x.shape), []).append(i)
-        shapes = sorted(by_shape)
-        where = [None] * len(leaves)
-        for g, shape in enumerate(shapes):
-            for j, i in enumerate(by_shape[shape]):
+        treedef = jax.tree.structure(params)
+        by_shape = shape_groups(params, cfg.param_filter)
+        where = [None] * treedef.num_leaves
+        for g, ids in enumerate(by_shape.values()):
+            for j, i in enumerate(ids):
                 where[i] = (g, j)
-        return treedef, tuple((shape, tuple(by_shape[shape])) for shape in shapes), tuple(where)
+        return treedef, tuple((shape, tuple(ids)) for shape, ids in by_shape.items()), tuple(where)
 
     def draw(state, members, layout=None):
         _, groups, _ = layout or draw.layout(state.params)

@@ -28,7 +28,7 @@ import optax
 from esjax.es.noise import member_key
 from esjax.es.schemes import get_scheme
 from esjax.es.shaping import SHAPING
-from esjax.trees import leaf_paths, leaf_selection, module_type  # noqa: F401  (module_type: its old home)
+from esjax.trees import leaf_paths, leaf_selection, module_type, shape_groups  # noqa: F401  (module_type: its old home)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +251,7 @@ def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
         out["metrics"] = _metrics_from_ssq.lower(f, f, (scalar,) * len(sel), update_groups(state.params), cfg)
         return out
     program = _leaf_gradient_program(cfg)
-    for shape in sorted({tuple(x.shape) for x, s in zip(jax.tree.leaves(state.params), sel) if s}):
+    for shape in shape_groups(state.params, cfg.param_filter):
         out[f"gradient {shape}"] = program.lower(state.key, state.iteration, f, u32, shape=shape)
     g = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), state.params)
     out["optimizer step"] = _apply_gradient.lower(state, g, f, f, state.params if cfg.awd_lambda else None, cfg)
