@@ -16,7 +16,7 @@ Memory per device (bytes; params replicated, rows split over devices):
               dtype)) (θ + σε formed in the compute dtype from an fp32 draw); low-rank r · Σ_matrices
               (n_in + n_out) · 4 plus the vectors' dense draws;
     shared  = the scheme's ``shared_bytes``, once per population call: low-rank members' decoding copy of θ
-              (d · bytes(compute dtype) below fp32; on fp32 the joined W_gate ‖ W_up), full-rank 0;
+              (d · bytes(compute dtype) below fp32; on fp32 the joined [wq|wk|wv], [w_gate|w_up]), full-rank 0;
     KV      = 2 · L · rows · K · (prompt + M) · Dh · bytes(compute dtype), rows = c · B (ES) or G · P / D.
 Wall time: a short measured probe (decode tokens/s and scoring tokens/s of the actual model on this
 machine) extrapolated to the counts above, an upper bound since completions often stop early.
@@ -124,7 +124,7 @@ def probe_throughput(model, prompt_tokens: int, new_tokens: int = 16, rows: int 
 
     tokens = np.full((rows, prompt_tokens), 1, np.int32)
     mask = np.ones_like(tokens, bool)
-    gen = make_generate(model.cfg, new_tokens)
+    gen = make_generate(model.cfg, new_tokens, logprobs=False)
     score = make_token_logprobs(model.cfg)
     seq = np.full((rows, prompt_tokens + new_tokens), 1, np.int32)
     out = {}

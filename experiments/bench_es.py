@@ -33,7 +33,7 @@ def main(argv=None):
     rows = N * B * args.new
     # plain inference on the same N·B rows
     big_t, big_m = np.tile(toks, (N, 1)), np.tile(mask, (N, 1))
-    gen = make_generate(cfg, args.new)
+    gen = make_generate(cfg, args.new, logprobs=False)  # tokens only, as the ES members
     _, t_plain = timed(lambda: gen(model.params, big_t, big_m, jax.random.key(0)).tokens, repeats=1)
     results = {"plain": rows / t_plain}
     for noise, chunk in (("lowrank", N), ("full", args.full_chunk)):

@@ -92,7 +92,7 @@ def test_fp32_compute_population_is_unchanged_by_the_dtype_argument():
     params = init_params(mcfg, jax.random.key(0))
     tokens, mask = np.full((2, 8), 7, np.int32), np.ones((2, 8), bool)
     for noise in ("full", "lowrank"):
-        cfg = ESConfig(population_size=2, noise=noise, sigma=0.05)
+        cfg = ESConfig(population_size=2, noise=noise, sigma=0.05, kl_penalty=0.1)  # KL: log-probs recorded
         state = init_state(params, jax.random.key(1), cfg)
         ev = lm_evaluator(mcfg, 4, cfg)
         pop = population_fn(ev, cfg, 2, dtype=mcfg.dtype)(state, member_ids(2), tokens, mask, jax.random.key(2))

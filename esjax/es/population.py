@@ -311,13 +311,15 @@ def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int 
     sampled members draw from ``fold_in(key, member)``. Run it under :func:`map_members` (or
     :func:`member_output`): its decode loop stops once for all members of a chunk (see
     :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration;
-    ``cache_block``: the cache grown in blocks; None = ``model_cfg``'s ``decode_*`` settings)."""
+    ``cache_block``: the cache grown in blocks; None = ``model_cfg``'s ``decode_*`` settings). The members'
+    log-probs are recorded only where the fitness reads them (``cfg.kl_penalty`` > 0); otherwise
+    ``Generation.logprobs`` is None and the decode step skips its log-softmax over the vocabulary."""
     sampling = SamplingConfig(cfg.member_temperature, 0, cfg.member_top_p)
 
     def evaluate(params, delta, member, tokens, mask, key):
         return generate(params, model_cfg, tokens, mask, jax.random.fold_in(key, member), max_new_tokens,
                         sampling, delta, prefix_len, member_axis=MEMBER_AXIS, steps_per_loop=steps_per_loop,
-                        cache_block=cache_block)
+                        cache_block=cache_block, logprobs=cfg.kl_penalty > 0)
 
     return evaluate
 
