@@ -3,6 +3,7 @@ neither selects its carry (the KV caches) nor scatters into it every step (esjax
 ``member_axis``; the H100 profile in docs/gpu.md showed both dominating the low-rank decode step).
 Checked on the compiled (CPU) program: XLA turns the batched cache write into an in-place update only
 when the position is unbatched."""
+import dataclasses
 import re
 
 import jax
@@ -89,21 +90,24 @@ def test_dense_members_are_formed_per_leaf_shape_outside_the_decode_program(para
         np.testing.assert_array_equal(np.asarray(out.tokens[m]), np.asarray(alone.tokens))
 
 
-def test_lowrank_members_read_the_joined_gate_up_weight_and_decode_as_the_parameter_layout():
-    """Low-rank members share the decoding layout (esjax.models.decoder.fuse_gate_up: W_gate ‖ W_up joined
-    once per population call by its own program, so a decode loop has no two dots for XLA to merge by
-    concatenating their weights every step, as the H100 profile showed); each member's tokens equal its
-    decode on the parameter layout (master weights + its low-rank delta), and the layouts' logits agree."""
+def test_lowrank_members_read_the_joined_weights_and_decode_as_the_parameter_layout():
+    """Low-rank members share the decoding layout (esjax.models.decoder.decoding_layout: [wq | wk | wv] and
+    [W_gate | W_up] joined once per population call by its own program, so a decode loop has no dots for
+    XLA to merge by concatenating their weights every step, as the H100 profiles showed); each member's
+    tokens equal its decode on the parameter layout (master weights + its low-rank delta), and the layouts'
+    logits agree."""
     from esjax.es.step import member_perturbation
-    from esjax.models.decoder import forward, fuse_gate_up
+    from esjax.models.decoder import decoding_layout, forward
     from esjax.models.precision import cast_params, decoding_params
 
     mcfg, cfg, state, tokens, mask = _setup("lowrank")
     D, F = mcfg.hidden_size, mcfg.intermediate_size
+    qkv = (mcfg.num_heads + 2 * mcfg.num_kv_heads) * mcfg.head_dim
     pop = population_fn(lm_evaluator(mcfg, 4, cfg), cfg, 2)
     args = pop.lower(state, member_ids(4), tokens, mask, jax.random.key(2))["population"].args_info[0][0]
-    shapes = [tuple(a.shape) for a in jax.tree.leaves(args["layers"][0])]
-    assert (D, 2 * F) in shapes and (D, F) not in shapes  # one joined weight, not W_gate and W_up
+    layer = {k: tuple(a.shape) for k, a in args["layers"][0].items()}
+    assert layer["w_qkv"] == (D, qkv) and layer["w_gate_up"] == (D, 2 * F), layer  # one weight per input
+    assert not {"wq", "wk", "wv", "w_gate", "w_up"} & set(layer), layer
     out = pop(state, member_ids(4), tokens, mask, jax.random.key(2))
     for m in range(4):
         delta = member_perturbation(state.params, state.key, state.iteration, m, cfg, cfg.sigma)
@@ -114,17 +118,44 @@ def test_lowrank_members_read_the_joined_gate_up_weight_and_decode_as_the_parame
     ref = forward(state.params, mcfg, tokens, pos, mask, delta=delta)[0]
     np.testing.assert_allclose(forward(decoding_params(state.params, "float32"), mcfg, tokens, pos, mask, delta=delta)[0],
                                ref, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(forward(fuse_gate_up(state.params), mcfg, tokens, pos, mask, delta=delta)[0], ref,
+    np.testing.assert_allclose(forward(decoding_layout(state.params), mcfg, tokens, pos, mask, delta=delta)[0], ref,
                                rtol=1e-6, atol=1e-6)
     bf = mcfg.replace(compute_dtype="bfloat16")
     np.testing.assert_allclose(forward(decoding_params(state.params, "bfloat16"), bf, tokens, pos, mask, delta=delta)[0],
                                forward(cast_params(state.params, "bfloat16"), bf, tokens, pos, mask, delta=delta)[0],
                                atol=2e-2)
     shared = decoding_params(state.params, "float32")
-    assert shared["embed"] is state.params["embed"]  # fp32: only the joined weight is new
-    with pytest.raises(ValueError, match="dense delta"):
-        dense = {"layers": [{"w_gate": np.zeros((D, F), np.float32)}] * mcfg.num_layers}
-        forward(shared, mcfg, tokens, pos, mask, delta=dense)
+    assert shared["embed"] is state.params["embed"]  # fp32: only the joined weights are new
+    for name, shape in (("w_gate", (D, F)), ("wk", (D, mcfg.num_kv_heads * mcfg.head_dim))):
+        with pytest.raises(ValueError, match=f"dense delta of .*{name}"):
+            dense = {"layers": [{name: np.zeros(shape, np.float32)}] * mcfg.num_layers}
+            forward(shared, mcfg, tokens, pos, mask, delta=dense)
+
+
+@pytest.mark.parametrize("name", ["tiny-random-llama", "tiny-random-qwen2", "tiny-random-qwen3"])
+def test_the_decoding_layout_is_the_same_function(name):
+    """decoding_layout joins [wq | wk | wv] and [w_gate | w_up] (q/k/v biases and Qwen3's q/k norms stay
+    separate): logits and a generation with low-rank deltas on every joined part and dense deltas on the
+    vectors are those of the parameter layout, on every architecture."""
+    from esjax.models.decoder import JOINED_WEIGHTS, decoding_layout, forward
+    from esjax.models.delta import LowRank
+
+    mcfg = model_config(name).replace(eos_token_ids=())
+    params = init_params(mcfg, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    lowrank = lambda w: LowRank(rng.normal(0, 0.3, (w.shape[0], 2)).astype(np.float32),  # noqa: E731
+                                rng.normal(0, 0.3, (w.shape[1], 2)).astype(np.float32))
+    delta = {"layers": [{k: lowrank(w) if w.ndim == 2 else rng.normal(0, 0.1, w.shape).astype(np.float32)
+                         for k, w in lp.items() if k != "wo"} for lp in params["layers"]]}
+    joined = decoding_layout(params)
+    parts = {p for _, ps in JOINED_WEIGHTS for p in ps}
+    assert not parts & set(joined["layers"][0]) and {"w_qkv", "w_gate_up"} <= set(joined["layers"][0])
+    tokens = rng.integers(3, mcfg.vocab_size, (2, 8)).astype(np.int32)
+    mask, pos = np.ones((2, 8), bool), np.broadcast_to(np.arange(8), (2, 8))
+    np.testing.assert_allclose(forward(joined, mcfg, tokens, pos, mask, delta=delta)[0],
+                               forward(params, mcfg, tokens, pos, mask, delta=delta)[0], rtol=1e-5, atol=1e-5)
+    a, b = (generate(p, mcfg, tokens, mask, jax.random.key(1), 6, delta=delta) for p in (joined, params))
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
 
 
 @pytest.mark.parametrize("noise", ["lowrank", "full"])
@@ -160,6 +191,7 @@ def test_population_decode_loop_settings_decode_the_same_tokens(setting):
     or scattered. The model config's ``decode_*`` setting (what a RunConfig sets) makes the same program."""
     mcfg, cfg, state, tokens, mask = _setup("lowrank")
     mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))  # rows stop at different steps
+    cfg = dataclasses.replace(cfg, kl_penalty=0.1)  # a fitness that reads the members' log-probs
     outs = []
     for kw in ({}, setting):
         pop = population_fn(lm_evaluator(mcfg, 5, cfg, **kw), cfg, 2)
@@ -174,3 +206,24 @@ def test_population_decode_loop_settings_decode_the_same_tokens(setting):
     np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
     np.testing.assert_array_equal(np.asarray(outs[0].lengths), np.asarray(outs[1].lengths))
     np.testing.assert_allclose(np.asarray(outs[0].logprobs), np.asarray(outs[1].logprobs), rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize("noise", ["lowrank", "full"])
+def test_members_skip_the_log_softmax_when_the_fitness_reads_no_log_probs(noise):
+    """Greedy members without a KL term: the population program computes no log-softmax over the
+    vocabulary (no ``log`` in it; with ``kl_penalty`` it has one, the control) and returns no log-probs;
+    tokens and lengths are those of the members that record them."""
+    mcfg, cfg, state, tokens, mask = _setup(noise)
+    mcfg = mcfg.replace(eos_token_ids=(7, 11, 13))
+    args = (state, member_ids(4), tokens, mask, jax.random.key(2))
+    outs, logs = {}, {}
+    for kl in (0.0, 0.1):
+        c = dataclasses.replace(cfg, kl_penalty=kl)
+        pop = population_fn(lm_evaluator(mcfg, 5, c), c, 2)
+        outs[kl] = pop(*args)
+        logs[kl] = len(re.findall(r"stablehlo\.log\b", pop.lower(*args)["population"].as_text()))
+    assert logs[0.0] == 0 and logs[0.1] > 0, logs
+    assert outs[0.0].logprobs is None and outs[0.1].logprobs.shape == outs[0.1].tokens.shape
+    np.testing.assert_array_equal(np.asarray(outs[0.0].tokens), np.asarray(outs[0.1].tokens))
+    np.testing.assert_array_equal(np.asarray(outs[0.0].lengths), np.asarray(outs[0.1].lengths))

@@ -9,9 +9,10 @@ Parameters are a plain dict pytree; ``layers`` is a list with one dict per trans
     layers[i]/q_norm, k_norm (Dh,)                             [qwen3 only]
     layers[i]/w_gate, w_up (D, F)  w_down (F, D)
 
-A decode loop may read the *decoding layout* (:func:`fuse_gate_up`): each layer's w_gate and w_up joined
-into one ``w_gate_up`` (D, 2F), so the MLP's input projection is one GEMM over one weight; deltas keep
-the parameter layout (``w_gate``, ``w_up``) and apply to their halves.
+A decode loop may read the *decoding layout* (:func:`decoding_layout`): each layer's weights that read the
+same input joined into one (:data:`JOINED_WEIGHTS`: ``w_qkv`` (D, (H + 2K)·Dh) = [wq | wk | wv] and
+``w_gate_up`` (D, 2F) = [w_gate | w_up]), so each input projection is one GEMM over one weight; deltas keep
+the parameter layout (``wq``, ``w_gate``, ...) and apply to their column blocks.
 
 The layer loop is unrolled at trace time rather than a ``lax.scan`` over stacked weights: on CPU a scan
 slices (copies) every layer's weights and KV cache at every decode step, which measured 30 % slower
@@ -95,36 +96,60 @@ def check_params(params: dict, cfg: ModelConfig, source: str = "params") -> None
         raise ValueError(f"{source} do not match the model config: " + "; ".join(problems))
 
 
-def fuse_gate_up(params: dict) -> dict:
-    """``params`` in the decoding layout: each layer's ``w_gate``, ``w_up`` (D, F) replaced by one
-    ``w_gate_up`` (D, 2F) = [W_gate | W_up] (the forward is the same function; the MLP reads one weight
-    with one GEMM). Why: XLA:GPU merges the two dots into one itself, but inside the vmapped decode loop of
-    an ES population it re-concatenated the two weights at every step (12 % of the low-rank step's kernel
-    time on an H100, docs/gpu.md §5); joined once per population call, there is nothing left to merge.
-    Traceable; a tree without such layers (:func:`has_gate_up`) is returned as is."""
-    if not has_gate_up(params):
-        return params
-    fused = [{**{k: v for k, v in lp.items() if k not in ("w_gate", "w_up")},
-              "w_gate_up": jnp.concatenate([lp["w_gate"], lp["w_up"]], axis=1)} for lp in params["layers"]]
-    return {**params, "layers": fused}
+JOINED_WEIGHTS = (("w_qkv", ("wq", "wk", "wv")), ("w_gate_up", ("w_gate", "w_up")))
+"""The decoding layout's joined weights: (name, the layer's weights it joins column-wise, in order). Each
+group reads one input (the attention's and the MLP's normed hidden state)."""
 
 
-def has_gate_up(params) -> bool:
-    """Whether ``params`` has layers, each with separate ``w_gate`` and ``w_up`` (what :func:`fuse_gate_up` joins)."""
+def decoding_layout(params: dict) -> dict:
+    """``params`` in the decoding layout: in every layer, each group of :data:`JOINED_WEIGHTS` replaced by
+    one weight, their column-wise concatenation (the forward is the same function: each input projection
+    reads one weight with one GEMM). Why: XLA:GPU merges dots that share an input itself, but inside the
+    vmapped decode loop of an ES population it joined W_gate and W_up at every step (12 % of the low-rank
+    step's kernel time on an H100, docs/gpu.md §5), and it ran q, k, v as one Triton GEMM that builds the
+    concatenation of wq, wk, wv inside the kernel (≈ 20 % of peak, §6), out of cuBLAS's reach; joined once
+    per population call, there is nothing left to merge. Traceable; only complete groups are joined, and a
+    tree without layers is returned as is."""
     layers = params.get("layers") if isinstance(params, dict) else None
-    return bool(layers) and all(isinstance(lp, dict) and "w_gate" in lp and "w_up" in lp for lp in layers)
+    if not layers:
+        return params
+
+    def join(lp):
+        lp = dict(lp)
+        for name, parts in JOINED_WEIGHTS:
+            if all(p in lp for p in parts):
+                lp[name] = jnp.concatenate([lp.pop(p) for p in parts], axis=1)
+        return lp
+
+    return {**params, "layers": [join(lp) for lp in layers]}
 
 
-def _gate_up(h, lp, ld):
-    """(W_gate h, W_up h) with their deltas, from either layout (:func:`fuse_gate_up`)."""
-    if "w_gate_up" not in lp:
-        return linear(h, lp["w_gate"], ld.get("w_gate")), linear(h, lp["w_up"], ld.get("w_up"))
-    if any(ld.get(n) is not None and not isinstance(ld.get(n), LowRank) for n in ("w_gate", "w_up")):
-        raise ValueError("a dense delta of w_gate / w_up cannot apply to the fused w_gate_up weight: pass "
-                         "the parameter layout (unfused) with dense deltas")
-    gu = h @ lp["w_gate_up"].astype(h.dtype)
-    F = gu.shape[-1] // 2
-    return add_lowrank(gu[..., :F], h, ld.get("w_gate")), add_lowrank(gu[..., F:], h, ld.get("w_up"))
+def joinable_weights(params) -> tuple:
+    """The names of the weights :func:`decoding_layout` joins in ``params`` (every layer's complete
+    groups of :data:`JOINED_WEIGHTS`); empty for a tree without layers."""
+    layers = params.get("layers") if isinstance(params, dict) else None
+    if not layers or not all(isinstance(lp, dict) for lp in layers):
+        return ()
+    return tuple(p for _, parts in JOINED_WEIGHTS for p in parts if all(all(q in lp for q in parts) for lp in layers))
+
+
+def _projections(h, lp, ld, joined: str, widths: tuple):
+    """h @ W_p (with each delta) for the weights p of the :data:`JOINED_WEIGHTS` group ``joined``, from either
+    layout: the parameter layout's separate weights, or the decoding layout's one joined weight (one GEMM,
+    split into column blocks of ``widths``, the parts' output widths; a low-rank delta of p applies to its
+    block)."""
+    parts = dict(JOINED_WEIGHTS)[joined]
+    if joined not in lp:
+        return tuple(linear(h, lp[p], ld.get(p)) for p in parts)
+    if any(ld.get(p) is not None and not isinstance(ld.get(p), LowRank) for p in parts):
+        raise ValueError(f"a dense delta of {' / '.join(parts)} cannot apply to the joined {joined} weight: pass "
+                         f"the parameter layout (unjoined) with dense deltas")
+    y = h @ lp[joined].astype(h.dtype)
+    out, at = [], 0
+    for p, w in zip(parts, widths):
+        out.append(add_lowrank(y[..., at:at + w], h, ld.get(p)))
+        at += w
+    return tuple(out)
 
 
 class KVCache(NamedTuple):
@@ -208,7 +233,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
     g = lambda n: ld.get(n)  # noqa: E731  (delta leaf or None)
     with jax.named_scope("attention"):  # profile names: attention, mlp, head (see forward)
         h = rms_norm(x, lp["attn_norm"], cfg.rms_norm_eps, g("attn_norm"))
-        q, k, v = (linear(h, lp[w], g(w)) for w in ("wq", "wk", "wv"))
+        q, k, v = _projections(h, lp, ld, "w_qkv", (H * Dh, K * Dh, K * Dh))
         if cfg.qkv_bias:
             q, k, v = (t + apply_dense(lp[b], g(b)).astype(t.dtype) for t, b in ((q, "bq"), (k, "bk"), (v, "bv")))
         q, k, v = q.reshape(B, T, H, Dh), k.reshape(B, T, K, Dh), v.reshape(B, T, K, Dh)
@@ -230,7 +255,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
         x = x + linear(att.reshape(B, T, H * Dh), lp["wo"], g("wo"))
     with jax.named_scope("mlp"):
         h = rms_norm(x, lp["mlp_norm"], cfg.rms_norm_eps, g("mlp_norm"))
-        gate, up = _gate_up(h, lp, ld)
+        gate, up = _projections(h, lp, ld, "w_gate_up", (cfg.intermediate_size,) * 2)
         m = jax.nn.silu(gate) * up
         x = x + linear(m, lp["w_down"], g("w_down"))
     return x, (k, v)

@@ -34,26 +34,27 @@ def cast_params(tree, dtype):
 
 def decoding_params(params, dtype):
     """What the members of a low-rank ES population share: ``params`` in ``dtype`` (:func:`cast_params`) and
-    in the decoder's decoding layout (:func:`esjax.models.decoder.fuse_gate_up`: W_gate and W_up joined,
-    their cast and join made by one compiled program, once per population call). Every other leaf is
-    :func:`cast_params`'s (the same arrays on fp32)."""
-    from esjax.models.decoder import has_gate_up
+    in the decoder's decoding layout (:func:`esjax.models.decoder.decoding_layout`: [wq | wk | wv] and
+    [w_gate | w_up] joined, their cast and join made by one compiled program, once per population call).
+    Every other leaf is :func:`cast_params`'s (the same arrays on fp32)."""
+    from esjax.models.decoder import joinable_weights
 
     dtype = jax.numpy.dtype(dtype)
-    if not has_gate_up(params):  # no MLP layers to join
+    names = joinable_weights(params)
+    if not names:  # no layers to join
         return cast_params(params, dtype)
-    mlp = [{k: lp[k] for k in ("w_gate", "w_up")} for lp in params["layers"]]
-    rest = cast_params({**params, "layers": [{k: v for k, v in lp.items() if k not in ("w_gate", "w_up")}
+    parts = [{k: lp[k] for k in names} for lp in params["layers"]]
+    rest = cast_params({**params, "layers": [{k: v for k, v in lp.items() if k not in names}
                                              for lp in params["layers"]]}, dtype)
-    joined = _cast_and_join({"layers": mlp}, dtype)["layers"]
+    joined = _cast_and_join({"layers": parts}, dtype)["layers"]
     return {**rest, "layers": [{**lp, **j} for lp, j in zip(rest["layers"], joined)]}
 
 
 @functools.partial(jax.jit, static_argnames="dtype")
 def _cast_and_join(tree, dtype):
-    from esjax.models.decoder import fuse_gate_up
+    from esjax.models.decoder import decoding_layout
 
-    return fuse_gate_up(jax.tree.map(lambda x: x.astype(dtype), tree))
+    return decoding_layout(jax.tree.map(lambda x: x.astype(dtype), tree))
 
 
 def compute_params(params, cfg):

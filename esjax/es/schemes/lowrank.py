@@ -21,7 +21,7 @@ class LowRankScheme(NoiseScheme):
         return lowrank_noise(params, key, cfg.rank, scale, selection, cfg.correlated_noise)
 
     def shared_params(self, params, dtype):
-        # one compute-dtype copy per population call (on fp32 only W_gate ‖ W_up is new), in the decoding layout
+        # one compute-dtype copy per population call (on fp32 only the joined weights are new), in the decoding layout
         return decoding_params(params, dtype)
 
     def member(self, shared, perturbation, dtype):
@@ -50,11 +50,14 @@ class LowRankScheme(NoiseScheme):
 
     def shared_bytes(self, model_cfg, cfg) -> int:
         """The decoding copy: every parameter in the compute dtype when that is narrower than the fp32
-        master; on fp32 only the joined W_gate ‖ W_up (the other leaves are the master's own arrays)."""
-        item = np.dtype(model_cfg.dtype).itemsize
+        master; on fp32 only the joined weights, [wq | wk | wv] and [w_gate | w_up] (the other leaves are the
+        master's own arrays)."""
+        m = model_cfg
+        item = np.dtype(m.dtype).itemsize
         if item < 4:
-            return item * model_cfg.param_count()
-        return item * 2 * model_cfg.num_layers * model_cfg.hidden_size * model_cfg.intermediate_size
+            return item * m.param_count()
+        qkv = (m.num_heads + 2 * m.num_kv_heads) * m.head_dim
+        return item * m.num_layers * m.hidden_size * (qkv + 2 * m.intermediate_size)
 
 
 LOWRANK = register_scheme(LowRankScheme())
