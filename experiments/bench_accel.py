@@ -9,6 +9,8 @@ Sections, in order (a section that would start after ``--budget-s`` seconds is l
 * ``generate``: R rows × M new tokens, esjax vs transformers ``generate`` (same device and dtype, SDPA,
   run in a subprocess: JAX preallocates 75 % of GPU memory), and the decode step against its roofline
   max(bytes / bandwidth, FLOPs / peak) with bytes = weights + the filled KV cache.
+* ``layout``: the decode step in the decoding layout (each layer's [wq | wk | wv] and [w_gate | w_up] joined,
+  what low-rank ES members read) vs the parameter layout (what plain generation reads), side by side.
 * ``loop``: the decode step with 1 and ``--steps-per-loop`` tokens per ``while_loop`` iteration (on a GPU
   the loop condition is a device-to-host copy per iteration).
 * ``cache``: R rows × ``--cache-new`` new tokens with the whole KV cache read at every step vs the cache
@@ -47,7 +49,7 @@ from esjax.es.population import auto_chunk_size, balanced_chunks, lm_evaluator, 
 from esjax.es.schemes import get_scheme
 from esjax.es.step import ESConfig, es_update, init_state
 from esjax.models.decoder import init_params
-from esjax.models.precision import compute_params
+from esjax.models.precision import compute_params, decoding_params
 from esjax.sampling import CACHE_BLOCK, decode_segments, make_generate
 from experiments.shapes import shape_config
 
@@ -204,6 +206,31 @@ def transformers_reference(mcfg, rows: int, prompt_len: int, new: int, timeout: 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def grpo_learner_case(mcfg, master, rows: int, prompt_len: int, new: int, micro: int):
+    """(jitted ``step(state, batch)``, state, batch): one GRPO learner update on ``rows`` random sequences of
+    ``prompt_len`` + ``new`` tokens (all completion tokens scored, groups of 8, β = 0, micro-batches of
+    ``micro``): the ``grpo`` section's and ``profile_decode --what grpo``'s program."""
+    from esjax.grpo.step import GRPOConfig, grpo_step
+    from esjax.grpo.step import init_state as grpo_init
+    cfg = GRPOConfig(group_size=8, prompts_per_step=rows // 8, micro_batch_size=micro, beta=0.0)
+    state = grpo_init(master, jax.random.key(4), cfg)
+    tokens, _ = prompts(rows, prompt_len + new, mcfg.vocab_size, seed=3)
+    batch = {"tokens": jnp.asarray(tokens), "attn_mask": jnp.ones((rows, prompt_len + new), bool),
+             "loss_mask": jnp.ones((rows, new), jnp.float32),
+             "advantages": jnp.asarray(np.random.default_rng(0).normal(size=rows), jnp.float32)}
+    return jax.jit(lambda s, b: grpo_step(s, b, None, mcfg, cfg)), state, batch
+
+
+def grpo_learner_flops(mcfg, rows: int, prompt_len: int, new: int) -> float:
+    """Model FLOPs of one learner update: 3 × forward (2 per non-embedding weight and token, the head on the
+    ``new`` scored positions, causal attention's two dots)."""
+    T = prompt_len + new
+    head = 2 * mcfg.vocab_size * mcfg.hidden_size
+    fwd = 2 * (mcfg.param_count() - mcfg.vocab_size * mcfg.hidden_size * mcfg.tie_embeddings) * rows * T \
+        + head * rows * new + 4 * rows * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * T ** 2 / 2
+    return 3 * fwd
+
+
 class Bench:
     def __init__(self, args):
         self.args, self.t_start, self.rows, self.results = args, time.perf_counter(), [], {}
@@ -243,7 +270,7 @@ class Bench:
         """(tokens/s, first-call s) of plain batched greedy inference of ``rows`` rows (cached per shape)."""
         if (rows, new) not in self.plain_cache:
             tokens, mask = prompts(rows, self.args.prompt_len, self.mcfg.vocab_size)
-            gen = make_generate(self.mcfg, new)
+            gen = make_generate(self.mcfg, new, logprobs=False)  # tokens only, as the ES members here
             first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0)).tokens)
             self.plain_cache[rows, new] = (rows * new / t, first)
         return self.plain_cache[rows, new]
@@ -263,7 +290,7 @@ class Bench:
         a, m = self.args, self.mcfg
         rows, new = a.gen_rows, a.new
         tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
-        gen = make_generate(m, new)
+        gen = make_generate(m, new, logprobs=False)  # tokens only, as transformers' generate
         budget = np.full(rows, new, np.int32)  # per-row budgets: the one-step timing below reuses this program
         first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, budget).tokens)
         tps = rows * new / t
@@ -286,6 +313,26 @@ class Bench:
         self.add(f"decode step at {rows} rows vs roofline", f"{step * 1e3:.2f} ms",
                  f"roofline {roof['ideal_s'] * 1e3:.2f} ms ({roof['bytes'] / 1e9:.2f} GB, {roof['flops'] / 1e12:.2f} TFLOP)",
                  roof["ideal_s"] / step, ">= 0.60x", step_s=step, roofline=roof)
+
+    def layout(self):
+        """The decode step in the decoding layout (each layer's [wq | wk | wv] and [w_gate | w_up] joined into
+        one weight: what low-rank ES members read, :func:`esjax.models.precision.decoding_params`) vs the
+        parameter layout (what plain generation reads), side by side: each step = (full budget − one token)
+        / (M − 1) of one program, as the ``generate`` section's."""
+        a, m = self.args, self.mcfg
+        rows, new = a.gen_rows, a.new
+        tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
+        gen = make_generate(m, new, logprobs=False)
+        full, one = np.full(rows, new, np.int32), np.ones(rows, np.int32)
+        steps = {}
+        for name, params in (("parameter", self.params), ("decoding", decoding_params(self.master, m.dtype))):
+            first, t = first_and_best(lambda: gen(params, tokens, mask, jax.random.key(0), None, None, full).tokens)
+            _, t1 = first_and_best(lambda: gen(params, tokens, mask, jax.random.key(0), None, None, one).tokens)
+            steps[name] = ((t - t1) / (new - 1), first)
+        (s_d, f_d), (s_p, f_p) = steps["decoding"], steps["parameter"]
+        self.add(f"decode step at {rows} rows, decoding layout (joined weights)",
+                 f"{s_d * 1e3:.2f} ms (first call {f_d:.0f} s)", f"parameter layout: {s_p * 1e3:.2f} ms "
+                 f"(first call {f_p:.0f} s)", s_p / s_d, "", step_s=s_d, parameter_layout_step_s=s_p)
 
     def loop(self):
         """The decode step with 1 and k tokens per ``while_loop`` iteration (``steps_per_loop``), side by side:
@@ -345,22 +392,11 @@ class Bench:
                      None, "compile <= 20 s, run <= 1 s", first_s=first, run_s=t)
 
     def grpo(self):
-        from esjax.grpo.step import GRPOConfig, grpo_step
-        from esjax.grpo.step import init_state as grpo_init
         a, m = self.args, self.mcfg
         B, P, M = a.grpo_rows, a.prompt_len, a.grpo_new
-        cfg = GRPOConfig(group_size=8, prompts_per_step=B // 8, micro_batch_size=a.grpo_micro, beta=0.0)
-        state = grpo_init(self.master, jax.random.key(4), cfg)
-        tokens, _ = prompts(B, P + M, m.vocab_size, seed=3)
-        batch = {"tokens": jnp.asarray(tokens), "attn_mask": jnp.ones((B, P + M), bool),
-                 "loss_mask": jnp.ones((B, M), jnp.float32),
-                 "advantages": jnp.asarray(np.random.default_rng(0).normal(size=B), jnp.float32)}
-        step = jax.jit(lambda s, b: grpo_step(s, b, None, m, cfg))
+        step, state, batch = grpo_learner_case(m, self.master, B, P, M, a.grpo_micro)
         first, t = first_and_best(lambda: step(state, batch)[0].params)
-        head = 2 * m.vocab_size * m.hidden_size
-        fwd = 2 * (m.param_count() - m.vocab_size * m.hidden_size * m.tie_embeddings) * B * (P + M) + head * B * M \
-            + 4 * B * m.num_layers * m.num_heads * m.head_dim * (P + M) ** 2 / 2
-        mfu = 3 * fwd / t / self.peaks[0] if self.peaks else None
+        mfu = grpo_learner_flops(m, B, P, M) / t / self.peaks[0] if self.peaks else None
         self.add(f"GRPO learner {B} seqs x {P + M} tokens, micro-batch {a.grpo_micro}",
                  f"{t:.2f} s (first call {first:.0f} s)", "bf16 peak" if self.peaks else "no peak figures",
                  mfu, ">= 0.50x of peak", mfu=mfu)
@@ -423,7 +459,8 @@ class Bench:
     def run(self):
         a = self.args
         sections = {"generate": self.generate, "loop": self.loop, "cache": self.cache, "es16": lambda: self.es(16), "es200": lambda: self.es(200, a.es200_kinds),
-                    "update": self.update, "grpo": self.grpo, "n1024": self.n1024, "paper2": self.paper2}
+                    "update": self.update, "grpo": self.grpo, "n1024": self.n1024, "paper2": self.paper2,
+                    "layout": self.layout}
         print(f"{self.kind}, {a.shapes} ({self.mcfg.param_count():,} parameters, compute {a.compute_dtype}), jax {jax.__version__}")
         for name in a.sections.split(","):
             if time.perf_counter() - self.t_start > a.budget_s:
@@ -443,9 +480,9 @@ def parse(argv=None):
     p.add_argument("--compute-dtype", default=None, help="default: bfloat16 on an accelerator, float32 on CPU")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", "runs/bench_accel"))
-    p.add_argument("--sections", default=None, help="default: generate,loop,cache,es16,es200,update,grpo,n1024,paper2; "
-                   "with --quick the cheap ones first and no cache section (scripts/gpu_check.sh runs it in a "
-                   "process of its own): generate,es16,update,grpo,n1024,loop,es200,paper2")
+    p.add_argument("--sections", default=None, help="default: generate,layout,loop,cache,es16,es200,update,grpo,n1024,"
+                   "paper2; with --quick the rows still short of their targets first and no cache section: "
+                   "generate,es16,layout,n1024,grpo,es200,paper2,update,loop")
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--reference-timeout", type=float, default=240)
@@ -472,9 +509,10 @@ def parse(argv=None):
     a.budget_s = a.budget_s or (330 if a.quick else 3600)
     a.es200_kinds = ("full",) if a.quick else ("lowrank", "full")
     # --quick: the rows still short of their targets first (an H100, 2026-11-27: 8 sections ≈ 380 s with
-    # their compiles; the loop row last, its question answered by the trace: docs/gpu.md §6)
-    a.sections = a.sections or ("generate,es16,n1024,es200,paper2,update,grpo,loop" if a.quick
-                                else "generate,loop,cache,es16,es200,update,grpo,n1024,paper2")
+    # their compiles; the ES update and full-rank rows met theirs, the loop row's question was answered by
+    # the trace: docs/gpu.md §6)
+    a.sections = a.sections or ("generate,es16,layout,n1024,grpo,es200,paper2,update,loop" if a.quick
+                                else "generate,layout,loop,cache,es16,es200,update,grpo,n1024,paper2")
     return a
 
 

@@ -1,8 +1,11 @@
 """Where a decode step's time goes: trace one call of plain generation or an ES population on whatever
 device JAX finds (random weights of real shapes, EOS off) and rank the device's ops by their total time.
 
-    python -m experiments.profile_decode [--shapes qwen2.5-1.5b] [--what generate,lowrank,full]
+    python -m experiments.profile_decode [--shapes qwen2.5-1.5b] [--what generate,lowrank,full,grpo]
                                          [--rows 128] [--new 32] [--members 8] [--out DIR]
+
+``grpo`` traces one GRPO learner update instead (``bench_accel``'s MFU row: ``--grpo-rows`` sequences of
+``--prompt-len`` + ``--grpo-new`` tokens in micro-batches of ``--grpo-micro``).
 
 Each program is compiled and run once first, then traced for one call with ``jax.profiler.trace``; the
 trace is read back with ``jax.profiler.ProfileData`` (no TensorBoard needed). For each program
@@ -32,6 +35,7 @@ from esjax.es.step import ESConfig, init_state
 from esjax.models.decoder import init_params
 from esjax.models.precision import compute_params
 from esjax.sampling import make_generate
+from experiments.bench_accel import grpo_learner_case
 from experiments.shapes import shape_config
 
 def _stats(event) -> dict:
@@ -110,14 +114,14 @@ def trace_call(fn, out_dir: str, label: str) -> tuple[float, dict]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(label: str, wall: float, summary: dict, steps: int, first: float) -> str:
-    out = [f"# {label}: traced call {wall * 1e3:.1f} ms wall ({wall / steps * 1e3:.2f} ms per decode step over {steps}); "
+def report(label: str, wall: float, summary: dict, steps: int, first: float, unit: str = "decode step") -> str:
+    out = [f"# {label}: traced call {wall * 1e3:.1f} ms wall ({wall / steps * 1e3:.2f} ms per {unit} over {steps}); "
            f"first call {first:.1f} s", ""]
     for ln in summary["lines"][:3]:
         busy = ln["busy_ns"] / 1e9
         out.append(f"## {ln['plane']} / {ln['line']}: busy {busy * 1e3:.1f} ms ({busy / wall:.0%} of wall; first op to "
                    f"last {ln['span_ns'] / 1e6:.1f} ms), "
-                   f"{ln['events']} op events ({ln['events'] / steps:.0f} per step)")
+                   f"{ln['events']} op events ({ln['events'] / steps:.0f} per {unit})")
         out.append("programs: " + ", ".join(f"{m} {t / max(ln['busy_ns'], 1):.0%}" for m, t in ln["modules"][:8]))
         # when each program ran, from the line's first op (a device idle before the decode shows here)
         out.append("spans (ms from the first op): " + ", ".join(f"{m} {a / 1e6:.1f}–{b / 1e6:.1f}"
@@ -141,8 +145,11 @@ def main(argv=None):
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new", type=int, default=32)
     p.add_argument("--out", default=os.environ.get("OUT", "runs/profile_decode"))
-    p.add_argument("--hlo", action="store_true", help="also write each ES population's optimized HLO "
-                   "(profile_<what>.hlo.txt): the trace names fusions, the HLO says what they compute")
+    p.add_argument("--grpo-rows", type=int, default=64, help="--what grpo: sequences per learner update")
+    p.add_argument("--grpo-new", type=int, default=256, help="--what grpo: scored tokens after the prompt")
+    p.add_argument("--grpo-micro", type=int, default=16, help="--what grpo: sequences per micro-batch")
+    p.add_argument("--hlo", action="store_true", help="also write each ES population's (and the GRPO learner's) "
+                   "optimized HLO (profile_<what>.hlo.txt): the trace names fusions, the HLO says what they compute")
     a = p.parse_args(argv)
     a.compute_dtype = a.compute_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     os.makedirs(a.out, exist_ok=True)
@@ -152,11 +159,20 @@ def main(argv=None):
     texts = []
     for what in a.what.split(","):
         try:
-            if what == "generate":
+            steps, unit = a.new, "decode step"
+            if what == "grpo":  # bench_accel's learner update (its MFU row): per micro-batch
+                step, state, batch = grpo_learner_case(mcfg, master, a.grpo_rows, a.prompt_len, a.grpo_new,
+                                                       a.grpo_micro)
+                steps, unit = a.grpo_rows // a.grpo_micro, "micro-batch"
+                fn = lambda: step(state, batch)[0].params  # noqa: E731
+                if a.hlo:
+                    with open(os.path.join(a.out, "profile_grpo.hlo.txt"), "w") as f:
+                        f.write(step.lower(state, batch).compile().as_text())
+            elif what == "generate":
                 tokens = rng.integers(3, mcfg.vocab_size, (a.rows, a.prompt_len)).astype(np.int32)
                 mask = np.ones_like(tokens, bool)
                 params = compute_params(master, mcfg)
-                gen = make_generate(mcfg, a.new)
+                gen = make_generate(mcfg, a.new, logprobs=False)  # bench_accel's call
                 budget = np.full(a.rows, a.new, np.int32)  # bench_accel's call: its compiled program is reused
                 fn = lambda: gen(params, tokens, mask, jax.random.key(0), None, None, budget).tokens  # noqa: E731
             else:
@@ -177,8 +193,10 @@ def main(argv=None):
             jax.block_until_ready(fn())
             first = time.perf_counter() - t0
             wall, summary = trace_call(fn, a.out, what)
-            text = report(f"{what} ({a.shapes}, {a.rows} rows, {a.new} new, {jax.devices()[0].device_kind})",
-                          wall, summary, a.new, first)
+            shape = (f"{a.grpo_rows} seqs x {a.prompt_len + a.grpo_new} tokens, micro-batch {a.grpo_micro}"
+                     if what == "grpo" else f"{a.rows} rows, {a.new} new")
+            text = report(f"{what} ({a.shapes}, {shape}, {jax.devices()[0].device_kind})", wall, summary, steps,
+                          first, unit)
         except Exception as e:  # noqa: BLE001  (one failed program must not lose the others)
             text = f"# {what}: failed: {type(e).__name__}: {str(e)[:300]}"
         with open(os.path.join(a.out, f"profile_{what}.txt"), "w") as f:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared device check (one call, <= 9.5 min on an H100/H200): the accelerator-relevant tests on the
-# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then, with the
-# time left, a traced profile of the low-rank ES population (docs/gpu.md reads them). Everything lands in
+# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then the decode
+# rows again with XLA's Triton GEMMs off (cuBLAS for every GEMM), then, with the time left, traced profiles
+# of the GRPO learner update and the low-rank ES population (docs/gpu.md reads them). Everything lands in
 # $OUT (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
@@ -9,7 +10,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. ESJAX_CACHE="$PWD/.esjax-cache" PYTHONUNBUFFERED=1
-# one compilation cache for the whole call: the profiler reuses the benchmark's compiled programs
+# one compilation cache for the whole call: the profiler reuses the benchmark's compiled programs (XLA_FLAGS
+# are part of a program's cache key: the Triton-off run compiles its own)
 export JAX_COMPILATION_CACHE_DIR=/tmp/esjax-jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 OUT=${OUT:-runs/gpu_check}
 mkdir -p "$OUT" /tmp/esjax-prof
@@ -18,23 +20,31 @@ mkdir -p "$OUT" /tmp/esjax-prof
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"; } > "$OUT/gpu.txt" 2>&1
 # tests on the GPU (no 8 forced devices: the sharded cases stay on CPU/CI); TF32 is kept out of the float32
 # comparisons by tests/conftest.py (highest matmul precision). -v: each test's name as it passes (each
-# compiles its own programs: 7 took 160 s on an H100); -rf --tb=short: reasons survive a timeout.
+# compiles its own programs: 7 took 160 s on an H100); -rf --tb=short: reasons survive a timeout. The
+# precision tests first, then the decode-loop changes of session 12 (joined weights, no log-softmax).
 JAX_PLATFORMS=cuda XLA_FLAGS= timeout 100 python3 -m pytest -p no:cacheprovider -v -rf --tb=short \
-  tests/test_population_loop.py tests/test_precision.py tests/test_noise_schemes.py \
-  -k "not sharded and not fresh_process and not export" > "$OUT/tests.txt" 2>&1
+  tests/test_precision.py tests/test_population_loop.py \
+  -k "precision or compute_dtype or cast_once or decoding_layout or log_softmax or joined_weights" > "$OUT/tests.txt" 2>&1
 echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
-# the benchmark's --quick table (its sections in the order of what is still short of its target; the loop
-# with +WHILE command buffers and the cache blocks were measured on 2026-11-27: docs/gpu.md §6)
+# the benchmark's --quick table (its sections in the order of what is still short of its target)
 t0=$SECONDS
-timeout 360 python3 -m experiments.bench_accel --quick --budget-s 290 --out "$OUT" > "$OUT/bench.txt" 2>&1
+timeout 330 python3 -m experiments.bench_accel --quick --budget-s 260 --out "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
-# the same shapes as the benchmark's es16 (30 x 16 x 64) program: is the GPU still idle while the host draws
-# the member noise (160 ms of a 678 ms call on 2026-11-27, before the noise was drawn per leaf shape)?
-# (only with the time that is left: the measurements above come first)
+# the decode rows with XLA's Triton GEMM fusions off: every GEMM goes to cuBLAS (the H100 profile of
+# 2026-11-27 had q/k/v as one Triton GEMM at ~20 % of peak); a launch setting, decided by this row pair
 t1=$SECONDS
-[ $((565 - SECONDS)) -ge 30 ] && timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what lowrank --members 30 --rows 480 --new 64 --hlo \
-  --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
-echo "profile es exit $? after $((SECONDS - t1)) s" >> /tmp/esjax-prof/log.txt
+[ $((470 - SECONDS)) -ge 60 ] && XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout $((470 - SECONDS)) \
+  python3 -m experiments.bench_accel --quick --no-reference --sections generate,es16 --noise lowrank \
+  --budget-s 60 --out /tmp/esjax-triton-off > /tmp/esjax-triton-off.txt 2>&1
+{ echo; echo "## the same rows with XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (exit $?, $((SECONDS - t1)) s)"
+  cat /tmp/esjax-triton-off/table.md /tmp/esjax-triton-off.txt 2>/dev/null | tail -n 30; } >> "$OUT/bench.txt"
+# traced profiles with the time left: the GRPO learner (its MFU row, never profiled), then the es16 program
+# (is the GPU still idle while the host draws the member noise? 160 ms of 678 on 2026-11-27)
+t2=$SECONDS
+[ $((565 - SECONDS)) -ge 30 ] && timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what grpo,lowrank \
+  --members 30 --rows 480 --new 64 --hlo --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
+echo "profile exit $? after $((SECONDS - t2)) s" >> /tmp/esjax-prof/log.txt
 cat /tmp/esjax-prof/log.txt > "$OUT/profile.txt" 2>/dev/null
 (cd /tmp/esjax-prof && tar czf "$OUT/xplanes.tgz" *.xplane.pb *.hlo.txt 2>/dev/null)
 tail -n 3 "$OUT/tests.txt"; grep -h "^#\|^programs\|^spans" "$OUT/profile.txt" | head; cat "$OUT/table.md" 2>/dev/null
+tail -n 12 "$OUT/bench.txt"

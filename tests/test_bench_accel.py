@@ -13,13 +13,14 @@ def test_bench_accel_writes_its_table_on_cpu(tmp_path):
 
     out = tmp_path / "bench"
     res = main(["--shapes", "tiny", "--out", str(out), "--no-reference", "--sections",
-                "generate,loop,cache,es16,update,n1024,paper2", "--gen-rows", "2", "--new", "4", "--members", "2", "--es-new", "2",
+                "generate,layout,loop,cache,es16,update,n1024,paper2", "--gen-rows", "2", "--new", "4", "--members", "2", "--es-new", "2",
                 "--cache-new", "6", "--cache-block", "2"])
     table = (out / "table.md").read_text()
     assert "| generate 2 rows x 4 new |" in table and "ES lowrank N=2 x 16 prompts" in table
     assert "ES update full, N=2" in table and "failed" not in table, table
     assert "| decode step at 2 rows, 4 tokens per loop iteration |" in table and "XLA_FLAGS" in table
     assert "| generate 2 rows x 6 new, cache grown in blocks of 2 |" in table
+    assert "| decode step at 2 rows, decoding layout (joined weights) |" in table
     if jax.default_backend() == "cpu":  # two chunks of the CPU's 512 rows (a GPU's memory fits them all)
         assert "| ES lowrank N=1024 x 1 prompt x 2 new (chunk 512) |" in table
     data = json.loads((out / "results.json").read_text())
@@ -126,9 +127,13 @@ def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
     them) and writes the decode program's optimized HLO."""
     from experiments import aot_compile, profile_decode
 
-    text, = profile_decode.main(["--shapes", "tiny", "--what", "lowrank", "--members", "2", "--rows", "4", "--new", "4",
-                                 "--prompt-len", "8", "--hlo", "--out", str(tmp_path)])
+    text, learner = profile_decode.main(["--shapes", "tiny", "--what", "lowrank,grpo", "--members", "2", "--rows", "4",
+                                         "--new", "4", "--prompt-len", "8", "--grpo-rows", "8", "--grpo-new", "4",
+                                         "--grpo-micro", "4", "--hlo", "--out", str(tmp_path)])
     assert "failed" not in text and "programs: " in text, text[:600]
+    # the GRPO learner update (bench_accel's MFU row), per micro-batch of its scan
+    assert "failed" not in learner and "per micro-batch over 2" in learner and "programs: " in learner, learner[:600]
+    assert "HloModule" in (tmp_path / "profile_grpo.hlo.txt").read_text()
     if jax.default_backend() == "cpu":  # the CPU client's events name their program (on whichever thread ran it)
         programs = " ".join(ln for ln in text.splitlines() if ln.startswith("programs: "))
         assert "jit_population" in programs or "jit_member_noise" in programs, text[:600]
