@@ -25,11 +25,11 @@ def main(argv=None):
     model = load_model()
     cfg = model.cfg.replace(eos_token_ids=())  # every row generates exactly --new tokens in both libraries
     toks, mask, _ = padded(model.tokenizer, args.batch, cfg.pad_token_id)
-    gen = make_generate(cfg, args.new)
+    gen = make_generate(cfg, args.new, logprobs=False)  # tokens only, as transformers' generate
     _, t_ours = timed(lambda: gen(model.params, toks, mask, jax.random.key(0)).tokens)
     ours = args.batch * args.new / t_ours
     s_toks, s_mask, prefix = padded(model.tokenizer, args.batch, cfg.pad_token_id, share_prefix=True)
-    s_gen = make_generate(cfg, args.new, prefix_len=prefix)
+    s_gen = make_generate(cfg, args.new, prefix_len=prefix, logprobs=False)
     _, t_shared = timed(lambda: s_gen(model.params, s_toks, s_mask, jax.random.key(0)).tokens)
     shared = args.batch * args.new / t_shared
 
