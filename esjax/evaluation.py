@@ -50,8 +50,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
-            out = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False)(params, pb.tokens, pb.mask,
-                                                                                   jax.random.key(0))
+            gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False)
+            out = gen(params, pb.tokens, pb.mask, jax.random.key(0))
             texts, n_tokens = decode(tokenizer, out.tokens, out.lengths), np.asarray(out.lengths)
         r, c = score(task, texts, chunk)
         rewards.append(r)

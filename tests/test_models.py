@@ -320,6 +320,13 @@ def test_several_decode_steps_per_loop_iteration_change_nothing(k):
                                                                         None, row_max_new)
             for a, b in zip(one, many):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            # without log-probs (no log-softmax in the loop): the same tokens and lengths
+            bare = make_generate(cfg, 11, sampling, steps_per_loop=k, logprobs=False)(params, toks, mask,
+                                                                                     jax.random.key(3), None, None,
+                                                                                     row_max_new)
+            assert bare.logprobs is None
+            np.testing.assert_array_equal(np.asarray(bare.tokens), np.asarray(one.tokens))
+            np.testing.assert_array_equal(np.asarray(bare.lengths), np.asarray(one.lengths))
     lengths = np.asarray(one.lengths)
     assert lengths.min() < 11 and (lengths <= budgets).all()  # some row stopped early (EOS or budget)
     writes = lambda n: make_generate(cfg, 11, steps_per_loop=n).lower(  # noqa: E731
@@ -327,6 +334,34 @@ def test_several_decode_steps_per_loop_iteration_change_nothing(k):
     assert writes(k) - writes(1) == (k - 1) * (writes(2) - writes(1)) > 0  # k copies of the step's cache writes
     with pytest.raises(ValueError, match="steps_per_loop"):
         make_generate(cfg, 11, steps_per_loop=0)(params, toks, mask, jax.random.key(3))
+
+
+def test_sampled_generation_draws_step_t_with_the_t_th_split_of_the_key():
+    """The sampling key schedule, pinned by an oracle without a cache: token t is drawn from the logits of
+    the sequence so far with the t-th split of the key (key, sub = split(key) once per token), so a run's
+    sampled tokens do not depend on how the decode loop is arranged (what it carries, k tokens per
+    iteration, cache blocks) nor on the budget."""
+    from esjax.models.decoder import forward, positions_from_mask
+    from esjax.sampling import sample_logits
+
+    cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, eos_token_ids=(), pad_token_id=0)
+    params = init_params(cfg, jax.random.key(2), 0.3)
+    toks, mask = pad_prompts([[5, 6, 7], [8, 9], [10, 11, 12, 13]], 0, 6)
+    sampling, key, M = SamplingConfig(temperature=1.0, top_p=0.9), jax.random.key(7), 6
+    seq, seen = np.concatenate([toks, np.zeros((3, M), np.int32)], 1), np.concatenate([mask, np.zeros((3, M), bool)], 1)
+    expect = []
+    for t in range(M):
+        logits = forward(params, cfg, seq, positions_from_mask(seen), seen)[0][:, toks.shape[1] + t - 1]
+        key, sub = jax.random.split(key)
+        nxt = np.asarray(sample_logits(logits, sub, sampling))
+        expect.append(nxt)
+        seq[:, toks.shape[1] + t], seen[:, toks.shape[1] + t] = nxt, True
+    expect = np.stack(expect, 1)
+    for kw in ({}, {"steps_per_loop": 4}, {"cache_block": 2}, {"logprobs": False}):
+        out = make_generate(cfg, M, sampling, **kw)(params, toks, mask, jax.random.key(7))
+        np.testing.assert_array_equal(np.asarray(out.tokens), expect, err_msg=str(kw))
+    assert len({tuple(r) for r in expect}) > 1 and len(np.unique(expect)) > 3  # really sampled
 
 
 def test_decode_segments_end_on_whole_loop_iterations():

@@ -208,7 +208,6 @@ def test_population_decode_loop_settings_decode_the_same_tokens(setting):
     np.testing.assert_allclose(np.asarray(outs[0].logprobs), np.asarray(outs[1].logprobs), rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("noise", ["lowrank", "full"])
 def test_members_skip_the_log_softmax_when_the_fitness_reads_no_log_probs(noise):
     """Greedy members without a KL term: the population program computes no log-softmax over the
