@@ -192,9 +192,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     ``logprobs`` (static): record log softmax(z_t)[y_t] of each drawn token (``Generation.logprobs``).
     False returns ``logprobs=None`` and skips the step's log-softmax over the vocabulary (a pass over the
     (B, V) logits per step: ≈ 0.1 ms of a 5.6 ms step at 480 rows of Qwen2.5-1.5B on an H100, docs/gpu.md
-    §7): for callers
-    that only read the tokens (greedy ES members without a KL term, evaluation, GRPO rollouts, whose
-    learner scores its own log-probs). Tokens and lengths are the same either way.
+    §7), for callers that only read the tokens (ES members without a KL term, evaluation, GRPO rollouts,
+    whose learner scores its own log-probs). Tokens and lengths are the same either way.
 
     ``steps_per_loop`` (static, k ≥ 1): decode k tokens per ``while_loop`` iteration, so the loop
     condition — on a GPU one device-to-host copy and a host decision per iteration, ≈ 0.7 ms per step under the

@@ -130,7 +130,8 @@ def joinable_weights(params) -> tuple:
     layers = params.get("layers") if isinstance(params, dict) else None
     if not layers or not all(isinstance(lp, dict) for lp in layers):
         return ()
-    return tuple(p for _, parts in JOINED_WEIGHTS for p in parts if all(all(q in lp for q in parts) for lp in layers))
+    complete = [parts for _, parts in JOINED_WEIGHTS if all(p in lp for lp in layers for p in parts)]
+    return tuple(p for parts in complete for p in parts)
 
 
 def _projections(h, lp, ld, joined: str, widths: tuple):
