@@ -52,10 +52,17 @@ def score(task: Task, texts: Sequence[str], examples: Sequence[Example]):
 
 def rollout_metrics(rewards, correct, lengths, t0: float, t1: float, t2: float, t3: float) -> dict:
     """Metrics both learners log for one iteration: reward and accuracy means, completion lengths and
-    counts, and the time split generate [t0, t1) / reward [t1, t2) / update [t2, t3)."""
+    counts, and the time split generate [t0, t1) / reward [t1, t2) / update [t2, t3).
+
+    ``decode_fill`` = Σ lengths / (rows × max length): the share of the decode loop's row-steps that produced
+    a token. The loop runs until the last row of a call stops (of a chunk, for ES members), finished rows
+    decoding padding until then, so 1 − decode_fill is at most what dropping finished rows from the batch
+    could save; with several ES chunks (each stops at its own longest row) it is a lower bound."""
     n_tokens = int(np.sum(lengths))
+    longest = int(np.max(lengths)) if np.size(lengths) else 0
     return dict(reward_mean=float(np.mean(rewards)), train_accuracy=float(np.mean(correct)),
                 completion_length=float(np.mean(lengths)), completions=int(np.size(rewards)), tokens=n_tokens,
+                decode_fill=n_tokens / (np.size(lengths) * longest) if longest else 1.0,
                 time_generate=t1 - t0, time_reward=t2 - t1, time_update=t3 - t2,
                 tokens_per_s=n_tokens / max(t1 - t0, 1e-9))
 

@@ -246,3 +246,14 @@ def test_a_donating_iteration_equals_the_pure_one_and_consumes_its_state(tokeniz
     assert mp["loss"] == md["loss"] and mp["grad_norm"] > 0
     assert all(x.is_deleted() for x in jax.tree.leaves(given.params))
     assert not any(x.is_deleted() for x in jax.tree.leaves(start.params) + jax.tree.leaves(model.params))
+
+
+def test_rollout_metrics_say_how_full_the_decode_loop_ran():
+    """decode_fill = tokens / (rows × the longest row): the loop runs until the last row stops, so rows of
+    3, 5, 1 and 5 tokens fill 14 of 20 row-steps."""
+    from esjax.rollout import rollout_metrics
+
+    m = rollout_metrics(np.ones(4), np.ones(4, bool), np.array([[3, 5], [1, 5]]), 0.0, 1.0, 2.0, 3.0)
+    assert m["tokens"] == 14 and m["completion_length"] == 3.5
+    np.testing.assert_allclose(m["decode_fill"], 0.7)
+    assert rollout_metrics(np.ones(2), np.ones(2, bool), np.zeros(2, int), 0, 1, 2, 3)["decode_fill"] == 1.0
