@@ -285,14 +285,25 @@ class Bench:
         first, t = first_and_best(lambda: pop(state, ids, tokens, mask, jax.random.key(2)).tokens)
         return members * per_member * new / t, first, chunk
 
+    @staticmethod
+    def decode_step(gen, params, tokens, mask, new: int, short: int):
+        """(one decode step s, first call s, full call s) of ``gen`` (a ``make_generate`` program of ``new``
+        tokens): the call with every row's budget ``new``, then with every row stopped after ``short``
+        tokens; one step = (full − short call) / (new − short), so compile and prefill cancel out."""
+        rows = tokens.shape[0]
+        call = lambda n: gen(params, tokens, mask, jax.random.key(0), None, None,  # noqa: E731
+                             np.full(rows, n, np.int32)).tokens
+        first, t = first_and_best(lambda: call(new))
+        _, t_short = first_and_best(lambda: call(short))
+        return (t - t_short) / (new - short), first, t
+
     # --- sections --------------------------------------------------------------------------------
     def generate(self):
         a, m = self.args, self.mcfg
         rows, new = a.gen_rows, a.new
         tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
         gen = make_generate(m, new, logprobs=False)  # tokens only, as transformers' generate
-        budget = np.full(rows, new, np.int32)  # per-row budgets: the one-step timing below reuses this program
-        first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, budget).tokens)
+        step, first, t = self.decode_step(gen, self.params, tokens, mask, new, 1)
         tps = rows * new / t
         ref, ratio = "(--no-reference)", None
         if not a.no_reference:
@@ -305,10 +316,6 @@ class Bench:
         if self.peaks is None:
             self.add(f"decode step at {rows} rows vs roofline", "no peak figures for this device", "")
             return
-        # one step = (full budget − one token) / (new − 1): the same program with every row stopped after 1
-        one = np.ones(rows, np.int32)
-        _, t1 = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, one).tokens)
-        step = (t - t1) / (new - 1)
         roof = roofline_step(m, rows, a.prompt_len + new / 2, self.peaks)
         self.add(f"decode step at {rows} rows vs roofline", f"{step * 1e3:.2f} ms",
                  f"roofline {roof['ideal_s'] * 1e3:.2f} ms ({roof['bytes'] / 1e9:.2f} GB, {roof['flops'] / 1e12:.2f} TFLOP)",
@@ -323,12 +330,8 @@ class Bench:
         rows, new = a.gen_rows, a.new
         tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
         gen = make_generate(m, new, logprobs=False)
-        full, one = np.full(rows, new, np.int32), np.ones(rows, np.int32)
-        steps = {}
-        for name, params in (("parameter", self.params), ("decoding", decoding_params(self.master, m.dtype))):
-            first, t = first_and_best(lambda: gen(params, tokens, mask, jax.random.key(0), None, None, full).tokens)
-            _, t1 = first_and_best(lambda: gen(params, tokens, mask, jax.random.key(0), None, None, one).tokens)
-            steps[name] = ((t - t1) / (new - 1), first)
+        steps = {name: self.decode_step(gen, params, tokens, mask, new, 1)[:2]
+                 for name, params in (("parameter", self.params), ("decoding", decoding_params(self.master, m.dtype)))}
         (s_d, f_d), (s_p, f_p) = steps["decoding"], steps["parameter"]
         self.add(f"decode step at {rows} rows, decoding layout (joined weights)",
                  f"{s_d * 1e3:.2f} ms (first call {f_d:.0f} s)", f"parameter layout: {s_p * 1e3:.2f} ms "
@@ -342,13 +345,8 @@ class Bench:
         a, m = self.args, self.mcfg
         rows, new, k = a.gen_rows, a.new, a.steps_per_loop
         tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
-        full, half = np.full(rows, new, np.int32), np.full(rows, new // 2, np.int32)
-        steps = {}
-        for n in (1, k):
-            gen = make_generate(m, new, steps_per_loop=n, logprobs=False)
-            first, t = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, full).tokens)
-            _, th = first_and_best(lambda: gen(self.params, tokens, mask, jax.random.key(0), None, None, half).tokens)
-            steps[n] = ((t - th) / (new - new // 2), first)
+        steps = {n: self.decode_step(make_generate(m, new, steps_per_loop=n, logprobs=False), self.params, tokens,
+                                     mask, new, new // 2)[:2] for n in (1, k)}
         self.add(f"decode step at {rows} rows, {k} tokens per loop iteration", f"{steps[k][0] * 1e3:.2f} ms "
                  f"(first call {steps[k][1]:.0f} s)", f"1 token per iteration: {steps[1][0] * 1e3:.2f} ms "
                  f"(first call {steps[1][1]:.0f} s)", steps[1][0] / steps[k][0], "", step_s=steps[k][0],
