@@ -159,20 +159,18 @@ def main(argv=None):
     texts = []
     for what in a.what.split(","):
         try:
-            steps, unit = a.new, "decode step"
+            steps, unit, lowered = a.new, "decode step", None  # lowered: the program whose HLO --hlo writes
             if what == "grpo":  # bench_accel's learner update (its MFU row): per micro-batch
                 step, state, batch = grpo_learner_case(mcfg, master, a.grpo_rows, a.prompt_len, a.grpo_new,
                                                        a.grpo_micro)
                 steps, unit = a.grpo_rows // a.grpo_micro, "micro-batch"
                 fn = lambda: step(state, batch)[0].params  # noqa: E731
-                if a.hlo:
-                    with open(os.path.join(a.out, "profile_grpo.hlo.txt"), "w") as f:
-                        f.write(step.lower(state, batch).compile().as_text())
+                lowered = step.lower(state, batch) if a.hlo else None
             elif what == "generate":
                 tokens = rng.integers(3, mcfg.vocab_size, (a.rows, a.prompt_len)).astype(np.int32)
                 mask = np.ones_like(tokens, bool)
                 params = compute_params(master, mcfg)
-                gen = make_generate(mcfg, a.new, logprobs=False)  # bench_accel's call
+                gen = make_generate(mcfg, a.new, logprobs=False)
                 budget = np.full(a.rows, a.new, np.int32)  # bench_accel's call: its compiled program is reused
                 fn = lambda: gen(params, tokens, mask, jax.random.key(0), None, None, budget).tokens  # noqa: E731
             else:
@@ -187,8 +185,9 @@ def main(argv=None):
                 fn = lambda: pop(state, ids, tokens, mask, jax.random.key(2)).tokens  # noqa: E731
                 if a.hlo:
                     lowered = pop.lower(state, ids, tokens, mask, jax.random.key(2))["population"]
-                    with open(os.path.join(a.out, f"profile_{what}.hlo.txt"), "w") as f:
-                        f.write(lowered.compile().as_text())
+            if lowered is not None:
+                with open(os.path.join(a.out, f"profile_{what}.hlo.txt"), "w") as f:
+                    f.write(lowered.compile().as_text())
             t0 = time.perf_counter()
             jax.block_until_ready(fn())
             first = time.perf_counter() - t0
