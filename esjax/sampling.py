@@ -300,19 +300,23 @@ def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfi
     return fn
 
 
-def generate_reference(params, cfg: ModelConfig, tokens, mask, max_new_tokens: int):
-    """Greedy generation by full re-forward of the growing sequence (no cache): the test oracle. The
-    sequence lives in a (B, P + M) buffer whose unwritten columns are masked out (causal attention never
-    reads them), so one compiled forward serves every length."""
+def generate_reference(params, cfg: ModelConfig, tokens, mask, max_new_tokens: int,
+                       sampling: SamplingConfig = GREEDY, key=None):
+    """Generation by full re-forward of the growing sequence (no cache): the test oracle. Greedy, or drawn
+    under ``sampling`` with token t from the t-th split of ``key`` (key, sub = split(key) once per token:
+    :func:`generate`'s schedule). The sequence lives in a (B, P + M) buffer whose unwritten columns are
+    masked out (causal attention never reads them), so one compiled forward serves every length."""
     tokens, mask = np.asarray(tokens), np.asarray(mask)
     B, P = tokens.shape
     seq = np.concatenate([tokens, np.full((B, max_new_tokens), cfg.pad_token_id, np.int32)], 1)
     seen = np.concatenate([mask, np.zeros((B, max_new_tokens), bool)], 1)
     done = np.zeros(B, bool)
     outs = []
+    key = jax.random.key(0) if key is None else key
     fwd = jax.jit(lambda p, t, m, at: forward(p, cfg, t, positions_from_mask(m), m)[0][:, at])
     for i in range(max_new_tokens):
-        nxt = np.asarray(jnp.argmax(fwd(params, seq, seen, P + i - 1), -1)).astype(np.int32)
+        key, sub = jax.random.split(key)
+        nxt = np.asarray(sample_logits(fwd(params, seq, seen, P + i - 1), sub, sampling)).astype(np.int32)
         nxt = np.where(done, cfg.pad_token_id, nxt)
         outs.append(nxt)
         done |= np.isin(nxt, cfg.eos_token_ids)

@@ -341,23 +341,12 @@ def test_sampled_generation_draws_step_t_with_the_t_th_split_of_the_key():
     the sequence so far with the t-th split of the key (key, sub = split(key) once per token), so a run's
     sampled tokens do not depend on how the decode loop is arranged (what it carries, k tokens per
     iteration, cache blocks) nor on the budget."""
-    from esjax.models.decoder import forward, positions_from_mask
-    from esjax.sampling import sample_logits
-
     cfg = ModelConfig(arch="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=8, eos_token_ids=(), pad_token_id=0)
     params = init_params(cfg, jax.random.key(2), 0.3)
     toks, mask = pad_prompts([[5, 6, 7], [8, 9], [10, 11, 12, 13]], 0, 6)
-    sampling, key, M = SamplingConfig(temperature=1.0, top_p=0.9), jax.random.key(7), 6
-    seq, seen = np.concatenate([toks, np.zeros((3, M), np.int32)], 1), np.concatenate([mask, np.zeros((3, M), bool)], 1)
-    expect = []
-    for t in range(M):
-        logits = forward(params, cfg, seq, positions_from_mask(seen), seen)[0][:, toks.shape[1] + t - 1]
-        key, sub = jax.random.split(key)
-        nxt = np.asarray(sample_logits(logits, sub, sampling))
-        expect.append(nxt)
-        seq[:, toks.shape[1] + t], seen[:, toks.shape[1] + t] = nxt, True
-    expect = np.stack(expect, 1)
+    sampling, M = SamplingConfig(temperature=1.0, top_p=0.9), 6
+    expect = generate_reference(params, cfg, toks, mask, M, sampling, jax.random.key(7))
     for kw in ({}, {"steps_per_loop": 4}, {"cache_block": 2}, {"logprobs": False}):
         out = make_generate(cfg, M, sampling, **kw)(params, toks, mask, jax.random.key(7))
         np.testing.assert_array_equal(np.asarray(out.tokens), expect, err_msg=str(kw))
