@@ -137,23 +137,21 @@ def test_the_decoding_layout_is_the_same_function(name):
     """decoding_layout joins [wq | wk | wv] and [w_gate | w_up] (q/k/v biases and Qwen3's q/k norms stay
     separate): logits and a generation with low-rank deltas on every joined part and dense deltas on the
     vectors are those of the parameter layout, on every architecture."""
+    from esjax.es.noise import lowrank_noise
     from esjax.models.decoder import JOINED_WEIGHTS, decoding_layout, forward
-    from esjax.models.delta import LowRank
 
     mcfg = model_config(name).replace(eos_token_ids=())
     params = init_params(mcfg, jax.random.key(0))
     rng = np.random.default_rng(0)
-    lowrank = lambda w: LowRank(rng.normal(0, 0.3, (w.shape[0], 2)).astype(np.float32),  # noqa: E731
-                                rng.normal(0, 0.3, (w.shape[1], 2)).astype(np.float32))
-    delta = {"layers": [{k: lowrank(w) if w.ndim == 2 else rng.normal(0, 0.1, w.shape).astype(np.float32)
-                         for k, w in lp.items() if k != "wo"} for lp in params["layers"]]}
+    delta = lowrank_noise(params, jax.random.key(3), 2, 0.1)  # rank-2 factors per matrix, dense per vector
     joined = decoding_layout(params)
     parts = {p for _, ps in JOINED_WEIGHTS for p in ps}
     assert not parts & set(joined["layers"][0]) and {"w_qkv", "w_gate_up"} <= set(joined["layers"][0])
     tokens = rng.integers(3, mcfg.vocab_size, (2, 8)).astype(np.int32)
     mask, pos = np.ones((2, 8), bool), np.broadcast_to(np.arange(8), (2, 8))
-    np.testing.assert_allclose(forward(joined, mcfg, tokens, pos, mask, delta=delta)[0],
-                               forward(params, mcfg, tokens, pos, mask, delta=delta)[0], rtol=1e-5, atol=1e-5)
+    ref = forward(params, mcfg, tokens, pos, mask, delta=delta)[0]
+    np.testing.assert_allclose(forward(joined, mcfg, tokens, pos, mask, delta=delta)[0], ref, rtol=1e-5, atol=1e-5)
+    assert np.abs(ref - forward(params, mcfg, tokens, pos, mask)[0]).max() > 1e-2  # the deltas matter
     a, b = (generate(p, mcfg, tokens, mask, jax.random.key(1), 6, delta=delta) for p in (joined, params))
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
 
