@@ -56,3 +56,25 @@ def test_missing_gguf_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(ValueError, match="not a readable GGUF"):
         load_gguf(str(bad))
+
+
+def test_processes_building_the_tokenizer_cache_at_once_leave_one_complete_copy(tmp_path):
+    """Test workers and the hosts of a multi-host run may build the tokenizer cache at the same moment: each
+    writes a staging directory and renames it into place, so every process gets a working tokenizer and one
+    complete directory remains (no staging leftovers); a later call reads it."""
+    import subprocess
+    import sys
+
+    code = ("from esjax.models.registry import smollm2_tokenizer; "
+            "print(smollm2_tokenizer()('2+3=')['input_ids'])")
+    env = {**os.environ, "ESJAX_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outs)) == 1 and outs[0].startswith("[")
+    assert os.listdir(tmp_path) == ["smollm2-135m-instruct-tokenizer"]
+    cached = tmp_path / "smollm2-135m-instruct-tokenizer"
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(cached))
+    fresh = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    assert fresh.stdout.strip() == outs[0]

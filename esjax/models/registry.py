@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any, NamedTuple
 
 import jax
@@ -49,7 +51,15 @@ def smollm2_tokenizer():
         return AutoTokenizer.from_pretrained(cached)
     path = smollm2_gguf_path()
     tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    tok.save_pretrained(cached)
+    # Written beside the cache and renamed into place: processes that build it at once (test workers, the
+    # hosts of a multi-host run on one machine) never read a half-written directory.
+    os.makedirs(_cache_dir(), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=_cache_dir())
+    tok.save_pretrained(staging)
+    try:
+        os.rename(staging, cached)
+    except OSError:  # another process renamed its copy first; theirs is complete
+        shutil.rmtree(staging, ignore_errors=True)
     return tok
 
 
