@@ -1,18 +1,17 @@
 """End to end on the tiny random model: compare (3 ES iterations + 3 GRPO steps + the whole analysis and
-report), exact resume after kill -9, the notebooks on the tiny results folder, and the preset CLI."""
+report), the notebooks on the tiny results folder, the preset CLI, sequential training and the sweep
+(exact resume after kill -9: ``test_resume.py``)."""
 import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from esjax.config import build_config
-from esjax.runs import read_metrics, strip_timing
+from esjax.runs import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRINTED = {}  # stdout of the module's compare run
@@ -88,40 +87,6 @@ def test_notebooks_flag_an_unfinished_run(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "notebooks", "geometry_es_vs_grpo.py")], check=True,
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300).stdout
     assert f"WARNING: the GRPO run in {tmp_path} is failed, not complete" in out and "the ES run" not in out
-
-
-def _single_task(out, method, extra=()):
-    cmd = [sys.executable, "-m", "experiments.single_task", "--preset", "tiny", "--method", method, "--out", out,
-           "--no-progress", "--set", "es_iterations=5", "--set", "grpo_steps=4", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-
-
-@pytest.mark.parametrize("method", ["es", "grpo"])
-def test_resume_after_kill_9_reproduces_the_uninterrupted_run(tmp_path, method):
-    ref = _single_task(str(tmp_path / "ref"), method)
-    assert ref.wait(timeout=600) == 0, ref.stdout.read().decode()[-2000:]
-    victim = _single_task(str(tmp_path / "killed"), method)
-    log = tmp_path / "killed" / method / "metrics.jsonl"
-    deadline = time.time() + 600
-    while time.time() < deadline:  # kill -9 once iteration 2 is logged (checkpoints every iteration)
-        if log.exists() and len(log.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert len(log.read_text().splitlines()) < 5 + 1  # really interrupted
-    resumed = _single_task(str(tmp_path / "killed"), method)
-    out = resumed.communicate(timeout=600)[0].decode()
-    assert resumed.returncode == 0, out[-2000:]
-    assert "resumed from iteration" in out
-    assert "restored verified step" in out
-    a = strip_timing(read_metrics(str(tmp_path / "ref" / method)))
-    b = strip_timing(read_metrics(str(tmp_path / "killed" / method)))
-    assert a == b
-    n = 5 if method == "es" else 4
-    assert json.load(open(tmp_path / "killed" / method / "summary.json"))["status"] == "complete"
-    assert sorted(os.listdir(tmp_path / "killed" / method / "ckpt")) == [str(n)]  # one checkpoint kept once finished
 
 
 def test_config_overrides_and_errors():
