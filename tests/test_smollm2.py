@@ -8,6 +8,7 @@ import pytest
 from esjax.models.decoder import forward, positions_from_mask
 from esjax.models.gguf_loader import load_gguf, smollm2_gguf_path, unpermute_qk
 from esjax.sampling import make_generate, pad_prompts
+from installs import ROOT, user_install_view
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -58,23 +59,53 @@ def test_missing_gguf_is_a_clear_error(tmp_path):
         load_gguf(str(bad))
 
 
-def test_processes_building_the_tokenizer_cache_at_once_leave_one_complete_copy(tmp_path):
-    """Test workers and the hosts of a multi-host run may build the tokenizer cache at the same moment: each
-    writes a staging directory and renames it into place, so every process gets a working tokenizer and one
-    complete directory remains (no staging leftovers); a later call reads it."""
+def test_the_tokenizer_is_built_without_torch_by_processes_at_once_into_one_complete_cache(tmp_path):
+    """A fresh install of esjax has no torch (a test-only dependency), and transformers' own GGUF tokenizer
+    route imports it: the embedded model's tokenizer is built by ``gguf_tokenizer`` instead. Three processes
+    that see only a user's install (no torch) build the cache at once (parallel test workers, the hosts of a multi-host run on one
+    machine): each writes a staging directory and renames it into place, so each gets a working tokenizer
+    and chat template, and one complete directory remains, which a later process reads."""
     import subprocess
     import sys
 
-    code = ("from esjax.models.registry import smollm2_tokenizer; "
-            "print(smollm2_tokenizer()('2+3=')['input_ids'])")
-    env = {**os.environ, "ESJAX_CACHE": str(tmp_path), "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
-    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0]
-    assert len(set(outs)) == 1 and outs[0].startswith("[")
-    assert os.listdir(tmp_path) == ["smollm2-135m-instruct-tokenizer"]
-    cached = tmp_path / "smollm2-135m-instruct-tokenizer"
-    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(cached))
-    fresh = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, check=True)
-    assert fresh.stdout.strip() == outs[0]
+    code = ("import importlib.util, sys; assert importlib.util.find_spec('torch') is None; "
+            "from esjax.models.registry import smollm2_tokenizer; t = smollm2_tokenizer(); "
+            "print(t(t.apply_chat_template([{'role': 'user', 'content': '2+3='}], tokenize=False, "
+            "add_generation_prompt=True))['input_ids']); assert 'torch' not in sys.modules")
+    env = {**os.environ, "ESJAX_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([ROOT, user_install_view(str(tmp_path / "site"))])}
+    run = lambda: subprocess.Popen([sys.executable, "-S", "-c", code], env=env, stdout=subprocess.PIPE,  # noqa: E731
+                                   stderr=subprocess.PIPE, text=True)
+    procs = [run() for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    ids = {out.strip() for out, _ in outs}
+    assert len(ids) == 1 and next(iter(ids)).startswith("[1, ")  # <|im_start|> opens the chat turn
+    assert os.listdir(tmp_path / "cache") == ["smollm2-135m-instruct-tokenizer"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(tmp_path / "cache" / "smollm2-135m-instruct-tokenizer"))
+    later = run()
+    assert later.communicate(timeout=300)[0].strip() in ids and later.returncode == 0
+
+
+def test_gguf_tokenizer_is_the_one_transformers_builds_from_the_file():
+    """``gguf_tokenizer`` (no torch) against transformers' ``AutoTokenizer.from_pretrained(..., gguf_file=)``
+    (which reads the file with torch): the same backend (vocabulary, merges, pre-tokenizer, added tokens as
+    one JSON), special tokens, chat template, and ids on text that exercises digits, whitespace, unicode and
+    special tokens."""
+    from esjax.models.gguf_loader import gguf_tokenizer
+
+    path = smollm2_gguf_path()
+    ours = gguf_tokenizer(path)
+    theirs = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    assert ours.backend_tokenizer.to_str() == theirs.backend_tokenizer.to_str()
+    for attr in ("bos_token", "eos_token", "pad_token", "unk_token", "eos_token_id", "pad_token_id", "chat_template"):
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+    assert ours.eos_token == "<|im_end|>" and ours.pad_token_id == 2
+    texts = ["What is 2+3?", " 123 4567 x", "héllo wörld 日本語 🙂", "  spaces\t\ttabs\n\nnew",
+             "<|im_start|>user\nhi<|im_end|>", "Answer: <answer>(25 - 3) * 4</answer>"]
+    assert [ours(t)["input_ids"] for t in texts] == [theirs(t)["input_ids"] for t in texts]
+    chat = [{"role": "user", "content": "Name a color."}]
+    assert ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    with pytest.raises(FileNotFoundError, match="GGUF file not found"):
+        gguf_tokenizer(path + ".missing")

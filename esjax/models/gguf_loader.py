@@ -48,16 +48,68 @@ def _field(reader, key, default=None):
     return f.contents()
 
 
-def load_gguf(path: str, **config_overrides):
-    """Load (params, cfg) from a llama-architecture GGUF file; params are float32 numpy arrays."""
+# tokenizer metadata → the names transformers' GGUF tokenizer builder reads (its GGUF_TOKENIZER_MAPPING)
+_TOKENIZER_KEYS = {"ggml.model": "tokenizer_type", "ggml.pre": "pre_tokenizer_type", "ggml.tokens": "tokens",
+                   "ggml.scores": "scores", "ggml.token_type": "token_type", "ggml.merges": "merges",
+                   "ggml.precompiled_charsmap": "precompiled_charsmap", "ggml.bos_token_id": "bos_token_id",
+                   "ggml.eos_token_id": "eos_token_id", "ggml.unknown_token_id": "unk_token_id",
+                   "ggml.padding_token_id": "pad_token_id", "ggml.add_space_prefix": "add_prefix_space"}
+_TOKENIZER_CONFIG_KEYS = {"chat_template": "chat_template", "ggml.add_bos_token": "add_bos_token",
+                          "ggml.add_eos_token": "add_eos_token"}
+_SPECIAL_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
+                      "pad_token": "padding_token_id"}
+
+
+def _reader(path: str):
     import gguf
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
     try:
-        reader = gguf.GGUFReader(path)
+        return gguf.GGUFReader(path)
     except Exception as e:  # the gguf package raises assorted errors on a bad header
         raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+
+
+def gguf_tokenizer(path: str):
+    """The tokenizer a GGUF file describes, with its special tokens and chat template, as a transformers
+    tokenizer, built without torch.
+
+    transformers' own route (``AutoTokenizer.from_pretrained(dir, gguf_file=...)``) reads the file with a
+    reader that imports torch, which an install of esjax does not have (torch is a test-only dependency):
+    on a fresh machine the embedded model's tokenizer could not be built. Here the metadata is read with
+    ``gguf`` and handed to transformers' tokenizer builder for GGUF files (``convert_gguf_tokenizer``, which
+    needs no torch), as that route does, so the tokenizer is the same (tested token for token against it,
+    and in a process where torch cannot be imported). Where that builder is missing (another transformers
+    version) it falls back to transformers' route, which then needs torch."""
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # no torch-free builder in this transformers version: its own route (needs torch)
+        from transformers import AutoTokenizer
+
+        _reader(path)  # the clear error for a missing or unreadable file
+        return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    reader = _reader(path)
+    meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    tokenizer = {name: meta[f"tokenizer.{k}"] for k, name in _TOKENIZER_KEYS.items() if f"tokenizer.{k}" in meta}
+    config = {name: meta[f"tokenizer.{k}"] for k, name in _TOKENIZER_CONFIG_KEYS.items() if f"tokenizer.{k}" in meta}
+    if "tokens" not in tokenizer:
+        raise ValueError(f"{path}: GGUF metadata is missing 'tokenizer.ggml.tokens' (no tokenizer in the file)")
+    if tokenizer.get("tokenizer_type") == "llama":  # as transformers: llama.cpp adds BOS to such vocabularies
+        config.setdefault("add_bos_token", True)
+    for name, key in _SPECIAL_TOKEN_IDS.items():
+        i = meta.get(f"tokenizer.ggml.{key}")
+        config[name] = tokenizer["tokens"][int(i)] if i is not None else None
+    backend, extra = convert_gguf_tokenizer(_field(reader, "general.architecture"), tokenizer)
+    return TokenizersBackend(tokenizer_object=backend, **config, **extra)
+
+
+def load_gguf(path: str, **config_overrides):
+    """Load (params, cfg) from a llama-architecture GGUF file; params are float32 numpy arrays."""
+    import gguf
+
+    reader = _reader(path)
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise ValueError(f"{path}: unsupported GGUF architecture {arch!r} (supported: llama)")

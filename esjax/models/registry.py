@@ -44,13 +44,12 @@ def smollm2_tokenizer():
     """The SmolLM2 tokenizer built from the GGUF file, cached as a plain HF tokenizer directory."""
     from transformers import AutoTokenizer
 
-    from esjax.models.gguf_loader import smollm2_gguf_path
+    from esjax.models.gguf_loader import gguf_tokenizer, smollm2_gguf_path
 
     cached = os.path.join(_cache_dir(), "smollm2-135m-instruct-tokenizer")
     if os.path.exists(os.path.join(cached, "tokenizer_config.json")):
         return AutoTokenizer.from_pretrained(cached)
-    path = smollm2_gguf_path()
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    tok = gguf_tokenizer(smollm2_gguf_path())  # built without torch (see there)
     # Written beside the cache and renamed into place: processes that build it at once (test workers, the
     # hosts of a multi-host run on one machine) never read a half-written directory.
     os.makedirs(_cache_dir(), exist_ok=True)
@@ -77,8 +76,6 @@ def model_config(name: str = DEFAULT_MODEL) -> ModelConfig:
 def load_model(name: str = DEFAULT_MODEL, param_dtype: str = "float32", compute_dtype: str = "float32",
                seed: int = 0, with_tokenizer: bool = True) -> Model:
     """Load a preset, ``hf:<dir>`` or ``gguf:<file>``; parameters are cast to ``param_dtype``."""
-    from transformers import AutoTokenizer
-
     dtypes = dict(param_dtype=param_dtype, compute_dtype=compute_dtype)
     if name == DEFAULT_MODEL:
         from esjax.models.gguf_loader import load_gguf, smollm2_gguf_path
@@ -95,11 +92,11 @@ def load_model(name: str = DEFAULT_MODEL, param_dtype: str = "float32", compute_
         params, cfg = load_hf_checkpoint(name[3:], **dtypes)
         tok = load_hf_tokenizer(name[3:]) if with_tokenizer else None  # a named error if its files are missing
     elif name.startswith("gguf:"):
-        from esjax.models.gguf_loader import load_gguf
+        from esjax.models.gguf_loader import gguf_tokenizer, load_gguf
 
         path = name[5:]
         params, cfg = load_gguf(path, **dtypes)
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path)) if with_tokenizer else None
+        tok = gguf_tokenizer(path) if with_tokenizer else None
     else:
         raise ValueError(f"unknown model {name!r}: use one of {PRESETS}, 'hf:<dir>' or 'gguf:<file>'")
     params = jax.tree.map(lambda x: jnp.asarray(x, DTYPES[param_dtype]), params)
