@@ -85,11 +85,16 @@ def gguf_tokenizer(path: str):
     try:
         from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:  # no torch-free builder in this transformers version: its own route (needs torch)
-        from transformers import AutoTokenizer
+    except ImportError:  # no torch-free builder in this transformers version (5.17 imports torch with it)
+        import transformers
 
         _reader(path)  # the clear error for a missing or unreadable file
-        return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        try:  # transformers' own route, which needs torch
+            return transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        except ImportError as e:
+            raise ImportError(f"{path}: building a tokenizer from a GGUF file needs torch, or a transformers whose "
+                              f"GGUF tokenizer builder imports without it (5.23.0 in requirements.txt does; this is "
+                              f"{transformers.__version__}): {e}") from e
     reader = _reader(path)
     meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
     tokenizer = {name: meta[f"tokenizer.{k}"] for k, name in _TOKENIZER_KEYS.items() if f"tokenizer.{k}" in meta}
