@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from esjax.grpo.losses import LOSS_AGGREGATION, group_advantages, kl_k3, per_token_loss
-from esjax.grpo.step import GRPOConfig, grpo_loss, grpo_step, init_state
+from esjax.grpo.step import GRPOConfig, grpo_loss, grpo_step, init_state, make_completion_logprobs, scored_from
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import init_params
 from esjax.parallel import batch_sharding, make_mesh, replicated
+from jaxprs import sub_jaxprs
 
 TINY = ModelConfig(arch="qwen2", vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=4,
                    num_kv_heads=2, head_dim=4, eos_token_ids=(1,), pad_token_id=0)
@@ -96,17 +97,52 @@ def test_gradient_matches_finite_differences_and_masked_tokens_do_not_count():
 
 def test_micro_batching_gives_the_same_update():
     params = init_params(TINY, jax.random.key(0), 0.3)
+    ref = init_params(TINY, jax.random.key(1), 0.3)  # another model: a KL (and its gradient) that is not 0
     batch = _batch()
     out = []
     for mb in (0, 2):
         cfg = GRPOConfig(group_size=4, prompts_per_step=2, micro_batch_size=mb, learning_rate=1e-2, beta=0.05,
                          adam_eps=1.0)  # update ∝ g, not sign(g): compares gradients
         st = init_state(params, jax.random.key(0), cfg)
-        st, m = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg))(st, batch, params)
+        st, m = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg))(st, batch, ref)
         out.append((st.params, m))
+    assert float(out[0][1]["kl"]) > 0.01
     for a, b in zip(jax.tree.leaves(out[0][0]), jax.tree.leaves(out[1][0])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert float(out[0][1]["loss"]) == pytest.approx(float(out[1][1]["loss"]), rel=1e-5)
+    assert float(out[0][1]["kl"]) == pytest.approx(float(out[1][1]["kl"]), rel=1e-5)  # the reference's scoring
+
+
+def _vocab_shapes(jaxpr, vocab):
+    """Shapes of every (..., V) array of rank ≥ 3 a traced program makes (logits and their log-softmax)."""
+    shapes = set()
+    for eqn in jaxpr.eqns:
+        shapes |= {tuple(v.aval.shape) for v in eqn.outvars
+                   if hasattr(v.aval, "shape") and len(v.aval.shape) >= 3 and v.aval.shape[-1] == vocab}
+        for sub in sub_jaxprs(eqn):
+            shapes |= _vocab_shapes(sub, vocab)
+    return shapes
+
+
+def test_the_learner_holds_one_micro_batch_of_logits_the_reference_scoring_and_old_logp_included():
+    """micro_batch_size bounds the learner's memory: the policy's logits, the reference model's (the KL,
+    tracked by default) and the rollout policy's old log-probs are each made one micro-batch at a time
+    (2 rows of 8 here), never as a (batch, L, V) array; and old_logp scored so equals the whole batch's."""
+    model = TINY.replace(vocab_size=37)  # no other dimension of the model is 37
+    params = init_params(model, jax.random.key(0), 0.3)
+    batch = _batch()
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, micro_batch_size=2, beta=0.05)
+    st = init_state(params, jax.random.key(0), cfg)
+    step = jax.make_jaxpr(functools.partial(grpo_step, model_cfg=model, cfg=cfg))(st, batch, params)
+    shapes = _vocab_shapes(step.jaxpr, model.vocab_size)
+    assert shapes and {s[0] for s in shapes} == {2}, shapes
+    start = scored_from(batch)
+    whole = make_completion_logprobs(model, start, 0.7, 0, 4)
+    micro = make_completion_logprobs(model, start, 0.7, 0, 4, 2)
+    shapes = _vocab_shapes(jax.make_jaxpr(micro)(params, batch["tokens"], batch["attn_mask"]).jaxpr, model.vocab_size)
+    assert shapes and {s[0] for s in shapes} == {2}, shapes
+    np.testing.assert_allclose(micro(params, batch["tokens"], batch["attn_mask"]),
+                               whole(params, batch["tokens"], batch["attn_mask"]), rtol=1e-5, atol=1e-6)
 
 
 def test_scoring_only_the_completion_gives_the_same_update():

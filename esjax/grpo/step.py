@@ -175,11 +175,24 @@ def completion_logprobs(params, model_cfg, tokens, mask, start: int, temperature
 
 
 @functools.lru_cache(maxsize=None)
-def make_completion_logprobs(model_cfg, start: int, temperature: float = 1.0, prefix_len: int = 0, group: int = 1):
+def make_completion_logprobs(model_cfg, start: int, temperature: float = 1.0, prefix_len: int = 0, group: int = 1,
+                             micro: int = 0):
     """A jitted ``(params, tokens, mask) -> tempered log-probs`` (:func:`completion_logprobs`): the rollout
-    policy's ``old_logp``, scored in the learner's convention so that ρ ≡ 1 before the first update."""
-    return jax.jit(lambda params, tokens, mask: completion_logprobs(params, model_cfg, tokens, mask, start,
-                                                                    temperature, prefix_len, group))
+    policy's ``old_logp``, scored in the learner's convention so that ρ ≡ 1 before the first update.
+    ``micro`` > 0: scored gcd(B, ``micro``) rows at a time (``lax.map``; the learner's micro-batch), so the
+    (B, L, V) logits of the whole batch are never held at once."""
+
+    def fn(params, tokens, mask):
+        B = tokens.shape[0]
+        m = math.gcd(B, micro) if micro else B
+        score = lambda t, k: completion_logprobs(params, model_cfg, t, k, start, temperature, prefix_len,  # noqa: E731
+                                                 math.gcd(m, group))
+        if m == B:
+            return score(tokens, mask)
+        chunks = jax.lax.map(lambda tk: score(*tk), (tokens.reshape(B // m, m, -1), mask.reshape(B // m, m, -1)))
+        return chunks.reshape(B, -1)
+
+    return jax.jit(fn)
 
 
 def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig, prefix_len: int = 0,
@@ -206,28 +219,30 @@ def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOCon
     no KL is wanted (β = 0 and nothing tracked). ``prefix_len``: the tokens' first columns are one prompt
     prefix shared by every row (``PromptBatch.prefix_len``), run once per micro-batch; ``group``: rows
     come in runs of ``group`` copies of one prompt (``PromptBatch.group``), whose prompt columns run once
-    per run. Pure: jit with static model_cfg, cfg, prefix_len and group."""
+    per run. Pure: jit with static model_cfg, cfg, prefix_len and group. Memory is bounded by the
+    micro-batch: the policy's forward and backward and the reference model's scoring (the KL term, tracked
+    by default) each run one micro-batch at a time."""
     weights = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
-    ref_logp = None
-    if ref_params is not None:
-        ref_logp = jax.lax.stop_gradient(token_logprobs(ref_params, model_cfg, batch["tokens"], batch["attn_mask"],
-                                                        start=scored_from(batch), prefix_len=prefix_len,
-                                                        group=group))
     B = batch["tokens"].shape[0]
     mb = cfg.micro_batch_size or B
     n_micro, micro_group = B // mb, math.gcd(mb, group)
-    split = lambda x: None if x is None else x.reshape(n_micro, mb, *x.shape[1:])  # noqa: E731
+    split = lambda x: x.reshape(n_micro, mb, *x.shape[1:])  # noqa: E731
     micro = {k: split(v) for k, v in batch.items()}
     grad_fn = jax.value_and_grad(grpo_loss, has_aux=True)
 
     def body(acc, xs):
-        mbatch, w, r = xs
-        (loss, aux), g = grad_fn(state.params, model_cfg, mbatch, w, r, cfg, prefix_len, micro_group)
+        mbatch, w = xs
+        ref_logp = None
+        if ref_params is not None:  # scored per micro-batch too: its (mb, L, V) logits, not the batch's
+            ref_logp = jax.lax.stop_gradient(token_logprobs(
+                ref_params, model_cfg, mbatch["tokens"], mbatch["attn_mask"], start=scored_from(mbatch),
+                prefix_len=prefix_len, group=micro_group))
+        (loss, aux), g = grad_fn(state.params, model_cfg, mbatch, w, ref_logp, cfg, prefix_len, micro_group)
         return jax.tree.map(jnp.add, acc, (loss, aux, g)), None
 
     zero = (jnp.zeros(()), {"kl_sum": jnp.zeros(()), "clip_sum": jnp.zeros(()), "tokens": jnp.zeros(())},
             jax.tree.map(jnp.zeros_like, state.params))
-    (loss, aux, grads), _ = jax.lax.scan(body, zero, (micro, split(weights), split(ref_logp)))
+    (loss, aux, grads), _ = jax.lax.scan(body, zero, (micro, split(weights)))
     tx = make_optimizer(cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

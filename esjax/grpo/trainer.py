@@ -30,7 +30,8 @@ def learner_batch(params, model_cfg, cfg: GRPOConfig, pb, gen_tokens, lengths, a
     batch = {k: put(v) for k, v in seq.items()}
     batch["advantages"] = put(np.asarray(advantages, np.float32))
     if cfg.updates_per_step > 1:  # later updates are off-policy: ratios against the rollout policy
-        old_logp = make_completion_logprobs(model_cfg, scored_from(seq), cfg.temperature, pb.prefix_len, pb.group)
+        old_logp = make_completion_logprobs(model_cfg, scored_from(seq), cfg.temperature, pb.prefix_len, pb.group,
+                                            cfg.micro_batch_size)
         batch["old_logp"] = old_logp(params, batch["tokens"], batch["attn_mask"])
     return batch
 
