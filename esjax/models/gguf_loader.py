@@ -85,7 +85,7 @@ def gguf_tokenizer(path: str):
     try:
         from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
-    except ImportError:  # no torch-free builder in this transformers version (5.17 imports torch with it)
+    except ImportError:  # no such builder, or one that imports torch (transformers 5.17 has another layout)
         import transformers
 
         _reader(path)  # the clear error for a missing or unreadable file

@@ -40,6 +40,9 @@ def _cache_dir() -> str:
     return os.environ.get("ESJAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "esjax"))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # what a complete cached tokenizer holds
+
+
 def smollm2_tokenizer():
     """The SmolLM2 tokenizer built from the GGUF file, cached as a plain HF tokenizer directory."""
     from transformers import AutoTokenizer
@@ -47,14 +50,23 @@ def smollm2_tokenizer():
     from esjax.models.gguf_loader import gguf_tokenizer, smollm2_gguf_path
 
     cached = os.path.join(_cache_dir(), "smollm2-135m-instruct-tokenizer")
-    if os.path.exists(os.path.join(cached, "tokenizer_config.json")):
+    complete = lambda d: all(os.path.exists(os.path.join(d, f)) for f in TOKENIZER_FILES)  # noqa: E731
+    if complete(cached):
         return AutoTokenizer.from_pretrained(cached)
     tok = gguf_tokenizer(smollm2_gguf_path())  # built without torch (see there)
     # Written beside the cache and renamed into place: processes that build it at once (test workers, the
     # hosts of a multi-host run on one machine) never read a half-written directory.
     os.makedirs(_cache_dir(), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=_cache_dir())
+    os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     tok.save_pretrained(staging)
+    if os.path.isdir(cached) and not complete(cached):  # an incomplete copy (a process killed while writing
+        stale = tempfile.mkdtemp(prefix=".stale-", dir=_cache_dir())  # it before writes were atomic): moved
+        try:                                                          # aside, so the rename below can succeed
+            os.replace(cached, os.path.join(stale, "tokenizer"))
+        except OSError:  # another process moved or replaced it first
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         os.rename(staging, cached)
     except OSError:  # another process renamed its copy first; theirs is complete
