@@ -26,8 +26,9 @@ del a
 reset_peak()
 print(json.dumps([ok, before, grown, peak_gb()]))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    ok, before, grown, after = json.loads(out)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ok, before, grown, after = json.loads(proc.stdout)
     assert ok
     assert grown - before == pytest.approx(0.1, abs=0.03)
     assert after < grown - 0.05  # the freed block is no longer in the peak
