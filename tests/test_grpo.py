@@ -183,17 +183,21 @@ def test_shared_prompt_prefix_run_once_gives_the_same_update(micro, group):
     assert float(ma["grad_norm"]) == pytest.approx(float(mb["grad_norm"]), rel=1e-5) and float(ma["grad_norm"]) > 0
 
 
-def test_sharded_step_equals_single_device_step():
+@pytest.mark.parametrize("micro", [0, 4])
+def test_sharded_step_equals_single_device_step(micro):
     params = init_params(TINY, jax.random.key(0), 0.3)
-    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0)
+    ref = init_params(TINY, jax.random.key(1), 0.3)  # a KL that is not 0
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0,
+                     micro_batch_size=micro)
     batch = _batch()
     step = functools.partial(grpo_step, model_cfg=TINY, cfg=cfg)
-    single, m1 = jax.jit(step)(init_state(params, jax.random.key(0), cfg), batch, params)
+    single, m1 = jax.jit(step)(init_state(params, jax.random.key(0), cfg), batch, ref)
     mesh = make_mesh()
     rep, shard = replicated(mesh), batch_sharding(mesh)
     st = jax.device_put(init_state(params, jax.random.key(0), cfg), rep)
     sb = jax.device_put(batch, shard)
-    multi, m8 = jax.jit(step)(st, sb, jax.device_put(params, rep))
+    multi, m8 = jax.jit(step)(st, sb, jax.device_put(ref, rep))
+    assert float(m1["kl"]) > 0.01
     assert len(sb["tokens"].sharding.device_set) == 8
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
