@@ -48,14 +48,7 @@ def _field(reader, key, default=None):
     return f.contents()
 
 
-# tokenizer metadata → the names transformers' GGUF tokenizer builder reads (its GGUF_TOKENIZER_MAPPING)
-_TOKENIZER_KEYS = {"ggml.model": "tokenizer_type", "ggml.pre": "pre_tokenizer_type", "ggml.tokens": "tokens",
-                   "ggml.scores": "scores", "ggml.token_type": "token_type", "ggml.merges": "merges",
-                   "ggml.precompiled_charsmap": "precompiled_charsmap", "ggml.bos_token_id": "bos_token_id",
-                   "ggml.eos_token_id": "eos_token_id", "ggml.unknown_token_id": "unk_token_id",
-                   "ggml.padding_token_id": "pad_token_id", "ggml.add_space_prefix": "add_prefix_space"}
-_TOKENIZER_CONFIG_KEYS = {"chat_template": "chat_template", "ggml.add_bos_token": "add_bos_token",
-                          "ggml.add_eos_token": "add_eos_token"}
+# special tokens by the metadata key of their id (transformers' private _SPECIAL_TOKENS, the same table)
 _SPECIAL_TOKEN_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id", "unk_token": "unknown_token_id",
                       "pad_token": "padding_token_id"}
 
@@ -83,7 +76,7 @@ def gguf_tokenizer(path: str):
     and in a process where torch cannot be imported). Where that builder is missing (another transformers
     version) it falls back to transformers' route, which then needs torch."""
     try:
-        from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
     except ImportError:  # no such builder, or one that imports torch (transformers 5.17 has another layout)
         import transformers
@@ -97,8 +90,8 @@ def gguf_tokenizer(path: str):
                               f"{transformers.__version__}): {e}") from e
     reader = _reader(path)
     meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
-    tokenizer = {name: meta[f"tokenizer.{k}"] for k, name in _TOKENIZER_KEYS.items() if f"tokenizer.{k}" in meta}
-    config = {name: meta[f"tokenizer.{k}"] for k, name in _TOKENIZER_CONFIG_KEYS.items() if f"tokenizer.{k}" in meta}
+    tokenizer, config = ({name: meta[f"tokenizer.{k}"] for k, name in GGUF_TOKENIZER_MAPPING[group].items()
+                          if f"tokenizer.{k}" in meta} for group in ("tokenizer", "tokenizer_config"))
     if "tokens" not in tokenizer:
         raise ValueError(f"{path}: GGUF metadata is missing 'tokenizer.ggml.tokens' (no tokenizer in the file)")
     if tokenizer.get("tokenizer_type") == "llama":  # as transformers: llama.cpp adds BOS to such vocabularies
