@@ -6,10 +6,19 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from installs import ROOT, user_install_view
 
 
-def test_a_run_needs_nothing_requirements_txt_does_not_install(tmp_path):
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory):
+    """The environment of a process that sees only a user's install (run it with ``python -S``)."""
+    view = user_install_view(str(tmp_path_factory.mktemp("site")))
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join([ROOT, view])}
+
+
+def test_a_run_needs_nothing_requirements_txt_does_not_install(tmp_path, user_env):
     """Every esjax module is imported and a tiny ES run (chat-templated prompts, rewards, evaluation, orbax
     checkpoints, metrics) goes end to end in a process that sees only the distributions ``pip install -r
     requirements.txt`` brings in (no torch, no test-only package). Found this way: jinja2, which
@@ -27,15 +36,14 @@ sys.argv = ["single_task", "--preset", "tiny", "--method", "es", "--out", {str(o
             "--set", "es_iterations=1"]
 runpy.run_module("experiments.single_task", run_name="__main__")
 """
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "ESJAX_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([ROOT, user_install_view(str(tmp_path / "site"))])}
+    env = {**user_env, "XLA_FLAGS": "", "ESJAX_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert json.load(open(out / "es" / "summary.json"))["status"] == "complete"
 
 
-def test_the_tokenizer_is_built_without_torch_by_processes_at_once_into_one_complete_cache(tmp_path):
+def test_the_tokenizer_is_built_without_torch_by_processes_at_once_into_one_complete_cache(tmp_path, user_env):
     """A fresh install of esjax has no torch (a test-only dependency), and transformers' own GGUF tokenizer
     route imports it: the embedded model's tokenizer is built by ``gguf_tokenizer`` instead. Three processes
     that see only a user's install (no torch) build the cache at once (parallel test workers, the hosts of a
@@ -46,8 +54,7 @@ def test_the_tokenizer_is_built_without_torch_by_processes_at_once_into_one_comp
             "from esjax.models.registry import smollm2_tokenizer; t = smollm2_tokenizer(); "
             "print(t(t.apply_chat_template([{'role': 'user', 'content': '2+3='}], tokenize=False, "
             "add_generation_prompt=True))['input_ids']); assert 'torch' not in sys.modules")
-    env = {**os.environ, "ESJAX_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([ROOT, user_install_view(str(tmp_path / "site"))])}
+    env = {**user_env, "ESJAX_CACHE": str(tmp_path / "cache")}
     run = lambda: subprocess.Popen([sys.executable, "-S", "-c", code], env=env, stdout=subprocess.PIPE,  # noqa: E731
                                    stderr=subprocess.PIPE, text=True)
     (tmp_path / "cache" / "smollm2-135m-instruct-tokenizer").mkdir(parents=True)
