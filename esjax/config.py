@@ -53,11 +53,13 @@ class RunConfig:
     logger: str = "jsonl"  # "jsonl": metrics.jsonl only; "tensorboard": also <run>/tensorboard/ event files
     compute_dtype: str = "float32"  # activations, KV cache, decode weights (esjax.models.precision); θ stays fp32
     # the decode loop (esjax.sampling.generate): tokens per while_loop iteration (k > 1 pays the loop
-    # condition once per k tokens), and the KV-cache block the loop reads up to (0 = the whole cache every
-    # step). The same tokens whatever they are (log-probs to float rounding, so a near-tie could flip), so a
-    # run may resume with others
+    # condition once per k tokens), the KV-cache block the loop reads up to (0 = the whole cache every
+    # step), and at how many block boundaries greedy decoding continues on the halves of the batch that
+    # hold rows still running (0 = never; rows stopped at EOS stop costing row-steps). The same tokens
+    # whatever they are (log-probs to float rounding, so a near-tie could flip), so a run may resume with others
     decode_steps_per_loop: int = ModelConfig.decode_steps_per_loop  # the defaults live on ModelConfig
     decode_cache_block: int = ModelConfig.decode_cache_block
+    decode_compaction: int = ModelConfig.decode_compaction
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
@@ -74,7 +76,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("es_iterations", "grpo_steps", "eval_every", "probe_size", "max_new_tokens", "eval_max_new_tokens",
-                     "decode_cache_block"):
+                     "decode_cache_block", "decode_compaction"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RunConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.logger not in LOGGERS:
@@ -93,7 +95,7 @@ class RunConfig:
     def model_settings(self) -> dict:
         """The :class:`~esjax.models.config.ModelConfig` fields a run sets: how its model computes and decodes."""
         return {"compute_dtype": self.compute_dtype, "decode_steps_per_loop": self.decode_steps_per_loop,
-                "decode_cache_block": self.decode_cache_block}
+                "decode_cache_block": self.decode_cache_block, "decode_compaction": self.decode_compaction}
 
     def model_spec(self) -> str:
         """``model`` with a relative ``hf:``/``gguf:`` path resolved against ``model_root``."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from esjax.models.decoder import forward, positions_from_mask
 from esjax.rollout import decode, prompt_batch, score
-from esjax.sampling import make_generate
+from esjax.sampling import compaction_fits, decode_segments, make_generate
 
 
 def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
@@ -38,11 +38,14 @@ def make_choice_scorer(model_cfg):
 def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 64) -> dict:
     """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches, and 'correct': a list of
     0/1 per example in the order of ``examples`` (accuracy = its mean; paired tests on the same problems,
-    :mod:`esjax.analysis.intervals`)."""
+    :mod:`esjax.analysis.intervals`). With ``model_cfg.decode_compaction`` > 0 a batch compacts as far as
+    the previous batch's lengths ran one half at every level (:func:`esjax.sampling.compaction_fits`; the
+    first batch does not): the same tokens either way."""
     choices = task.choice_letters
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
     rewards, correct, lengths = [], [], []
+    ends = decode_segments(max_new_tokens, model_cfg.decode_cache_block, model_cfg.decode_steps_per_loop)
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         pb = prompt_batch(tokenizer, task, chunk, model_cfg.pad_token_id)
@@ -50,7 +53,9 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
-            gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False)
+            compaction = compaction_fits(lengths[-1], ends, model_cfg.decode_compaction) if lengths else 0
+            gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False,
+                                compaction=compaction)
             out = gen(params, pb.tokens, pb.mask, jax.random.key(0))
             texts, n_tokens = decode(tokenizer, out.tokens, out.lengths), np.asarray(out.lengths)
         r, c = score(task, texts, chunk)

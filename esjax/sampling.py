@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import (forward, forward_shared_prefix, grow_cache, init_cache, positions_from_mask,
-                                  prefix_levels)
+from esjax.models.decoder import (KVCache, forward, forward_shared_prefix, grow_cache, init_cache,
+                                  positions_from_mask, prefix_levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,12 +159,28 @@ def decode_segments(max_new_tokens: int, cache_block: int = 0, steps_per_loop: i
     return tuple(range(block, max_new_tokens, block)) + (max_new_tokens,)
 
 
+def compaction_fits(lengths, ends: Sequence[int], halvings: int) -> int:
+    """The most halvings h' ≤ ``halvings`` under which a generation whose rows end at ``lengths`` (tokens
+    per row; (rows,) or (instances, rows): vmapped members, their longest row count deciding) runs one
+    half at every level: at each of the first h' boundaries ``ends[k]`` (:func:`decode_segments`), the rows
+    still running (length > ends[k]) fit in ⌈rows / 2^(k+1)⌉. With such an h' compaction only removes
+    row-steps; a level that needs both halves re-reads the weights for them (see :func:`generate`). A run
+    picks it from its previous generation's lengths (the same prompts' next draw stops about as early)."""
+    lengths = np.asarray(lengths).reshape(-1, np.shape(lengths)[-1])
+    rows, fits = lengths.shape[1], 0
+    for k, end in enumerate(ends[:-1][:halvings]):
+        if (lengths > end).sum(1).max() > -(-rows // 2 ** (k + 1)):
+            break
+        fits = k + 1
+    return fits
+
+
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
              greedy_rows=None, row_max_new=None, member_axis: Optional[str] = None,
              steps_per_loop: Optional[int] = None, cache_block: Optional[int] = None,
-             logprobs: bool = True) -> Generation:
+             logprobs: bool = True, compaction: Optional[int] = None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
     Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
     says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Step t's
@@ -213,18 +229,39 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     masked slots add exact zeros to the softmax, so only the summation order changes — log-probs agree
     to float rounding and tokens are the same barring near-ties (tested equal on CPU). The decode program
     holds one loop per segment, each adding one step body's compile time. On 2 CPU cores (SmolLM2-135M,
-    32 rows × 512 new tokens) blocks of 128 decoded 1.33x faster than the whole cache every step."""
+    32 rows × 512 new tokens) blocks of 128 decoded 1.33x faster than the whole cache every step.
+
+    ``compaction`` (static, h ≥ 0; None = the model config's ``decode_compaction``, 0 = off): rows that
+    stopped stop costing row-steps. At each of the first h segment boundaries (so only when the loop has
+    segments: ``cache_block`` < ``max_new_tokens``), the rows still running are moved to the front
+    (a stable sort, per vmapped instance) and the rest of the generation runs on halves of the batch,
+    one half after the other and only the halves that hold a running row (a loop with a dynamic trip
+    count, 0 to 2; under ``member_axis`` the count is the largest over the instances). Each half's loop
+    stops at its own last row, and reads and grows only its own rows' cache (the whole batch's cache stays
+    at the boundary's size: the peak is B·(P + e) + ⌈B/2⌉·(P + M) slots, under B·(P + M) from M ≈ 2e on).
+    Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the same
+    compile time. Each row computes what it computes without compaction (a forward is row-independent;
+    tokens equal on CPU), so it applies to greedy decoding only: a sampled draw depends on the batch's
+    shape, and with temperature > 0 the setting is not applied (the tokens such a call draws are those of
+    ``compaction=0``). When more than half the rows still run, both halves run: the same row-steps, the
+    weights read once more per step — a cost where the weights dominate a step's bytes (few short rows),
+    small where the KV cache does (many long rows: the generations this is for)."""
+
     B, P = tokens.shape
     steps_per_loop = cfg.decode_steps_per_loop if steps_per_loop is None else steps_per_loop
     cache_block = cfg.decode_cache_block if cache_block is None else cache_block
+    compaction = cfg.decode_compaction if compaction is None else compaction
     if steps_per_loop < 1:
         raise ValueError(f"steps_per_loop must be >= 1, got {steps_per_loop}")
+    if compaction < 0:
+        raise ValueError(f"compaction must be >= 0, got {compaction}")
     if P + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {P} + {max_new_tokens} new tokens exceeds the model context "
                          f"of {cfg.max_position_embeddings}")
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
-    prompt_len = mask.sum(1).astype(jnp.int32)
     ends = decode_segments(max_new_tokens, cache_block, steps_per_loop)
+    if sampling.temperature > 0:  # a sampled draw depends on the batch's shape: no compaction (see above)
+        compaction = 0
 
     def draw(logits, key):  # the next token (and its log-prob) from (B, V) logits; step t uses the t-th split
         key, sub = jax.random.split(key)
@@ -236,58 +273,111 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
         last, cache = prefill(params, cfg, tokens, mask, P + ends[0], delta, prefix_len, group)
         nxt, lp, key = draw(last, key)
     width = max_new_tokens + steps_per_loop - 1  # columns for the overrun steps; sliced off at the end
-    out = jnp.full((B, width), cfg.pad_token_id, jnp.int32)
-    logps = jnp.zeros((B, width), jnp.float32) if logprobs else None
-    state = (jnp.int32(0), cache, nxt, lp, out, logps, jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32), key)
+    state = _Decoding(jnp.int32(0), cache, nxt, lp, jnp.full((B, width), cfg.pad_token_id, jnp.int32),
+                      jnp.zeros((B, width), jnp.float32) if logprobs else None, jnp.zeros((B,), bool),
+                      jnp.zeros((B,), jnp.int32), key, mask.sum(1).astype(jnp.int32), row_max_new)
 
     def running(end):  # the loop condition of the segment ending at step ``end``
         def cond(s):
-            t, _, _, _, _, _, done, _, _ = s
-            finished = jnp.all(done)
+            finished = jnp.all(s.done)
             if member_axis is not None:  # one condition for every vmapped instance (see above)
                 finished = jax.lax.pmin(finished.astype(jnp.int32), member_axis) > 0
-            return (t < end) & ~finished
+            return (s.t < end) & ~finished
         return cond
 
     def step(s):  # record token t (drawn from the previous logits), run it, draw token t + 1
-        t, cache, nxt, lp, out, logps, done, lengths, key = s
+        t, done, logps = s.t, s.done, s.logps
         if steps_per_loop > 1:  # an overrun step (t ≥ max_new_tokens) records nothing
             done = done | (t >= max_new_tokens)
         if logprobs:
-            logps = logps.at[:, t].set(jnp.where(done, 0.0, lp))
-        nxt = jnp.where(done, cfg.pad_token_id, nxt)
-        out = out.at[:, t].set(nxt)
-        lengths = lengths + (~done).astype(jnp.int32)
+            logps = logps.at[:, t].set(jnp.where(done, 0.0, s.lp))
+        nxt = jnp.where(done, cfg.pad_token_id, s.nxt)
+        out = s.out.at[:, t].set(nxt)
+        lengths = s.lengths + (~done).astype(jnp.int32)
         done = done | jnp.any(nxt[:, None] == eos[None], -1)
-        if row_max_new is not None:
-            done = done | (lengths >= row_max_new)
-        logits, cache = forward(params, cfg, nxt[:, None], (prompt_len + t)[:, None], jnp.ones((B, 1), bool),
-                                cache=cache, delta=delta)
+        if s.budget is not None:
+            done = done | (lengths >= s.budget)
+        logits, cache = forward(params, cfg, nxt[:, None], (s.start + t)[:, None], jnp.ones((nxt.shape[0], 1), bool),
+                                cache=s.cache, delta=delta)
         # drawn here, not at the next step: the loop carries a token, not the (B, V) float32 logits, so the
         # logits' cast to float32 fuses into the argmax (or the sampler) instead of being written to memory
         # (an H100 trace at 480 rows of Qwen2.5-1.5B: 148 µs to write them, 105 µs to read them for the argmax,
         # of a 5.64 ms step; docs/gpu.md §7)
-        nxt, lp, key = draw(logits[:, -1], key)
-        return t + 1, cache, nxt, lp, out, logps, done, lengths, key
+        nxt, lp, key = draw(logits[:, -1], s.key)
+        return s._replace(t=t + 1, cache=cache, nxt=nxt, lp=lp, out=out, logps=logps, done=done, lengths=lengths,
+                          key=key)
 
     def body(s):
         for _ in range(steps_per_loop):
             s = step(s)
         return s
 
+    def decode(s, i, halvings, compacted=False):  # segments i, i + 1, … on the rows of ``s``
+        if i and halvings and not compacted and s.done.shape[0] > 1:
+            return halves(s, i, halvings)
+        if i:  # the segment's cache: P + its end slots
+            s = s._replace(cache=grow_cache(s.cache, P + ends[i]))
+        s = jax.lax.while_loop(running(ends[i]), body, s)
+        return decode(s, i + 1, halvings) if i + 1 < len(ends) else s
+
+    def halves(s, i, halvings):  # segments i, … on the halves of ``s`` that hold a running row (see above)
+        rows = s.done.shape[0]
+        half = -(-rows // 2)
+        order = jnp.argsort(s.done, stable=True)  # running rows first
+        order = jnp.concatenate([order, jnp.full((2 * half - rows,), rows, order.dtype)])  # index ``rows``: padding
+        live = jnp.sum(~s.done)
+        if member_axis is not None:  # one trip count for every vmapped instance
+            live = jax.lax.pmax(live, member_axis)
+
+        def one(j, outs):
+            idx = jax.lax.dynamic_slice_in_dim(order, j * half, half)
+            sub = decode(_take_rows(s, idx), i, halvings - 1, compacted=True)
+            put = lambda full, part: None if full is None else full.at[idx].set(part, mode="drop")  # noqa: E731
+            return tuple(map(put, outs, (sub.out, sub.logps, sub.lengths)))
+
+        out, logps, lengths = jax.lax.fori_loop(0, (live + half - 1) // half, one, (s.out, s.logps, s.lengths))
+        return s._replace(out=out, logps=logps, lengths=lengths)
+
     with jax.named_scope("decode"):
-        for i, end in enumerate(ends):
-            if i:  # the next segment's cache: P + end slots
-                state = state[:1] + (grow_cache(state[1], P + end),) + state[2:]
-            state = jax.lax.while_loop(running(end), body, state)
-        _, _, _, _, out, logps, _, lengths, _ = state
-    return Generation(out[:, :max_new_tokens], None if logps is None else logps[:, :max_new_tokens], lengths)
+        state = decode(state, 0, compaction)
+    out, logps = state.out[:, :max_new_tokens], state.logps
+    return Generation(out, None if logps is None else logps[:, :max_new_tokens], state.lengths)
+
+
+class _Decoding(NamedTuple):
+    """The decode loop's carry. Per row (leading axis B): the cache's keys, values and valid slots, ``nxt``
+    (the token drawn for step ``t``) and ``lp`` (its log-prob, or None), ``out`` and ``logps`` (B, M + k − 1)
+    (recorded tokens and log-probs, or None), ``done``, ``lengths``, ``start`` (prompt lengths: the
+    generated tokens' positions start there) and ``budget`` (``row_max_new`` or None); shared: ``t`` (steps
+    taken), the cache's ``length`` and the sampling ``key``."""
+
+    t: jax.Array
+    cache: KVCache
+    nxt: jax.Array
+    lp: Optional[jax.Array]
+    out: jax.Array
+    logps: Optional[jax.Array]
+    done: jax.Array
+    lengths: jax.Array
+    key: jax.Array
+    start: jax.Array
+    budget: Optional[jax.Array]
+
+
+def _take_rows(s: _Decoding, idx) -> _Decoding:
+    """The rows ``idx`` (b,) of the carry; an index past the last row (padding) gives a copy of the last
+    row marked done, which records nothing."""
+    take = lambda x: None if x is None else jnp.take(x, idx, axis=0, mode="clip")  # noqa: E731
+    cache = s.cache._replace(k=tuple(map(take, s.cache.k)), v=tuple(map(take, s.cache.v)), valid=take(s.cache.valid))
+    return s._replace(cache=cache, nxt=take(s.nxt), lp=take(s.lp), out=take(s.out), logps=take(s.logps),
+                      done=take(s.done) | (idx >= s.done.shape[0]), lengths=take(s.lengths), start=take(s.start),
+                      budget=take(s.budget))
 
 
 @functools.lru_cache(maxsize=None)
 def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfig = GREEDY, prefix_len: int = 0,
                   group: int = 1, steps_per_loop: Optional[int] = None, cache_block: Optional[int] = None,
-                  logprobs: bool = True):
+                  logprobs: bool = True, compaction: Optional[int] = None):
     """A jitted ``(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None) -> Generation``
     for fixed static settings (see :func:`generate`; ``logprobs=False``: tokens and lengths only)."""
 
@@ -295,7 +385,7 @@ def make_generate(cfg: ModelConfig, max_new_tokens: int, sampling: SamplingConfi
     def fn(params, tokens, mask, key, delta=None, greedy_rows=None, row_max_new=None):
         return generate(params, cfg, tokens, mask, key, max_new_tokens, sampling, delta, prefix_len, group,
                         greedy_rows, row_max_new, steps_per_loop=steps_per_loop, cache_block=cache_block,
-                        logprobs=logprobs)
+                        logprobs=logprobs, compaction=compaction)
 
     return fn
 

@@ -45,3 +45,14 @@ def padded(tokenizer, n: int, pad_id: int, share_prefix: bool = False):
 
 
 
+
+
+def completion_lengths(rows: int, new: int, median: float = 0.25, tail: float = 0.05, seed: int = 0):
+    """(rows,) int32 stand-in completion lengths for benchmarks on random weights (which never emit EOS):
+    log-normal around ``median`` × ``new`` (σ 0.6 in log space), clipped to [1, ``new``], and a ``tail``
+    share of rows that run the whole budget (a rambling answer keeps its batch decoding to the end)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(new * median * np.exp(0.6 * rng.standard_normal(rows))), 1, new)
+    lengths[rng.random(rows) < tail] = new
+    return lengths.astype(np.int32)

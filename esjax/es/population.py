@@ -305,21 +305,25 @@ def member_noise_fn(cfg: ESConfig, mesh: Optional[Mesh] = None):
 
 
 def lm_evaluator(model_cfg, max_new_tokens: int, cfg: ESConfig, prefix_len: int = 0, steps_per_loop: Optional[int] = None,
-                 cache_block: Optional[int] = None):
+                 cache_block: Optional[int] = None, compaction: Optional[int] = None):
     """``evaluate(params, delta, member, tokens, mask, key) -> Generation`` for one member on a prompt
     batch whose first ``prefix_len`` columns are shared (prefilled once per member); greedy by default,
     sampled members draw from ``fold_in(key, member)``. Run it under :func:`map_members` (or
     :func:`member_output`): its decode loop stops once for all members of a chunk (see
     :func:`esjax.sampling.generate`'s ``member_axis``; ``steps_per_loop`` tokens per loop iteration;
-    ``cache_block``: the cache grown in blocks; None = ``model_cfg``'s ``decode_*`` settings). The members'
+    ``cache_block``: the cache grown in blocks; ``compaction``: rows that stopped dropped at block boundaries;
+    None = ``model_cfg``'s ``decode_*`` settings). The members'
     log-probs are recorded only where the fitness reads them (``cfg.kl_penalty`` > 0); otherwise
-    ``Generation.logprobs`` is None and the decode step skips its log-softmax over the vocabulary."""
+    ``Generation.logprobs`` is None and the decode step skips its log-softmax over the vocabulary.
+    An optional last argument ``row_max_new`` (B,) stops each prompt's rows after their own budget (every
+    member alike; benchmarks use it to stand in for EOS on random weights)."""
     sampling = SamplingConfig(cfg.member_temperature, 0, cfg.member_top_p)
 
-    def evaluate(params, delta, member, tokens, mask, key):
+    def evaluate(params, delta, member, tokens, mask, key, row_max_new=None):
         return generate(params, model_cfg, tokens, mask, jax.random.fold_in(key, member), max_new_tokens,
-                        sampling, delta, prefix_len, member_axis=MEMBER_AXIS, steps_per_loop=steps_per_loop,
-                        cache_block=cache_block, logprobs=cfg.kl_penalty > 0)
+                        sampling, delta, prefix_len, row_max_new=row_max_new, member_axis=MEMBER_AXIS,
+                        steps_per_loop=steps_per_loop,
+                        cache_block=cache_block, logprobs=cfg.kl_penalty > 0, compaction=compaction)
 
     return evaluate
 

@@ -19,22 +19,29 @@ from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import first_scored, make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
+from esjax.sampling import compaction_fits, decode_segments
 
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
                       mesh=None, base_params=None):
     """``base_params`` (the model before fine-tuning) is the reference of the ``kl_penalty`` fitness term.
     Members decode in the model's compute dtype (``model_cfg.compute_dtype``; the fp32 master weights stay
-    the update's) in chunks of ``cfg.chunk_size`` members, or as many as fit (:func:`auto_chunk_size`)."""
+    the update's) in chunks of ``cfg.chunk_size`` members, or as many as fit (:func:`auto_chunk_size`).
+    With ``model_cfg.decode_compaction`` = h > 0 an iteration's members compact their rows at the first h'
+    ≤ h cache-block boundaries, h' the most that the previous iteration's lengths ran as one half at every
+    level (:func:`esjax.sampling.compaction_fits`; 0 for a run's first iteration); the tokens are the same
+    whatever h' is, and each h' is one more compiled population program."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     if cfg.awd_lambda and base_params is None:
         raise ValueError("ESConfig.awd_lambda > 0 needs base_params, the anchor the weights decay toward")
     shards = 1 if mesh is None else mesh.shape[POP]
-    population = functools.lru_cache(maxsize=None)(  # one compiled population per prompt layout
-        lambda prefix_len, width: population_fn(
-            lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len), cfg,
+    population = functools.lru_cache(maxsize=None)(  # one compiled population per prompt layout and compaction
+        lambda prefix_len, width, compaction: population_fn(
+            lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len, compaction=compaction), cfg,
             auto_chunk_size(model_cfg, cfg, batch_size, width, max_new_tokens), mesh, dtype=model_cfg.dtype))
+    ends = decode_segments(max_new_tokens, model_cfg.decode_cache_block, model_cfg.decode_steps_per_loop)
+    last_lengths = []  # the previous iteration's (N, B) lengths: what the next compaction is chosen from
     update = functools.partial(es_update, cfg=cfg,  # per-leaf-shape programs: compiles in seconds at LLM scale
                                anchor=base_params if cfg.awd_lambda else None)
     members = member_ids(cfg.population_size, shards)
@@ -43,14 +50,16 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
-        pop = population(pb.prefix_len, pb.tokens.shape[1])
+        compaction = compaction_fits(last_lengths[-1], ends, model_cfg.decode_compaction) if last_lengths else 0
+        pop = population(pb.prefix_len, pb.tokens.shape[1], compaction)
         gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
+        last_lengths[:] = [gen.lengths]
         t1 = time.perf_counter()
         texts = decode(tokenizer, gen.tokens, gen.lengths)
         rewards, correct = score(task, texts, pb.examples)
         rewards, correct = rewards.reshape(N, -1), correct.reshape(N, -1)
         fitness = rewards.mean(1)
-        metrics = {}
+        metrics = {"decode_compaction": compaction}
         if cfg.kl_penalty:
             # prompt-major rows (each prompt's N completions consecutive): the prompt runs once per group
             by_prompt = lambda x: np.swapaxes(x, 0, 1).reshape(N * x.shape[1], *x.shape[2:])  # noqa: E731

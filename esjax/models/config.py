@@ -49,9 +49,11 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     # how the decode loop runs (esjax.sampling.generate's defaults; the same tokens whatever they are):
-    # tokens per while_loop iteration, and the KV-cache block the loop reads up to (0 = the whole cache)
+    # tokens per while_loop iteration, the KV-cache block the loop reads up to (0 = the whole cache), and
+    # at how many of the blocks' boundaries greedy decoding halves the batch to the rows still running
     decode_steps_per_loop: int = 1
     decode_cache_block: int = 256
+    decode_compaction: int = 0
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -64,7 +66,7 @@ class ModelConfig:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        for name, least in (("decode_steps_per_loop", 1), ("decode_cache_block", 0)):
+        for name, least in (("decode_steps_per_loop", 1), ("decode_cache_block", 0), ("decode_compaction", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {least}, got {v!r}")

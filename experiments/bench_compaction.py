@@ -1,0 +1,107 @@
+"""EOS compaction (``generate(..., compaction=h)``, a run's ``decode_compaction``) against the plain decode
+loop, measured side by side in one run: plain generation and the low-rank ES population over rows that
+stop early (each row's budget stands in for its EOS: :func:`experiments.bench_common.completion_lengths`,
+log-normal around a quarter of the budget with 5 % of rows running to the end), and the worst case, where
+every row runs the whole budget. Rates count the tokens the rows keep (Σ lengths), so padding decoded after
+a row stopped is not counted as work done.
+
+    python -m experiments.bench_compaction [--rows 32] [--new 256] [--block 64] [--halvings 1,2]
+    python -m experiments.bench_compaction --shapes qwen2.5-1.5b --rows 480 --new 1024   # an accelerator
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from esjax.es.population import lm_evaluator, member_ids, population_fn
+from esjax.es.step import ESConfig, init_state
+from esjax.sampling import make_generate
+from experiments.bench_common import completion_lengths
+
+
+def _best(fn, repeats: int):
+    """(first call seconds, best of ``repeats`` later calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first, best = time.perf_counter() - t0, float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return first, best
+
+
+def setup(shapes: str):
+    """(model config with EOS off, params, tokens, mask): the embedded SmolLM2 and its chat prompts, or random
+    weights of ``shapes`` (experiments.shapes) and random 64-token prompts."""
+    if shapes == "smollm2":
+        from esjax.models.registry import load_model
+        from experiments.bench_common import padded
+        model = load_model()
+        return (model.cfg.replace(eos_token_ids=()), model.params,
+                *padded(model.tokenizer, 8, model.cfg.pad_token_id)[:2])
+    from esjax.models.decoder import init_params
+    from esjax.models.precision import compute_params
+    from experiments.shapes import shape_config
+    mcfg = shape_config(shapes, "bfloat16" if jax.default_backend() != "cpu" else "float32")
+    params = compute_params(init_params(mcfg.replace(param_dtype="float32"), jax.random.key(0)), mcfg)
+    rng = np.random.default_rng(0)
+    return mcfg, params, rng.integers(3, mcfg.vocab_size, (8, 64)).astype(np.int32), np.ones((8, 64), bool)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="smollm2", help="smollm2 (the embedded model) or an experiments.shapes name")
+    p.add_argument("--rows", type=int, default=32, help="plain generation's rows")
+    p.add_argument("--members", type=int, default=4, help="ES members (each decodes --prompts rows)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--new", type=int, default=256)
+    p.add_argument("--block", type=int, default=64, help="decode_cache_block: compaction acts at its boundaries")
+    p.add_argument("--halvings", default="1,2")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--sections", default="plain,es")
+    a = p.parse_args(argv)
+    mcfg, params, toks, mask = setup(a.shapes)
+    halvings = [0] + [int(h) for h in a.halvings.split(",")]
+    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {a.shapes} ({mcfg.compute_dtype}), "
+          f"{a.new} new tokens in blocks of {a.block}")
+    print(f"{'case':58s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'first call s':>12s}")
+
+    def report(case, runs, tokens):
+        base = None
+        for h in halvings:
+            first, t = runs[h]
+            base = base or t
+            print(f"{case:58s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {first:12.1f}")
+
+    if "plain" in a.sections:
+        reps = -(-a.rows // toks.shape[0])
+        t, m = np.tile(toks, (reps, 1))[:a.rows], np.tile(mask, (reps, 1))[:a.rows]
+        for label, lengths in (("stop early", completion_lengths(a.rows, a.new)),
+                               ("worst case: every row runs the budget", np.full(a.rows, a.new, np.int32))):
+            runs = {}
+            for h in halvings:
+                gen = make_generate(mcfg, a.new, cache_block=a.block, logprobs=False, compaction=h)
+                runs[h] = _best(lambda: gen(params, t, m, jax.random.key(0), row_max_new=lengths).tokens, a.repeats)
+            fill = lengths.sum() / (a.rows * lengths.max())
+            report(f"generate {a.rows} rows, {label} (fill {fill:.2f})", runs, int(lengths.sum()))
+    if "es" in a.sections:
+        cfg = ESConfig(population_size=a.members, noise="lowrank", rank=1, sigma=1e-3)
+        state = init_state(params, jax.random.key(1), cfg)
+        t, m = np.tile(toks, (-(-a.prompts // toks.shape[0]), 1))[:a.prompts], \
+            np.tile(mask, (-(-a.prompts // toks.shape[0]), 1))[:a.prompts]
+        for label, lengths in (("stop early", completion_lengths(a.prompts, a.new, seed=1)),
+                               ("worst case", np.full(a.prompts, a.new, np.int32))):
+            runs = {}
+            for h in halvings:
+                pop = population_fn(lm_evaluator(mcfg, a.new, cfg, cache_block=a.block, compaction=h), cfg, a.members)
+                runs[h] = _best(lambda: pop(state, member_ids(a.members), t, m, jax.random.key(2), lengths).tokens,
+                                a.repeats)
+            report(f"ES low-rank {a.members} x {a.prompts} prompts, {label}", runs, int(lengths.sum()) * a.members)
+
+
+if __name__ == "__main__":
+    main()

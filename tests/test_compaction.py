@@ -1,0 +1,158 @@
+"""EOS compaction in the decode loop (``generate(..., compaction=h)``, a run's ``decode_compaction``): at
+the first h cache-block boundaries the rows still running move to the front and the rest of the
+generation runs on the halves of the batch that hold one. Each row decodes what it decodes without
+compaction; the later segments run at half (quarter, …) the rows, and the whole batch's cache is never
+grown past the boundary (checked on the compiled CPU program)."""
+import dataclasses
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from esjax.config import build_config
+from esjax.es.population import lm_evaluator, member_ids, population_fn
+from esjax.models.registry import load_model
+from esjax.sampling import SamplingConfig, compaction_fits, make_generate, pad_prompts
+from test_population_loop import _setup, cache_rewrites
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    m = load_model("tiny-random-llama")
+    rng = np.random.default_rng(0)
+    prompts = [list(rng.integers(3, m.cfg.vocab_size, rng.integers(2, 9))) for _ in range(7)]
+    return m, pad_prompts(prompts, m.cfg.pad_token_id)
+
+
+def _equal(a, b, logprobs=True):
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_array_equal(np.asarray(a.lengths), np.asarray(b.lengths))
+    if logprobs:
+        np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps_per_loop", [1, 2])
+def test_compacted_generation_decodes_every_row_as_the_whole_batch_does(tiny, steps_per_loop):
+    """7 rows (an odd batch: the halves are padded) with budgets that end before, at and after the blocks'
+    boundaries (blocks of 4 over 30 tokens), one, two and three halvings: the tokens, lengths and
+    log-probs of the uncompacted loop."""
+    m, (tokens, mask) = tiny
+    budget = np.array([3, 20, 5, 1, 17, 9, 30], np.int32)
+    run = lambda h: make_generate(m.cfg, 30, cache_block=4, steps_per_loop=steps_per_loop, compaction=h)(  # noqa: E731
+        m.params, tokens, mask, jax.random.key(0), row_max_new=budget)
+    ref = run(0)
+    np.testing.assert_array_equal(np.asarray(ref.lengths), budget)
+    for h in (1, 2, 3):
+        _equal(run(h), ref)
+
+
+def test_compaction_is_the_model_configs_decode_setting_and_is_off_by_default(tiny):
+    m, (tokens, mask) = tiny
+    assert m.cfg.decode_compaction == 0
+    lower = lambda cfg, **kw: make_generate(cfg, 12, cache_block=4, **kw).lower(  # noqa: E731
+        m.params, tokens, mask, jax.random.key(0)).as_text()
+    assert lower(m.cfg.replace(decode_compaction=2)) == lower(m.cfg, compaction=2) != lower(m.cfg)
+    # one segment (no boundary): nothing to compact, the program of compaction=0
+    assert make_generate(m.cfg, 4, compaction=2).lower(m.params, tokens, mask, jax.random.key(0)).as_text() == \
+        make_generate(m.cfg, 4).lower(m.params, tokens, mask, jax.random.key(0)).as_text()
+    with pytest.raises(ValueError, match="compaction must be >= 0, got -1"):
+        make_generate(m.cfg, 4, compaction=-1)(m.params, tokens, mask, jax.random.key(0))
+
+
+def test_sampled_generation_is_not_compacted(tiny):
+    """A sampled draw depends on the batch's shape, so at temperature > 0 the setting is not applied: the
+    program and the draws are those of compaction=0."""
+    m, (tokens, mask) = tiny
+    s = SamplingConfig(temperature=1.0, top_k=20)
+    gens = [make_generate(m.cfg, 12, s, cache_block=4, compaction=h) for h in (0, 2)]
+    texts = [g.lower(m.params, tokens, mask, jax.random.key(0)).as_text() for g in gens]
+    assert texts[0] == texts[1]
+    _equal(*(g(m.params, tokens, mask, jax.random.key(5)) for g in gens))
+
+
+def _kv_shapes(hlo: str, mcfg) -> set:
+    """(rows, slots) of every (members, rows, K, slots, Dh) array in compiled HLO."""
+    return {(int(r), int(s)) for r, s in re.findall(rf"\[2,(\d+),{mcfg.num_kv_heads},(\d+),{mcfg.head_dim}\]", hlo)}
+
+
+def test_population_members_compact_their_rows_in_place_and_decode_the_same_tokens():
+    """ES members (vmap with the member axis, chunks of 2) over 5 prompts, 9 new tokens in blocks of 3,
+    EOS tokens that stop some rows at the first step: with two halvings the members decode the tokens of
+    the uncompacted loop; the compiled program holds the first segment's cache for 5 rows (8 + 3 slots),
+    the second's for 3 rows only (14 slots: the whole batch's cache is not grown) and the third's for 2
+    rows (17 slots), and no cache of any size is selected or scattered (the halves' trip count is one
+    scalar for the chunk, so the loops stay unbatched)."""
+    mcfg, cfg, state, _, _ = _setup("lowrank")
+    tokens = np.random.default_rng(0).integers(3, mcfg.vocab_size, (5, 8)).astype(np.int32)
+    mask = np.ones((5, 8), bool)
+    args = (state, member_ids(4), tokens, mask, jax.random.key(2))
+    pop = lambda mc, h: population_fn(lm_evaluator(mc, 9, cfg, cache_block=3, compaction=h), cfg, 2)  # noqa: E731
+    first = np.asarray(pop(mcfg, 0)(*args).tokens)[:, :, 0]  # (members, rows) first tokens without EOS
+    mcfg = mcfg.replace(eos_token_ids=tuple(int(t) for t in np.unique(first[:, [1, 3]])))
+    outs = {h: pop(mcfg, h)(*args) for h in (0, 2)}
+    lengths = np.asarray(outs[0].lengths)
+    assert (lengths == 1).any() and (lengths == 9).any(), lengths  # rows stop early, others run to the end
+    _equal(outs[0], outs[2], logprobs=False)
+    hlo = pop(mcfg, 2).lower(*args)["population"].compile().as_text()
+    kv = {(r, s) for r, s in _kv_shapes(hlo, mcfg) if s in (11, 14, 17)}
+    assert kv == {(5, 11), (3, 11), (3, 14), (2, 14), (2, 17)}, kv
+    for slots in (11, 14, 17):
+        assert cache_rewrites(hlo, slots, mcfg.head_dim) == [], slots
+    plain = _kv_shapes(pop(mcfg, 0).lower(*args)["population"].compile().as_text(), mcfg)
+    assert {(5, 11), (5, 14), (5, 17)} <= plain  # without compaction every segment runs all 5 rows
+
+
+def test_a_runs_decode_compaction_reaches_its_model(tmp_path):
+    with pytest.raises(ValueError, match=r"RunConfig.decode_compaction must be >= 0, got -1"):
+        build_config("tiny", ["decode_compaction=-1"])
+    cfg = build_config("tiny", ["decode_compaction=2"])
+    assert cfg.model_settings()["decode_compaction"] == 2
+    from esjax import runs
+    assert runs.run_model(load_model("tiny-random-llama"), cfg).cfg.decode_compaction == 2
+    assert runs.config_changes(cfg.to_dict(), dataclasses.replace(cfg, decode_compaction=0).to_dict(), "es") == []
+
+
+def test_compaction_fits_counts_the_rows_still_running_at_each_boundary():
+    ends = (256, 512, 768, 1024)
+    assert compaction_fits([10] * 8, ends, 2) == 2  # every row stops in the first block
+    assert compaction_fits([300] * 4 + [10] * 4, ends, 2) == 2  # 4 of 8 past 256 (one half), none past 512
+    assert compaction_fits([300] * 5 + [10] * 3, ends, 2) == 0  # 5 of 8 past 256: both halves would run
+    assert compaction_fits([600] * 2 + [300] * 2 + [10] * 4, ends, 3) == 3  # 4 past 256, 2 past 512, 0 past 768
+    assert compaction_fits([600] * 3 + [300] + [10] * 4, ends, 3) == 1  # 3 of a quarter's 2 past 512
+    assert compaction_fits([10] * 8, ends, 0) == 0 and compaction_fits([10] * 8, (16,), 2) == 0  # off; one segment
+    # vmapped members: the member with the most running rows decides
+    assert compaction_fits(np.array([[300] * 4 + [10] * 4, [300] * 5 + [10] * 3]), ends, 2) == 0
+
+
+def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothing(tokenizer, monkeypatch):
+    """ES iterations with ``decode_compaction=2`` (blocks of 2 over 6 tokens, EOS tokens that stop half the
+    prompts at the first step): the first iteration decodes uncompacted, the next compacts as far as the
+    first one's lengths allow (here > 0), and fitness and update are those of ``decode_compaction=0``."""
+    from esjax.es import trainer
+    from esjax.es.step import ESConfig, init_state
+    from esjax.rollout import prompt_batch
+    from esjax.tasks import get_task
+
+    model = load_model("tiny-random-llama", with_tokenizer=False)
+    task, cfg = get_task("lowercase"), ESConfig(population_size=4, sigma=0.01, alpha=0.5)
+    exs = task.examples("train", 4)
+    pb = prompt_batch(tokenizer, task, exs, model.cfg.pad_token_id)
+    first = np.asarray(make_generate(model.cfg, 1)(model.params, pb.tokens, pb.mask, jax.random.key(0)).tokens[:, 0])
+    mcfg = model.cfg.replace(eos_token_ids=tuple(int(t) for t in first[:2]), decode_cache_block=2)
+    seen = []
+    monkeypatch.setattr(trainer, "compaction_fits", lambda *a: (seen.append(a), compaction_fits(*a))[1])
+    metrics = {}
+    for h in (0, 2):
+        it = trainer.make_es_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, cfg, 6, 4)
+        state, metrics[h] = init_state(model.params, jax.random.key(0), cfg), []
+        for t in range(2):
+            state, m = it(state, exs, jax.random.key(t))
+            metrics[h].append(m)
+    lengths, ends, halvings = seen[-1]
+    assert ends == (2, 4, 6) and halvings == 2 and lengths.shape == (4, 4) and (lengths == 1).any(), lengths
+    assert [m["decode_compaction"] for m in metrics[2]] == [0, compaction_fits(lengths, ends, 2)]
+    assert metrics[2][1]["decode_compaction"] > 0
+    for a, b in zip(metrics[0], metrics[2]):
+        assert a["es_fitness"] == b["es_fitness"] and a["update_norm"] == b["update_norm"]
+        assert a["completion_length"] == b["completion_length"]
