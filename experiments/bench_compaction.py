@@ -18,7 +18,7 @@ import numpy as np
 
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, init_state
-from esjax.sampling import make_generate
+from esjax.sampling import compaction_fits, decode_segments, make_generate
 from experiments.bench_common import completion_lengths
 
 
@@ -68,26 +68,29 @@ def main(argv=None):
     halvings = [0] + [int(h) for h in a.halvings.split(",")]
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {a.shapes} ({mcfg.compute_dtype}), "
           f"{a.new} new tokens in blocks of {a.block}")
-    print(f"{'case':58s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'first call s':>12s}")
+    print(f"{'case':72s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'first call s':>12s}")
+
+    def picks(lengths):  # what a run's next call would choose after these lengths (compaction_fits)
+        return f"a run picks {compaction_fits(lengths, decode_segments(a.new, a.block), max(halvings))}"
 
     def report(case, runs, tokens):
         base = None
         for h in halvings:
             first, t = runs[h]
             base = base or t
-            print(f"{case:58s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {first:12.1f}")
+            print(f"{case:72s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {first:12.1f}")
 
     if "plain" in a.sections:
         reps = -(-a.rows // toks.shape[0])
         t, m = np.tile(toks, (reps, 1))[:a.rows], np.tile(mask, (reps, 1))[:a.rows]
         for label, lengths in (("stop early", completion_lengths(a.rows, a.new)),
-                               ("worst case: every row runs the budget", np.full(a.rows, a.new, np.int32))):
+                               ("worst case, every row runs the budget", np.full(a.rows, a.new, np.int32))):
             runs = {}
             for h in halvings:
                 gen = make_generate(mcfg, a.new, cache_block=a.block, logprobs=False, compaction=h)
                 runs[h] = _best(lambda: gen(params, t, m, jax.random.key(0), row_max_new=lengths).tokens, a.repeats)
             fill = lengths.sum() / (a.rows * lengths.max())
-            report(f"generate {a.rows} rows, {label} (fill {fill:.2f})", runs, int(lengths.sum()))
+            report(f"generate {a.rows} rows, {label} (fill {fill:.2f}, {picks(lengths)})", runs, int(lengths.sum()))
     if "es" in a.sections:
         cfg = ESConfig(population_size=a.members, noise="lowrank", rank=1, sigma=1e-3)
         state = init_state(params, jax.random.key(1), cfg)
@@ -100,7 +103,8 @@ def main(argv=None):
                 pop = population_fn(lm_evaluator(mcfg, a.new, cfg, cache_block=a.block, compaction=h), cfg, a.members)
                 runs[h] = _best(lambda: pop(state, member_ids(a.members), t, m, jax.random.key(2), lengths).tokens,
                                 a.repeats)
-            report(f"ES low-rank {a.members} x {a.prompts} prompts, {label}", runs, int(lengths.sum()) * a.members)
+            report(f"ES low-rank {a.members} x {a.prompts} prompts, {label} ({picks(lengths)})", runs,
+                   int(lengths.sum()) * a.members)
 
 
 if __name__ == "__main__":

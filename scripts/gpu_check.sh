@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The prepared device check (one call, <= 9.5 min on an H100/H200): the accelerator-relevant tests on the
 # GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then the decode
-# rows again with XLA's Triton GEMMs off (cuBLAS for every GEMM), then, with the time left, traced profiles
-# of the GRPO learner update and the low-rank ES population (docs/gpu.md reads them). Everything lands in
-# $OUT (7 files: the device tool brings back at most 8, each <= 16 MB, so the traces travel gzipped).
+# rows again with XLA's Triton GEMMs off (cuBLAS for every GEMM), then EOS compaction's rows, then, with the
+# time left, traced profiles of the GRPO learner update and the low-rank ES population (docs/gpu.md reads
+# them). Everything lands in $OUT (7 files: the device tool brings back at most 8, each <= 16 MB, so the
+# traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
 #   device run: command="bash scripts/gpu_check.sh", carry=[".esjax-cache"], timeout_s=590
@@ -21,13 +22,16 @@ mkdir -p "$OUT" /tmp/esjax-prof
 # tests on the GPU (no 8 forced devices: the sharded cases stay on CPU/CI); TF32 is kept out of the float32
 # comparisons by tests/conftest.py (highest matmul precision). -v: each test's name as it passes (each
 # compiles its own programs: 7 took 160 s on an H100); -rf --tb=short: reasons survive a timeout. Session
-# 12's decode-loop changes first (joined weights, no log-softmax, the loop settings), then precision.
+# 12's decode-loop changes first (joined weights, no log-softmax, the loop settings), then precision, then
+# session 14's compaction (same tokens on the GPU).
 JAX_PLATFORMS=cuda XLA_FLAGS= timeout 110 python3 -m pytest -p no:cacheprovider -v -rf --tb=short \
   "tests/test_population_loop.py::test_lowrank_members_read_the_joined_weights_and_decode_as_the_parameter_layout" \
   "tests/test_population_loop.py::test_members_skip_the_log_softmax_when_the_fitness_reads_no_log_probs" \
   "tests/test_population_loop.py::test_population_decode_loop_settings_decode_the_same_tokens" \
   "tests/test_population_loop.py::test_the_decoding_layout_is_the_same_function" \
-  tests/test_precision.py > "$OUT/tests.txt" 2>&1
+  tests/test_precision.py \
+  "tests/test_compaction.py::test_compacted_generation_decodes_every_row_as_the_whole_batch_does[1]" \
+  > "$OUT/tests.txt" 2>&1
 echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
 # the benchmark's --quick table (its sections in the order of what is still short of its target; a section
 # starts only within the budget, so the call's end is bounded by the last one started)
@@ -37,19 +41,29 @@ echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
 # the decode rows with XLA's Triton GEMM fusions off: every GEMM goes to cuBLAS (the H100 profile of
 # 2026-11-27 had q/k/v as one Triton GEMM at ~20 % of peak); a launch setting, decided by this row pair
 t1=$SECONDS rc=skipped
-if [ $((450 - SECONDS)) -ge 60 ]; then
-  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout $((450 - SECONDS)) \
+if [ $((460 - SECONDS)) -ge 50 ]; then
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout $((460 - SECONDS)) \
     python3 -m experiments.bench_accel --quick --no-reference --sections generate,es16 --noise lowrank \
     --budget-s 50 --out /tmp/esjax-triton-off > /tmp/esjax-triton-off.txt 2>&1
   rc=$?
 fi
 { echo; echo "## the same rows with XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (exit $rc, $((SECONDS - t1)) s)"
   cat /tmp/esjax-triton-off/table.md /tmp/esjax-triton-off.txt 2>/dev/null | tail -n 30; } >> "$OUT/bench.txt"
+# EOS compaction (session 14, never on a GPU): 256 rows x 1,024 new tokens in blocks of 256, rows that stop
+# early (log-normal lengths, 5 % run the budget) and the worst case (every row runs it), compaction 0 vs 2;
+# decides whether the seed presets keep decode_compaction=2 (docs/gpu.md §10)
+t3=$SECONDS rc=skipped
+if [ $((525 - SECONDS)) -ge 50 ]; then
+  timeout $((525 - SECONDS)) python3 -m experiments.bench_compaction --shapes qwen2.5-1.5b --rows 256 --new 1024 \
+    --block 256 --halvings 2 --sections plain > /tmp/esjax-compaction.txt 2>&1
+  rc=$?
+fi
+{ echo; echo "## EOS compaction, bench_compaction (exit $rc, $((SECONDS - t3)) s)"; grep -v Warning /tmp/esjax-compaction.txt 2>/dev/null | tail -n 12; } >> "$OUT/bench.txt"
 # traced profiles with the time left: the GRPO learner (its MFU row, never profiled), then the es16 program
 # (is the GPU still idle while the host draws the member noise? 160 ms of 678 on 2026-11-27)
 t2=$SECONDS rc=skipped
-if [ $((565 - SECONDS)) -ge 30 ]; then
-  timeout $((565 - SECONDS)) python3 -m experiments.profile_decode --what grpo,lowrank \
+if [ $((572 - SECONDS)) -ge 30 ]; then
+  timeout $((572 - SECONDS)) python3 -m experiments.profile_decode --what grpo,lowrank \
     --members 30 --rows 480 --new 64 --hlo --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
   rc=$?
 fi

@@ -66,6 +66,9 @@ def test_preset_values_follow_the_seeds_brief():
     assert p2.grpo.updates_per_step == 7 and p2.grpo.kl_estimator == "low_var_kl" and p2.grpo.beta == 1e-3
     assert qiu.task_kwargs["style"] == "qiu" and qiu.task_kwargs["splits"]["test"] == "countdown.json[-2000:]"
     assert set(PRESETS) == {"cpu-quick", "study", "tiny", "paper1", "paper2", "qiu"}
+    # the seeds' 1,024-token presets compact rows that stopped (chosen per call from the last lengths)
+    assert p1.decode_compaction == p2.decode_compaction == qiu.decode_compaction == 2
+    assert build_config("cpu-quick").decode_compaction == 0
 
 
 def test_dry_run_counts_and_memory(data_root, capsys):
