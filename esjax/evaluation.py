@@ -11,7 +11,7 @@ import numpy as np
 
 from esjax.models.decoder import forward, positions_from_mask
 from esjax.rollout import decode, prompt_batch, score
-from esjax.sampling import compaction_fits, decode_segments, make_generate
+from esjax.sampling import compaction_cap, compaction_fits, decode_segments, make_generate
 
 
 def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
@@ -54,6 +54,7 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             n_tokens = np.ones(len(chunk))
         else:
             compaction = compaction_fits(lengths[-1], ends, model_cfg.decode_compaction) if lengths else 0
+            compaction = compaction_cap(pb.tokens.shape[0], pb.tokens.shape[1], ends, compaction)
             gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False,
                                 compaction=compaction)
             out = gen(params, pb.tokens, pb.mask, jax.random.key(0))

@@ -175,6 +175,20 @@ def compaction_fits(lengths, ends: Sequence[int], halvings: int) -> int:
     return fits
 
 
+def compaction_cap(rows: int, prompt_len: int, ends: Sequence[int], halvings: int) -> int:
+    """The most halvings h' ≤ ``halvings`` whose cache peak stays within the uncompacted loop's, rows ×
+    (``prompt_len`` + M) slots: a compacting level holds its rows' cache at its boundary while its half
+    decodes, so the peak is Σ_{k<h'} ⌈rows/2^k⌉·(P + ends[k]) + ⌈rows/2^h'⌉·(P + M) — what
+    :func:`esjax.es.population.row_bytes` budgets for is never exceeded. With blocks of 256 over 1,024
+    tokens, h' = 2 holds for prompts up to 341 tokens, h' = 1 up to 512."""
+    full = rows * (prompt_len + ends[-1])
+    for h in range(min(halvings, len(ends) - 1), 0, -1):
+        held = sum(-(-rows // 2 ** k) * (prompt_len + ends[k]) for k in range(h))
+        if held + -(-rows // 2 ** h) * (prompt_len + ends[-1]) <= full:
+            return h
+    return 0
+
+
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
@@ -238,7 +252,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     one half after the other and only the halves that hold a running row (a loop with a dynamic trip
     count, 0 to 2; under ``member_axis`` the count is the largest over the instances). Each half's loop
     stops at its own last row, and reads and grows only its own rows' cache (the whole batch's cache stays
-    at the boundary's size: the peak is B·(P + e) + ⌈B/2⌉·(P + M) slots, under B·(P + M) from M ≈ 2e on).
+    at the boundary's size: with one halving at e the peak is B·(P + e) + ⌈B/2⌉·(P + M) slots; h is
+    lowered where it would exceed the uncompacted B·(P + M), :func:`compaction_cap`).
     Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the same
     compile time. Each row computes what it computes without compaction (a forward is row-independent;
     tokens equal on CPU), so it applies to greedy decoding only: a sampled draw depends on the batch's
@@ -262,6 +277,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     ends = decode_segments(max_new_tokens, cache_block, steps_per_loop)
     if sampling.temperature > 0:  # a sampled draw depends on the batch's shape: no compaction (see above)
         compaction = 0
+    compaction = compaction_cap(B, P, ends, compaction)  # (greedy_rows stays unpermuted: unread at temperature 0)
 
     def draw(logits, key):  # the next token (and its log-prob) from (B, V) logits; step t uses the t-th split
         key, sub = jax.random.split(key)

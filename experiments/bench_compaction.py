@@ -63,12 +63,20 @@ def main(argv=None):
     p.add_argument("--halvings", default="1,2")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--sections", default="plain,es")
+    p.add_argument("--cases", default="early,worst", help="early: rows that stop early; worst: every row runs the budget")
+    p.add_argument("--median", type=float, default=0.25, help="stop-early lengths: median as a share of --new")
     a = p.parse_args(argv)
     mcfg, params, toks, mask = setup(a.shapes)
     halvings = [0] + [int(h) for h in a.halvings.split(",")]
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {a.shapes} ({mcfg.compute_dtype}), "
           f"{a.new} new tokens in blocks of {a.block}")
     print(f"{'case':72s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'first call s':>12s}")
+
+    def cases(rows, seed):  # (label, (rows,) lengths) of the --cases asked for
+        return [(label, lengths) for name, label, lengths in (
+            ("early", "stop early", completion_lengths(rows, a.new, a.median, seed=seed)),
+            ("worst", "worst case, every row runs the budget", np.full(rows, a.new, np.int32)))
+            if name in a.cases.split(",")]
 
     def picks(lengths):  # what a run's next call would choose after these lengths (compaction_fits)
         return f"a run picks {compaction_fits(lengths, decode_segments(a.new, a.block), max(halvings))}"
@@ -83,8 +91,7 @@ def main(argv=None):
     if "plain" in a.sections:
         reps = -(-a.rows // toks.shape[0])
         t, m = np.tile(toks, (reps, 1))[:a.rows], np.tile(mask, (reps, 1))[:a.rows]
-        for label, lengths in (("stop early", completion_lengths(a.rows, a.new)),
-                               ("worst case, every row runs the budget", np.full(a.rows, a.new, np.int32))):
+        for label, lengths in cases(a.rows, 0):
             runs = {}
             for h in halvings:
                 gen = make_generate(mcfg, a.new, cache_block=a.block, logprobs=False, compaction=h)
@@ -96,8 +103,7 @@ def main(argv=None):
         state = init_state(params, jax.random.key(1), cfg)
         t, m = np.tile(toks, (-(-a.prompts // toks.shape[0]), 1))[:a.prompts], \
             np.tile(mask, (-(-a.prompts // toks.shape[0]), 1))[:a.prompts]
-        for label, lengths in (("stop early", completion_lengths(a.prompts, a.new, seed=1)),
-                               ("worst case", np.full(a.prompts, a.new, np.int32))):
+        for label, lengths in cases(a.prompts, 1):
             runs = {}
             for h in halvings:
                 pop = population_fn(lm_evaluator(mcfg, a.new, cfg, cache_block=a.block, compaction=h), cfg, a.members)

@@ -13,7 +13,7 @@ import pytest
 from esjax.config import build_config
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.models.registry import load_model
-from esjax.sampling import SamplingConfig, compaction_fits, make_generate, pad_prompts
+from esjax.sampling import SamplingConfig, compaction_cap, compaction_fits, decode_segments, make_generate, pad_prompts
 from test_population_loop import _setup, cache_rewrites
 
 
@@ -32,14 +32,17 @@ def _equal(a, b, logprobs=True):
         np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("steps_per_loop", [1, 2])
+@pytest.mark.parametrize("steps_per_loop", [1, 3])
 def test_compacted_generation_decodes_every_row_as_the_whole_batch_does(tiny, steps_per_loop):
     """7 rows (an odd batch: the halves are padded) with budgets that end before, at and after the blocks'
-    boundaries (blocks of 4 over 30 tokens), one, two and three halvings: the tokens, lengths and
-    log-probs of the uncompacted loop."""
+    boundaries (blocks of 3 over 31 tokens; 3 steps per loop iteration overrun the last block), one, two
+    and three halvings (each within the memory cap, so each runs): the tokens, lengths and log-probs of the
+    uncompacted loop."""
     m, (tokens, mask) = tiny
-    budget = np.array([3, 20, 5, 1, 17, 9, 30], np.int32)
-    run = lambda h: make_generate(m.cfg, 30, cache_block=4, steps_per_loop=steps_per_loop, compaction=h)(  # noqa: E731
+    budget = np.array([3, 20, 5, 1, 17, 9, 31], np.int32)
+    ends = decode_segments(31, 3, steps_per_loop)
+    assert [compaction_cap(7, tokens.shape[1], ends, h) for h in (1, 2, 3)] == [1, 2, 3]
+    run = lambda h: make_generate(m.cfg, 31, cache_block=3, steps_per_loop=steps_per_loop, compaction=h)(  # noqa: E731
         m.params, tokens, mask, jax.random.key(0), row_max_new=budget)
     ref = run(0)
     np.testing.assert_array_equal(np.asarray(ref.lengths), budget)
@@ -50,7 +53,7 @@ def test_compacted_generation_decodes_every_row_as_the_whole_batch_does(tiny, st
 def test_compaction_is_the_model_configs_decode_setting_and_is_off_by_default(tiny):
     m, (tokens, mask) = tiny
     assert m.cfg.decode_compaction == 0
-    lower = lambda cfg, **kw: make_generate(cfg, 12, cache_block=4, **kw).lower(  # noqa: E731
+    lower = lambda cfg, **kw: make_generate(cfg, 40, cache_block=4, **kw).lower(  # noqa: E731
         m.params, tokens, mask, jax.random.key(0)).as_text()
     assert lower(m.cfg.replace(decode_compaction=2)) == lower(m.cfg, compaction=2) != lower(m.cfg)
     # one segment (no boundary): nothing to compact, the program of compaction=0
@@ -77,30 +80,31 @@ def _kv_shapes(hlo: str, mcfg) -> set:
 
 
 def test_population_members_compact_their_rows_in_place_and_decode_the_same_tokens():
-    """ES members (vmap with the member axis, chunks of 2) over 5 prompts, 9 new tokens in blocks of 3,
-    EOS tokens that stop some rows at the first step: with two halvings the members decode the tokens of
-    the uncompacted loop; the compiled program holds the first segment's cache for 5 rows (8 + 3 slots),
-    the second's for 3 rows only (14 slots: the whole batch's cache is not grown) and the third's for 2
-    rows (17 slots), and no cache of any size is selected or scattered (the halves' trip count is one
+    """ES members (vmap with the member axis, chunks of 2) over 6 prompts of 3 tokens, 12 new tokens in
+    blocks of 2, EOS tokens that stop some rows at the first step: with two halvings the members decode the
+    tokens of the uncompacted loop; the compiled program holds the first segment's cache for 6 rows (3 + 2
+    slots), the second's for 3 rows only (7 slots: the whole batch's cache is not grown) and the rest for
+    2 rows (9 … 15 slots), and no cache of any size is selected or scattered (the halves' trip count is one
     scalar for the chunk, so the loops stay unbatched)."""
     mcfg, cfg, state, _, _ = _setup("lowrank")
-    tokens = np.random.default_rng(0).integers(3, mcfg.vocab_size, (5, 8)).astype(np.int32)
-    mask = np.ones((5, 8), bool)
+    tokens = np.random.default_rng(0).integers(3, mcfg.vocab_size, (6, 3)).astype(np.int32)
+    mask = np.ones((6, 3), bool)
     args = (state, member_ids(4), tokens, mask, jax.random.key(2))
-    pop = lambda mc, h: population_fn(lm_evaluator(mc, 9, cfg, cache_block=3, compaction=h), cfg, 2)  # noqa: E731
+    pop = lambda mc, h: population_fn(lm_evaluator(mc, 12, cfg, cache_block=2, compaction=h), cfg, 2)  # noqa: E731
     first = np.asarray(pop(mcfg, 0)(*args).tokens)[:, :, 0]  # (members, rows) first tokens without EOS
     mcfg = mcfg.replace(eos_token_ids=tuple(int(t) for t in np.unique(first[:, [1, 3]])))
     outs = {h: pop(mcfg, h)(*args) for h in (0, 2)}
     lengths = np.asarray(outs[0].lengths)
-    assert (lengths == 1).any() and (lengths == 9).any(), lengths  # rows stop early, others run to the end
+    assert (lengths == 1).any() and (lengths == 12).any(), lengths  # rows stop early, others run to the end
     _equal(outs[0], outs[2], logprobs=False)
     hlo = pop(mcfg, 2).lower(*args)["population"].compile().as_text()
-    kv = {(r, s) for r, s in _kv_shapes(hlo, mcfg) if s in (11, 14, 17)}
-    assert kv == {(5, 11), (3, 11), (3, 14), (2, 14), (2, 17)}, kv
-    for slots in (11, 14, 17):
-        assert cache_rewrites(hlo, slots, mcfg.head_dim) == [], slots
+    slots = range(5, 16, 2)  # 3 + each segment's end
+    kv = {(r, s) for r, s in _kv_shapes(hlo, mcfg) if s in slots}
+    assert kv == {(6, 5), (3, 5), (3, 7), (2, 7), (2, 9), (2, 11), (2, 13), (2, 15)}, kv
+    for s in slots:
+        assert cache_rewrites(hlo, s, mcfg.head_dim) == [], s
     plain = _kv_shapes(pop(mcfg, 0).lower(*args)["population"].compile().as_text(), mcfg)
-    assert {(5, 11), (5, 14), (5, 17)} <= plain  # without compaction every segment runs all 5 rows
+    assert {(6, s) for s in slots} <= plain  # without compaction every segment runs all 6 rows
 
 
 def test_a_runs_decode_compaction_reaches_its_model(tmp_path):
@@ -125,34 +129,56 @@ def test_compaction_fits_counts_the_rows_still_running_at_each_boundary():
     assert compaction_fits(np.array([[300] * 4 + [10] * 4, [300] * 5 + [10] * 3]), ends, 2) == 0
 
 
+def test_compaction_cap_keeps_the_cache_peak_within_the_uncompacted_loops():
+    """Blocks of 256 over 1,024 tokens: two halvings up to 341-token prompts, one up to 512, none beyond;
+    the peak it bounds, Σ_{k<h} ⌈B/2^k⌉·(P + e_k) + ⌈B/2^h⌉·(P + M), checked against B·(P + M) directly."""
+    ends = (256, 512, 768, 1024)
+    assert [compaction_cap(256, p, ends, 2) for p in (64, 341, 342, 512, 513)] == [2, 2, 1, 1, 0]
+    assert compaction_cap(256, 64, ends, 5) == 3 and compaction_cap(256, 64, (1024,), 2) == 0
+    peak = lambda B, P, h: sum(-(-B // 2 ** k) * (P + ends[k]) for k in range(h)) + -(-B // 2 ** h) * (P + 1024)  # noqa: E731
+    for B in (1, 7, 256):
+        for P in (0, 100, 341, 342, 600):
+            h = compaction_cap(B, P, ends, 3)
+            assert peak(B, P, h) <= B * (P + 1024) and (h == 3 or peak(B, P, h + 1) > B * (P + 1024)), (B, P, h)
+
+
 def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothing(tokenizer, monkeypatch):
-    """ES iterations with ``decode_compaction=2`` (blocks of 2 over 6 tokens, EOS tokens that stop half the
+    """ES iterations with ``decode_compaction=2`` (blocks of 4 over 48 tokens, EOS tokens that stop half the
     prompts at the first step): the first iteration decodes uncompacted, the next compacts as far as the
-    first one's lengths allow (here > 0), and fitness and update are those of ``decode_compaction=0``."""
+    first one's lengths allow and the memory cap admits (here 1), and fitness and update are those of
+    ``decode_compaction=0``; sampled members are never compacted (and compile no second program)."""
     from esjax.es import trainer
     from esjax.es.step import ESConfig, init_state
     from esjax.rollout import prompt_batch
+    from esjax.models.decoder import init_params
     from esjax.tasks import get_task
 
-    model = load_model("tiny-random-llama", with_tokenizer=False)
-    task, cfg = get_task("lowercase"), ESConfig(population_size=4, sigma=0.01, alpha=0.5)
+    mcfg = load_model("tiny-random-llama", with_tokenizer=False).cfg.replace(eos_token_ids=(), decode_cache_block=4)
+    params = init_params(mcfg, jax.random.key(0), std=0.3)  # rows that differ (the checkpoint's repeat one token)
+    task, cfg = get_task("lowercase"), ESConfig(population_size=4, sigma=1e-4, alpha=1e-3)  # members decode as θ
     exs = task.examples("train", 4)
-    pb = prompt_batch(tokenizer, task, exs, model.cfg.pad_token_id)
-    first = np.asarray(make_generate(model.cfg, 1)(model.params, pb.tokens, pb.mask, jax.random.key(0)).tokens[:, 0])
-    mcfg = model.cfg.replace(eos_token_ids=tuple(int(t) for t in first[:2]), decode_cache_block=2)
+    pb = prompt_batch(tokenizer, task, exs, mcfg.pad_token_id)
+    first = np.asarray(make_generate(mcfg, 1)(params, pb.tokens, pb.mask, jax.random.key(0)).tokens[:, 0])
+    assert len(set(first.tolist())) > 1, first
+    mcfg = mcfg.replace(eos_token_ids=(int(first[0]),))  # stops the rows that start like row 0
     seen = []
     monkeypatch.setattr(trainer, "compaction_fits", lambda *a: (seen.append(a), compaction_fits(*a))[1])
     metrics = {}
     for h in (0, 2):
-        it = trainer.make_es_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, cfg, 6, 4)
-        state, metrics[h] = init_state(model.params, jax.random.key(0), cfg), []
+        it = trainer.make_es_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, cfg, 48, 4)
+        state, metrics[h] = init_state(params, jax.random.key(0), cfg), []
         for t in range(2):
             state, m = it(state, exs, jax.random.key(t))
             metrics[h].append(m)
     lengths, ends, halvings = seen[-1]
-    assert ends == (2, 4, 6) and halvings == 2 and lengths.shape == (4, 4) and (lengths == 1).any(), lengths
-    assert [m["decode_compaction"] for m in metrics[2]] == [0, compaction_fits(lengths, ends, 2)]
-    assert metrics[2][1]["decode_compaction"] > 0
+    assert ends == tuple(range(4, 49, 4)) and halvings == 2 and lengths.shape == (4, 4), (ends, lengths.shape)
+    assert (lengths == 1).any() and (lengths == 48).any(), lengths
+    assert compaction_fits(lengths, ends, 2) >= 1 and compaction_cap(4, pb.tokens.shape[1], ends, 2) == 1
+    assert [m["decode_compaction"] for m in metrics[2]] == [0, 1]
     for a, b in zip(metrics[0], metrics[2]):
         assert a["es_fitness"] == b["es_fitness"] and a["update_norm"] == b["update_norm"]
         assert a["completion_length"] == b["completion_length"]
+    sampled = dataclasses.replace(cfg, member_temperature=1.0)
+    it = trainer.make_es_iteration(mcfg.replace(decode_compaction=2), tokenizer, task, sampled, 48, 4)
+    state = init_state(params, jax.random.key(0), sampled)
+    assert [it(state, exs, jax.random.key(t))[1]["decode_compaction"] for t in range(2)] == [0, 0]

@@ -84,7 +84,7 @@ def kl_drift_values(ft, base, model_cfg, tokenizer, probes: Dict[str, Tuple[Task
         rows = [(j, greedy) for j in idx for greedy in copies]
         pb = padded_batch([ids[j] for j in idx], [None] * size, model_cfg.pad_token_id, repeat=len(copies))
         gen = make_generate(model_cfg, max(budgets.values()), SamplingConfig(temperature=1.0) if sampled else GREEDY,
-                            pb.prefix_len, pb.group, logprobs=False)
+                            pb.prefix_len, pb.group, logprobs=False, compaction=0)  # one-off: no lengths to choose from
         out = gen(ft, pb.tokens, pb.mask, jax.random.fold_in(key, c), None, np.array([g for _, g in rows]),
                   np.array([budgets[names[j]] for j, _ in rows], np.int32))
         b = sequence_batch(pb.tokens, pb.mask, out.tokens, out.lengths, completion_only=True)

@@ -63,8 +63,8 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id, repeat=cfg.group_size)
         t0 = time.perf_counter()
         key = jax.random.fold_in(state.key, state.step)
-        gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len, pb.group,
-                             logprobs=False)  # the learner scores its own log-probs
+        gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len, pb.group,  # the learner scores
+                             logprobs=False, compaction=0)  # its own log-probs; rollouts sample (no compaction)
         out = to_host(gen(compute_params(state.params, model_cfg), put(pb.tokens), put(pb.mask), key))  # cast once
         t1 = time.perf_counter()
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
