@@ -57,7 +57,9 @@ def rollout_metrics(rewards, correct, lengths, t0: float, t1: float, t2: float, 
     ``decode_fill`` = Σ lengths / (rows × max length): the share of the decode loop's row-steps that produced
     a token. The loop runs until the last row of a call stops (of a chunk, for ES members), finished rows
     decoding padding until then, so 1 − decode_fill is at most what dropping finished rows from the batch
-    could save; with several ES chunks (each stops at its own longest row) it is a lower bound."""
+    could save; with several ES chunks (each stops at its own longest row) it is a lower bound. A run's
+    ``decode_compaction`` drops them at cache-block boundaries (:func:`esjax.sampling.generate`); the
+    share counts row-steps as if it did not."""
     n_tokens = int(np.sum(lengths))
     longest = int(np.max(lengths)) if np.size(lengths) else 0
     return dict(reward_mean=float(np.mean(rewards)), train_accuracy=float(np.mean(correct)),

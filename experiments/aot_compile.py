@@ -3,7 +3,7 @@ the CPU proxy for accelerator compile time that anyone can run.
 
     python -m experiments.aot_compile [--shapes qwen2.5-1.5b] [--members 30] [--prompts 16] [--new 256]
                                       [--prompt-len 64] [--noise full,lowrank] [--skip-population]
-                                      [--cache-block 256]
+                                      [--cache-block 256] [--compaction 2]
 
 Prints one row per compiled program (lowering and compilation seconds) and the totals per stage: the ES
 update (:func:`esjax.es.step.lower_es_update`) and the population (:func:`esjax.es.population.population_fn`'s
@@ -59,10 +59,13 @@ def main(argv=None):
     p.add_argument("--skip-population", action="store_true")
     p.add_argument("--cache-block", type=int, default=None, help="the decode loop's cache block (default the "
                    "model config's, 256; 0 = the whole cache every step): one loop body per block to compile")
+    p.add_argument("--compaction", type=int, default=0, help="the population's EOS compaction (halvings at the "
+                   "first block boundaries; esjax.sampling.generate)")
     args = p.parse_args(argv)
     mcfg = shape_config(args.shapes, args.compute_dtype)
     if args.cache_block is not None:
         mcfg = mcfg.replace(decode_cache_block=args.cache_block)
+    mcfg = mcfg.replace(decode_compaction=args.compaction)
     print(f"{args.shapes} shapes ({mcfg.param_count():,} parameters), N = {args.members}, backend "
           f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}")
     totals = {}
