@@ -254,8 +254,9 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     stops at its own last row, and reads and grows only its own rows' cache (the whole batch's cache stays
     at the boundary's size: with one halving at e the peak is B·(P + e) + ⌈B/2⌉·(P + M) slots; h is
     lowered where it would exceed the uncompacted B·(P + M), :func:`compaction_cap`).
-    Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the same
-    compile time. Each row computes what it computes without compaction (a forward is row-independent;
+    Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the CPU proxy
+    compiles the low-rank population of Qwen2.5-1.5B shapes at 1,024 tokens in 48.8 s with h = 2, 42.6 s
+    without (the sorts, gathers and nested loops). Each row computes what it computes without compaction (a forward is row-independent;
     tokens equal on CPU), so it applies to greedy decoding only: a sampled draw depends on the batch's
     shape, and with temperature > 0 the setting is not applied (the tokens such a call draws are those of
     ``compaction=0``). When more than half the rows still run, both halves run: the same row-steps, the
