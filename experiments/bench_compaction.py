@@ -81,11 +81,14 @@ def main(argv=None):
     def picks(lengths):  # what a run's next call would choose after these lengths (compaction_fits)
         return f"a run picks {compaction_fits(lengths, decode_segments(a.new, a.block), max(halvings))}"
 
-    def report(case, runs, tokens):
+    results = {}
+
+    def report(case, runs, tokens):  # one row per compaction, rates of the tokens the rows keep
         base = None
         for h in halvings:
             first, t = runs[h]
             base = base or t
+            results[case, h] = {"tokens_per_s": tokens / t, "ratio": base / t, "first_s": first}
             print(f"{case:72s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {first:12.1f}")
 
     if "plain" in a.sections:
@@ -111,6 +114,7 @@ def main(argv=None):
                                 a.repeats)
             report(f"ES low-rank {a.members} x {a.prompts} prompts, {label} ({picks(lengths)})", runs,
                    int(lengths.sum()) * a.members)
+    return results
 
 
 if __name__ == "__main__":

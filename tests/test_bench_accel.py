@@ -145,3 +145,16 @@ def test_profile_and_ahead_of_time_compile_run_on_cpu(tmp_path):
     totals = aot_compile.main(["--shapes", "tiny", "--members", "4", "--prompts", "2", "--new", "4", "--prompt-len", "8",
                                "--noise", "lowrank"])
     assert set(totals) == {("lowrank", "es_update"), ("lowrank", "population")} and all(t > 0 for t in totals.values())
+
+
+def test_the_compaction_bench_runs_on_cpu():
+    """experiments.bench_compaction on tiny random shapes: a row per case and compaction, the ratios against
+    compaction 0 of the same case, and what a run would pick after the case's lengths."""
+    from experiments import bench_compaction
+
+    res = bench_compaction.main(["--shapes", "tiny", "--rows", "6", "--members", "2", "--prompts", "4", "--new", "24",
+                                 "--block", "4", "--halvings", "1"])
+    cases = {case for case, _ in res}
+    assert len(cases) == 4 and {h for _, h in res} == {0, 1}, cases  # plain and ES, each early and worst
+    assert all(res[c, 0]["ratio"] == 1.0 and res[c, 1]["tokens_per_s"] > 0 for c in cases)
+    assert all("a run picks 0" in c for c in cases if "worst case" in c)  # every row still runs at the boundary
