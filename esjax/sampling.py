@@ -256,12 +256,13 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     lowered where it would exceed the uncompacted B·(P + M), :func:`compaction_cap`).
     Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the CPU proxy
     compiles the low-rank population of Qwen2.5-1.5B shapes at 1,024 tokens in 48.8 s with h = 2, 42.6 s
-    without (the sorts, gathers and nested loops). Each row computes what it computes without compaction (a forward is row-independent;
-    tokens equal on CPU), so it applies to greedy decoding only: a sampled draw depends on the batch's
-    shape, and with temperature > 0 the setting is not applied (the tokens such a call draws are those of
-    ``compaction=0``). When more than half the rows still run, both halves run: the same row-steps, the
-    weights read once more per step — a cost where the weights dominate a step's bytes (few short rows),
-    small where the KV cache does (many long rows: the generations this is for)."""
+    without (the sorts, gathers and nested loops). Each row computes what it computes without compaction
+    (a forward is row-independent; tokens equal on CPU), so it applies to greedy decoding only: a sampled
+    draw depends on the batch's shape, and with temperature > 0 the setting is not applied (the tokens
+    such a call draws are those of ``compaction=0``). When more than half the rows still run, both halves
+    run: the same row-steps, the weights read once more per step — a cost where the weights dominate a
+    step's bytes (few short rows), small where the KV cache does (many long rows: the generations this is
+    for); a run chooses h per call so that it does not happen (:func:`compaction_fits`)."""
 
     B, P = tokens.shape
     steps_per_loop = cfg.decode_steps_per_loop if steps_per_loop is None else steps_per_loop

@@ -63,7 +63,8 @@ def main(argv=None):
     p.add_argument("--halvings", default="1,2")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--sections", default="plain,es")
-    p.add_argument("--cases", default="early,worst", help="early: rows that stop early; worst: every row runs the budget")
+    p.add_argument("--cases", default="early,worst",
+                   help="early: rows that stop early; worst: every row runs the budget")
     p.add_argument("--median", type=float, default=0.25, help="stop-early lengths: median as a share of --new")
     a = p.parse_args(argv)
     mcfg, params, toks, mask = setup(a.shapes)

@@ -13,6 +13,7 @@ import pytest
 from esjax.config import build_config
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.models.registry import load_model
+from esjax.parallel import POP, make_mesh
 from esjax.sampling import SamplingConfig, compaction_cap, compaction_fits, decode_segments, make_generate, pad_prompts
 from test_population_loop import _setup, cache_rewrites
 
@@ -105,6 +106,11 @@ def test_population_members_compact_their_rows_in_place_and_decode_the_same_toke
         assert cache_rewrites(hlo, s, mcfg.head_dim) == [], s
     plain = _kv_shapes(pop(mcfg, 0).lower(*args)["population"].compile().as_text(), mcfg)
     assert {(6, s) for s in slots} <= plain  # without compaction every segment runs all 6 rows
+    # members sharded over the mesh's pop axis (shard_map, one member per device): the same tokens
+    mesh = make_mesh()
+    sharded = population_fn(lm_evaluator(mcfg, 12, cfg, cache_block=2, compaction=2), cfg, 1, mesh)
+    got = sharded(state, member_ids(4, mesh.shape[POP]), tokens, mask, jax.random.key(2))
+    _equal(jax.tree.map(lambda x: x[:4], got), outs[0], logprobs=False)
 
 
 def test_a_runs_decode_compaction_reaches_its_model(tmp_path):
@@ -135,7 +141,9 @@ def test_compaction_cap_keeps_the_cache_peak_within_the_uncompacted_loops():
     ends = (256, 512, 768, 1024)
     assert [compaction_cap(256, p, ends, 2) for p in (64, 341, 342, 512, 513)] == [2, 2, 1, 1, 0]
     assert compaction_cap(256, 64, ends, 5) == 3 and compaction_cap(256, 64, (1024,), 2) == 0
-    peak = lambda B, P, h: sum(-(-B // 2 ** k) * (P + ends[k]) for k in range(h)) + -(-B // 2 ** h) * (P + 1024)  # noqa: E731
+    def peak(B, P, h):
+        return sum(-(-B // 2 ** k) * (P + ends[k]) for k in range(h)) + -(-B // 2 ** h) * (P + 1024)
+
     for B in (1, 7, 256):
         for P in (0, 100, 341, 342, 600):
             h = compaction_cap(B, P, ends, 3)
