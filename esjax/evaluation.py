@@ -11,7 +11,7 @@ import numpy as np
 
 from esjax.models.decoder import forward, positions_from_mask
 from esjax.rollout import decode, prompt_batch, score
-from esjax.sampling import compaction_cap, compaction_fits, decode_segments, make_generate
+from esjax.sampling import compaction_choice, decode_segments, make_generate
 
 
 def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
@@ -39,8 +39,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
     """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches, and 'correct': a list of
     0/1 per example in the order of ``examples`` (accuracy = its mean; paired tests on the same problems,
     :mod:`esjax.analysis.intervals`). With ``model_cfg.decode_compaction`` > 0 a batch compacts as far as
-    the previous batch's lengths ran one half at every level (:func:`esjax.sampling.compaction_fits`; the
-    first batch does not): the same tokens either way."""
+    the previous batch's lengths allow (:func:`esjax.sampling.compaction_choice`; the first batch does not):
+    the same tokens either way."""
     choices = task.choice_letters
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
@@ -53,8 +53,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
-            compaction = compaction_fits(lengths[-1], ends, model_cfg.decode_compaction) if lengths else 0
-            compaction = compaction_cap(pb.tokens.shape[0], pb.tokens.shape[1], ends, compaction)
+            compaction = compaction_choice(lengths[-1] if lengths else None, *pb.tokens.shape, ends,
+                                           model_cfg.decode_compaction)
             gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False,
                                 compaction=compaction)
             out = gen(params, pb.tokens, pb.mask, jax.random.key(0))

@@ -189,6 +189,15 @@ def compaction_cap(rows: int, prompt_len: int, ends: Sequence[int], halvings: in
     return 0
 
 
+def compaction_choice(previous_lengths, rows: int, prompt_len: int, ends: Sequence[int], halvings: int) -> int:
+    """The compaction a run's next greedy generation of ``rows`` × ``prompt_len`` prompts uses: as far as
+    the previous generation's lengths ran one half at every level (:func:`compaction_fits`), within the
+    memory cap (:func:`compaction_cap`); 0 without previous lengths (None: a run's first call)."""
+    if previous_lengths is None:
+        return 0
+    return compaction_cap(rows, prompt_len, ends, compaction_fits(previous_lengths, ends, halvings))
+
+
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,

@@ -51,6 +51,7 @@ from esjax.es.step import ESConfig, es_update, init_state
 from esjax.models.decoder import init_params
 from esjax.models.precision import compute_params, decoding_params
 from esjax.sampling import CACHE_BLOCK, decode_segments, make_generate
+from experiments.bench_common import first_and_best, wall
 from experiments.shapes import shape_config
 
 # (bf16 dense peak FLOP/s, memory bytes/s) by a substring of jax's device_kind (vendor data sheets)
@@ -73,19 +74,6 @@ def commit() -> str:
                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-def wall(fn, *args):
-    """(result, seconds) of one call, blocking on the result."""
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - t0
-
-
-def first_and_best(fn, *args, repeats: int = 1):
-    """(first call seconds incl. compile, best of ``repeats`` later calls)."""
-    _, first = wall(fn, *args)
-    return first, min(wall(fn, *args)[1] for _ in range(repeats))
 
 
 def prompts(rows: int, length: int, vocab: int, seed: int = 0):

@@ -23,6 +23,19 @@ def timed(fn, *args, repeats: int = 2):
     return out, best
 
 
+def wall(fn, *args):
+    """(result, seconds) of one call, blocking on the result."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t0
+
+
+def first_and_best(fn, *args, repeats: int = 1):
+    """(first call seconds incl. compile, best of ``repeats`` later calls)."""
+    _, first = wall(fn, *args)
+    return first, min(wall(fn, *args)[1] for _ in range(repeats))
+
+
 def chat_ids(tokenizer, n: int):
     return [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
                                                     add_generation_prompt=True, tokenize=False),

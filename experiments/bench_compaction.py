@@ -11,7 +11,6 @@ a row stopped is not counted as work done.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
@@ -19,19 +18,12 @@ import numpy as np
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, init_state
 from esjax.sampling import compaction_fits, decode_segments, make_generate
-from experiments.bench_common import completion_lengths
+from experiments.bench_common import completion_lengths, first_and_best
 
 
-def _best(fn, repeats: int):
-    """(first call seconds, best of ``repeats`` later calls)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first, best = time.perf_counter() - t0, float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return first, best
+def rows_of(x, n: int):
+    """The first ``n`` rows of ``x`` repeated."""
+    return np.tile(x, (-(-n // x.shape[0]), 1))[:n]
 
 
 def setup(shapes: str):
@@ -93,26 +85,25 @@ def main(argv=None):
             print(f"{case:72s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {first:12.1f}")
 
     if "plain" in a.sections:
-        reps = -(-a.rows // toks.shape[0])
-        t, m = np.tile(toks, (reps, 1))[:a.rows], np.tile(mask, (reps, 1))[:a.rows]
+        t, m = rows_of(toks, a.rows), rows_of(mask, a.rows)
         for label, lengths in cases(a.rows, 0):
             runs = {}
             for h in halvings:
                 gen = make_generate(mcfg, a.new, cache_block=a.block, logprobs=False, compaction=h)
-                runs[h] = _best(lambda: gen(params, t, m, jax.random.key(0), row_max_new=lengths).tokens, a.repeats)
+                runs[h] = first_and_best(lambda: gen(params, t, m, jax.random.key(0), row_max_new=lengths).tokens,
+                                         repeats=a.repeats)
             fill = lengths.sum() / (a.rows * lengths.max())
             report(f"generate {a.rows} rows, {label} (fill {fill:.2f}, {picks(lengths)})", runs, int(lengths.sum()))
     if "es" in a.sections:
         cfg = ESConfig(population_size=a.members, noise="lowrank", rank=1, sigma=1e-3)
         state = init_state(params, jax.random.key(1), cfg)
-        t, m = np.tile(toks, (-(-a.prompts // toks.shape[0]), 1))[:a.prompts], \
-            np.tile(mask, (-(-a.prompts // toks.shape[0]), 1))[:a.prompts]
+        t, m = rows_of(toks, a.prompts), rows_of(mask, a.prompts)
         for label, lengths in cases(a.prompts, 1):
             runs = {}
             for h in halvings:
                 pop = population_fn(lm_evaluator(mcfg, a.new, cfg, cache_block=a.block, compaction=h), cfg, a.members)
-                runs[h] = _best(lambda: pop(state, member_ids(a.members), t, m, jax.random.key(2), lengths).tokens,
-                                a.repeats)
+                runs[h] = first_and_best(lambda: pop(state, member_ids(a.members), t, m, jax.random.key(2), lengths).tokens,
+                                         repeats=a.repeats)
             report(f"ES low-rank {a.members} x {a.prompts} prompts, {label} ({picks(lengths)})", runs,
                    int(lengths.sum()) * a.members)
     return results

@@ -155,6 +155,7 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
     prompts at the first step): the first iteration decodes uncompacted, the next compacts as far as the
     first one's lengths allow and the memory cap admits (here 1), and fitness and update are those of
     ``decode_compaction=0``; sampled members are never compacted (and compile no second program)."""
+    from esjax import sampling
     from esjax.es import trainer
     from esjax.es.step import ESConfig, init_state
     from esjax.rollout import prompt_batch
@@ -170,7 +171,7 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
     assert len(set(first.tolist())) > 1, first
     mcfg = mcfg.replace(eos_token_ids=(int(first[0]),))  # stops the rows that start like row 0
     seen = []
-    monkeypatch.setattr(trainer, "compaction_fits", lambda *a: (seen.append(a), compaction_fits(*a))[1])
+    monkeypatch.setattr(sampling, "compaction_fits", lambda *a: (seen.append(a), compaction_fits(*a))[1])
     metrics = {}
     for h in (0, 2):
         it = trainer.make_es_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, cfg, 48, 4)

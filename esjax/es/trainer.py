@@ -19,7 +19,7 @@ from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import first_scored, make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
-from esjax.sampling import compaction_cap, compaction_fits, decode_segments
+from esjax.sampling import compaction_choice, decode_segments
 
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
@@ -29,8 +29,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     the update's) in chunks of ``cfg.chunk_size`` members, or as many as fit (:func:`auto_chunk_size`).
     With ``model_cfg.decode_compaction`` = h > 0 an iteration's members compact their rows at the first h'
     ≤ h cache-block boundaries, h' the most that the previous iteration's lengths ran as one half at every
-    level (:func:`esjax.sampling.compaction_fits`; 0 for a run's first iteration, and always 0 for sampled
-    members), within the memory cap of :func:`esjax.sampling.compaction_cap`; the tokens are the same
+    level, within the memory cap (:func:`esjax.sampling.compaction_choice`; 0 for a run's first iteration,
+    and always 0 for sampled members); the tokens are the same
     whatever h' is, and each h' is one more compiled population program."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
@@ -52,8 +52,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
-        compaction = compaction_fits(last_lengths[-1], ends, halvings) if last_lengths else 0
-        compaction = compaction_cap(pb.tokens.shape[0], pb.tokens.shape[1], ends, compaction)  # what generate runs
+        compaction = compaction_choice(last_lengths[-1] if last_lengths else None, *pb.tokens.shape, ends, halvings)
         pop = population(pb.prefix_len, pb.tokens.shape[1], compaction)
         gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
         last_lengths[:] = [gen.lengths]
