@@ -11,7 +11,7 @@ import numpy as np
 
 from esjax.models.decoder import forward, positions_from_mask
 from esjax.rollout import decode, prompt_batch, score
-from esjax.sampling import compaction_choice, decode_segments, make_generate
+from esjax.sampling import compaction_choice, make_generate
 
 
 def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
@@ -45,7 +45,6 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
     rewards, correct, lengths = [], [], []
-    ends = decode_segments(max_new_tokens, model_cfg.decode_cache_block, model_cfg.decode_steps_per_loop)
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         pb = prompt_batch(tokenizer, task, chunk, model_cfg.pad_token_id)
@@ -53,8 +52,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
-            compaction = compaction_choice(lengths[-1] if lengths else None, *pb.tokens.shape, ends,
-                                           model_cfg.decode_compaction)
+            compaction = compaction_choice(lengths[-1] if lengths else None, *pb.tokens.shape, model_cfg,
+                                           max_new_tokens)
             gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False,
                                 compaction=compaction)
             out = gen(params, pb.tokens, pb.mask, jax.random.key(0))

@@ -189,12 +189,17 @@ def compaction_cap(rows: int, prompt_len: int, ends: Sequence[int], halvings: in
     return 0
 
 
-def compaction_choice(previous_lengths, rows: int, prompt_len: int, ends: Sequence[int], halvings: int) -> int:
-    """The compaction a run's next greedy generation of ``rows`` × ``prompt_len`` prompts uses: as far as
-    the previous generation's lengths ran one half at every level (:func:`compaction_fits`), within the
-    memory cap (:func:`compaction_cap`); 0 without previous lengths (None: a run's first call)."""
+def compaction_choice(previous_lengths, rows: int, prompt_len: int, cfg: ModelConfig, max_new_tokens: int,
+                      halvings: Optional[int] = None) -> int:
+    """The compaction a run's next greedy generation of ``rows`` × ``prompt_len`` prompts and
+    ``max_new_tokens`` under ``cfg``'s decode settings uses: at most ``halvings`` (None: the config's
+    ``decode_compaction``), as far as the previous generation's lengths ran one half at every level
+    (:func:`compaction_fits`), within the memory cap (:func:`compaction_cap`); 0 without previous lengths
+    (None: a run's first call)."""
     if previous_lengths is None:
         return 0
+    ends = decode_segments(max_new_tokens, cfg.decode_cache_block, cfg.decode_steps_per_loop)
+    halvings = cfg.decode_compaction if halvings is None else halvings
     return compaction_cap(rows, prompt_len, ends, compaction_fits(previous_lengths, ends, halvings))
 
 

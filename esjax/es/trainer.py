@@ -19,7 +19,7 @@ from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import first_scored, make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
-from esjax.sampling import compaction_choice, decode_segments
+from esjax.sampling import compaction_choice
 
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
@@ -41,7 +41,6 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         lambda prefix_len, width, compaction: population_fn(
             lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len, compaction=compaction), cfg,
             auto_chunk_size(model_cfg, cfg, batch_size, width, max_new_tokens), mesh, dtype=model_cfg.dtype))
-    ends = decode_segments(max_new_tokens, model_cfg.decode_cache_block, model_cfg.decode_steps_per_loop)
     last_lengths = []  # the previous iteration's (N, B) lengths: what the next compaction is chosen from
     halvings = model_cfg.decode_compaction if cfg.member_temperature == 0 else 0  # sampled members: never
     update = functools.partial(es_update, cfg=cfg,  # per-leaf-shape programs: compiles in seconds at LLM scale
@@ -52,7 +51,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
-        compaction = compaction_choice(last_lengths[-1] if last_lengths else None, *pb.tokens.shape, ends, halvings)
+        compaction = compaction_choice(last_lengths[-1] if last_lengths else None, *pb.tokens.shape, model_cfg,
+                                       max_new_tokens, halvings)
         pop = population(pb.prefix_len, pb.tokens.shape[1], compaction)
         gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
         last_lengths[:] = [gen.lengths]
