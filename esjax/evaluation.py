@@ -11,7 +11,8 @@ import numpy as np
 
 from esjax.models.decoder import forward, positions_from_mask
 from esjax.rollout import decode, prompt_batch, score
-from esjax.sampling import compaction_choice, make_generate
+from esjax.compaction import compaction_choice
+from esjax.sampling import make_generate
 
 
 def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
@@ -39,8 +40,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
     """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches, and 'correct': a list of
     0/1 per example in the order of ``examples`` (accuracy = its mean; paired tests on the same problems,
     :mod:`esjax.analysis.intervals`). With ``model_cfg.decode_compaction`` > 0 a batch compacts as far as
-    the previous batch's lengths allow (:func:`esjax.sampling.compaction_choice`; the first batch does not):
-    the same tokens either way."""
+    the previous batch's lengths predict it pays (:func:`esjax.compaction.compaction_choice`; the first batch
+    does not): the same tokens either way."""
     choices = task.choice_letters
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)

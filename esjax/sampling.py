@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.compaction import compaction_cap
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import (KVCache, forward, forward_shared_prefix, grow_cache, init_cache,
                                   positions_from_mask, prefix_levels)
@@ -159,50 +160,6 @@ def decode_segments(max_new_tokens: int, cache_block: int = 0, steps_per_loop: i
     return tuple(range(block, max_new_tokens, block)) + (max_new_tokens,)
 
 
-def compaction_fits(lengths, ends: Sequence[int], halvings: int) -> int:
-    """The most halvings h' ≤ ``halvings`` under which a generation whose rows end at ``lengths`` (tokens
-    per row; (rows,) or (instances, rows): vmapped members, their longest row count deciding) runs one
-    half at every level: at each of the first h' boundaries ``ends[k]`` (:func:`decode_segments`), the rows
-    still running (length > ends[k]) fit in ⌈rows / 2^(k+1)⌉. With such an h' compaction only removes
-    row-steps; a level that needs both halves re-reads the weights for them (see :func:`generate`). A run
-    picks it from its previous generation's lengths (the same prompts' next draw stops about as early)."""
-    lengths = np.asarray(lengths).reshape(-1, np.shape(lengths)[-1])
-    rows, fits = lengths.shape[1], 0
-    for k, end in enumerate(ends[:-1][:halvings]):
-        if (lengths > end).sum(1).max() > -(-rows // 2 ** (k + 1)):
-            break
-        fits = k + 1
-    return fits
-
-
-def compaction_cap(rows: int, prompt_len: int, ends: Sequence[int], halvings: int) -> int:
-    """The most halvings h' ≤ ``halvings`` whose cache peak stays within the uncompacted loop's, rows ×
-    (``prompt_len`` + M) slots: a compacting level holds its rows' cache at its boundary while its half
-    decodes, so the peak is Σ_{k<h'} ⌈rows/2^k⌉·(P + ends[k]) + ⌈rows/2^h'⌉·(P + M) — what
-    :func:`esjax.es.population.row_bytes` budgets for is never exceeded. With blocks of 256 over 1,024
-    tokens, h' = 2 holds for prompts up to 341 tokens, h' = 1 up to 512."""
-    full = rows * (prompt_len + ends[-1])
-    for h in range(min(halvings, len(ends) - 1), 0, -1):
-        held = sum(-(-rows // 2 ** k) * (prompt_len + ends[k]) for k in range(h))
-        if held + -(-rows // 2 ** h) * (prompt_len + ends[-1]) <= full:
-            return h
-    return 0
-
-
-def compaction_choice(previous_lengths, rows: int, prompt_len: int, cfg: ModelConfig, max_new_tokens: int,
-                      halvings: Optional[int] = None) -> int:
-    """The compaction a run's next greedy generation of ``rows`` × ``prompt_len`` prompts and
-    ``max_new_tokens`` under ``cfg``'s decode settings uses: at most ``halvings`` (None: the config's
-    ``decode_compaction``), as far as the previous generation's lengths ran one half at every level
-    (:func:`compaction_fits`), within the memory cap (:func:`compaction_cap`); 0 without previous lengths
-    (None: a run's first call)."""
-    if previous_lengths is None:
-        return 0
-    ends = decode_segments(max_new_tokens, cfg.decode_cache_block, cfg.decode_steps_per_loop)
-    halvings = cfg.decode_compaction if halvings is None else halvings
-    return compaction_cap(rows, prompt_len, ends, compaction_fits(previous_lengths, ends, halvings))
-
-
 @jax.named_scope("rollout")  # profile names: rollout/prefill, rollout/decode
 def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, delta=None, prefix_len: int = 0, group: int = 1,
@@ -276,7 +233,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     such a call draws are those of ``compaction=0``). When more than half the rows still run, both halves
     run: the same row-steps, the weights read once more per step — a cost where the weights dominate a
     step's bytes (few short rows), small where the KV cache does (many long rows: the generations this is
-    for); a run chooses h per call so that it does not happen (:func:`compaction_fits`)."""
+    for); a run chooses h per call from the previous call's lengths (:func:`esjax.compaction.compaction_choice`)."""
 
     B, P = tokens.shape
     steps_per_loop = cfg.decode_steps_per_loop if steps_per_loop is None else steps_per_loop

@@ -50,22 +50,10 @@ from esjax.es.schemes import get_scheme
 from esjax.es.step import ESConfig, es_update, init_state
 from esjax.models.decoder import init_params
 from esjax.models.precision import compute_params, decoding_params
+from esjax.roofline import device_peaks, step_bytes, step_flops
 from esjax.sampling import CACHE_BLOCK, decode_segments, make_generate
 from experiments.bench_common import first_and_best, wall
 from experiments.shapes import shape_config
-
-# (bf16 dense peak FLOP/s, memory bytes/s) by a substring of jax's device_kind (vendor data sheets)
-PEAKS = {"H200": (989e12, 4.8e12), "H100": (989e12, 3.35e12), "A100": (312e12, 2.0e12), "L4": (121e12, 0.3e12),
-         "TPU v6": (918e12, 1.64e12), "TPU v5p": (459e12, 2.76e12), "TPU v5": (197e12, 0.82e12),
-         "TPU v4": (275e12, 1.2e12)}
-
-
-def device_peaks():
-    kind = jax.devices()[0].device_kind
-    for name, peaks in PEAKS.items():
-        if name.lower() in kind.lower():
-            return kind, peaks
-    return kind, None
 
 
 def commit() -> str:
@@ -81,18 +69,10 @@ def prompts(rows: int, length: int, vocab: int, seed: int = 0):
     return rng.integers(3, vocab, (rows, length)).astype(np.int32), np.ones((rows, length), bool)
 
 
-def step_bytes(mcfg, rows: int, context: float, weight_copies: int = 1) -> float:
-    """Bytes one decode step reads at ``rows`` rows and mean ``context`` cache slots read: ``weight_copies``
-    × the weights (full-rank members each read their own) + the KV cache, in the compute dtype."""
-    item = np.dtype(mcfg.dtype).itemsize
-    kv = 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * context * rows * item
-    return weight_copies * mcfg.param_count() * item + kv
-
-
 def roofline_step(mcfg, rows: int, context: float, peaks, weight_copies: int = 1) -> dict:
     """Ideal seconds of one decode step at ``rows`` rows and mean ``context`` cache slots read:
-    max(bytes / bandwidth, FLOPs / peak), bytes = :func:`step_bytes`."""
-    flops = 2 * mcfg.param_count() * rows + 4 * rows * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context
+    max(bytes / bandwidth, FLOPs / peak) (:func:`esjax.roofline.step_bytes`, :func:`esjax.roofline.step_flops`)."""
+    flops = step_flops(mcfg, rows, context)
     flop_peak, bandwidth = peaks
     nbytes = step_bytes(mcfg, rows, context, weight_copies)
     return {"bytes": nbytes, "flops": flops, "ideal_s": max(nbytes / bandwidth, flops / flop_peak)}

@@ -3,7 +3,9 @@ loop, measured side by side in one run: plain generation and the low-rank ES pop
 stop early (each row's budget stands in for its EOS: :func:`experiments.bench_common.completion_lengths`,
 log-normal around a quarter of the budget with 5 % of rows running to the end), and the worst case, where
 every row runs the whole budget. Rates count the tokens the rows keep (Σ lengths), so padding decoded after
-a row stopped is not counted as work done.
+a row stopped is not counted as work done. Beside each measured ratio, the one the compaction choice's cost
+model predicts (:func:`esjax.compaction.compaction_cost` under :func:`esjax.roofline.cost_peaks` of the
+device), and what a run would pick after these lengths.
 
     python -m experiments.bench_compaction [--rows 32] [--new 256] [--block 64] [--halvings 1,2]
     python -m experiments.bench_compaction --shapes qwen2.5-1.5b --rows 480 --new 1024   # an accelerator
@@ -17,7 +19,9 @@ import numpy as np
 
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, init_state
-from esjax.sampling import compaction_fits, decode_segments, make_generate
+from esjax.compaction import compaction_choice, compaction_cost
+from esjax.roofline import cost_peaks, kv_slot_bytes, step_cost
+from esjax.sampling import decode_segments, make_generate
 from experiments.bench_common import completion_lengths, first_and_best
 
 
@@ -63,7 +67,10 @@ def main(argv=None):
     halvings = [0] + [int(h) for h in a.halvings.split(",")]
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {a.shapes} ({mcfg.compute_dtype}), "
           f"{a.new} new tokens in blocks of {a.block}")
-    print(f"{'case':72s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'first call s':>12s}")
+    print(f"{'case':72s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'predicted':>9s} "
+          f"{'first call s':>12s}")
+    run_cfg = mcfg.replace(decode_cache_block=a.block, decode_compaction=max(halvings))
+    cost, ends, P = step_cost(mcfg, cost_peaks()), decode_segments(a.new, a.block), toks.shape[1]
 
     def cases(rows, seed):  # (label, (rows,) lengths) of the --cases asked for
         return [(label, lengths) for name, label, lengths in (
@@ -71,18 +78,24 @@ def main(argv=None):
             ("worst", "worst case, every row runs the budget", np.full(rows, a.new, np.int32)))
             if name in a.cases.split(",")]
 
-    def picks(lengths):  # what a run's next call would choose after these lengths (compaction_fits)
-        return f"a run picks {compaction_fits(lengths, decode_segments(a.new, a.block), max(halvings))}"
+    def picks(lengths, rows):  # what a run's next call would choose after these lengths
+        return f"a run picks {compaction_choice(lengths, rows, P, run_cfg, a.new, instances=len(lengths))}"
+
+    def predicted(lengths):  # {h: predicted seconds of the decode loops} ((instances, rows) lengths)
+        return {h: compaction_cost(lengths, ends, h, P, cost, kv_slot_bytes(mcfg)) if cost else None
+                for h in halvings}
 
     results = {}
 
-    def report(case, runs, tokens):  # one row per compaction, rates of the tokens the rows keep
-        base = None
+    def report(case, runs, tokens, lengths):  # one row per compaction, rates of the tokens the rows keep
+        base, model = None, predicted(lengths)
         for h in halvings:
             first, t = runs[h]
             base = base or t
-            results[case, h] = {"tokens_per_s": tokens / t, "ratio": base / t, "first_s": first}
-            print(f"{case:72s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {first:12.1f}")
+            guess = model[0] / model[h] if model[h] else None
+            results[case, h] = {"tokens_per_s": tokens / t, "ratio": base / t, "predicted": guess, "first_s": first}
+            shown = f"{guess:8.2f}x" if guess else f"{'-':>9s}"
+            print(f"{case:72s} {h:>10d} {tokens / t:11,.1f} {base / t:8.2f}x {shown} {first:12.1f}")
 
     if "plain" in a.sections:
         t, m = rows_of(toks, a.rows), rows_of(mask, a.rows)
@@ -93,7 +106,8 @@ def main(argv=None):
                 runs[h] = first_and_best(lambda: gen(params, t, m, jax.random.key(0), row_max_new=lengths).tokens,
                                          repeats=a.repeats)
             fill = lengths.sum() / (a.rows * lengths.max())
-            report(f"generate {a.rows} rows, {label} (fill {fill:.2f}, {picks(lengths)})", runs, int(lengths.sum()))
+            report(f"generate {a.rows} rows, {label} (fill {fill:.2f}, {picks(lengths[None], a.rows)})", runs,
+                   int(lengths.sum()), lengths[None])
     if "es" in a.sections:
         cfg = ESConfig(population_size=a.members, noise="lowrank", rank=1, sigma=1e-3)
         state = init_state(params, jax.random.key(1), cfg)
@@ -104,8 +118,9 @@ def main(argv=None):
                 pop = population_fn(lm_evaluator(mcfg, a.new, cfg, cache_block=a.block, compaction=h), cfg, a.members)
                 runs[h] = first_and_best(lambda: pop(state, member_ids(a.members), t, m, jax.random.key(2), lengths).tokens,
                                          repeats=a.repeats)
-            report(f"ES low-rank {a.members} x {a.prompts} prompts, {label} ({picks(lengths)})", runs,
-                   int(lengths.sum()) * a.members)
+            per_member = np.tile(lengths, (a.members, 1))  # every member's rows run the same budgets
+            report(f"ES low-rank {a.members} x {a.prompts} prompts, {label} ({picks(per_member, a.prompts)})", runs,
+                   int(lengths.sum()) * a.members, per_member)
     return results
 
 

@@ -94,7 +94,8 @@ def test_lowrank_roofline_ratio_counts_weights_per_chunk_every_members_factors_a
     H100 measured 0.79x, above the old bytes-only 0.67x that this test used to assert)."""
     from esjax.es.schemes import get_scheme
     from esjax.es.step import ESConfig
-    from experiments.bench_accel import PEAKS, lowrank_roofline_ratio
+    from esjax.roofline import PEAKS
+    from experiments.bench_accel import lowrank_roofline_ratio
     from experiments.shapes import shape_config
 
     m = shape_config("qwen2.5-1.5b")

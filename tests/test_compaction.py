@@ -14,7 +14,10 @@ from esjax.config import build_config
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.models.registry import load_model
 from esjax.parallel import POP, make_mesh
-from esjax.sampling import SamplingConfig, compaction_cap, compaction_fits, decode_segments, make_generate, pad_prompts
+from esjax import sampling
+from esjax.compaction import compaction_cap, compaction_choice, compaction_cost, compaction_fits
+from esjax.roofline import StepCost
+from esjax.sampling import SamplingConfig, decode_segments, make_generate, pad_prompts
 from test_population_loop import _setup, cache_rewrites
 
 
@@ -155,7 +158,6 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
     prompts at the first step): the first iteration decodes uncompacted, the next compacts as far as the
     first one's lengths allow and the memory cap admits (here 1), and fitness and update are those of
     ``decode_compaction=0``; sampled members are never compacted (and compile no second program)."""
-    from esjax import sampling
     from esjax.es import trainer
     from esjax.es.step import ESConfig, init_state
     from esjax.rollout import prompt_batch
@@ -171,7 +173,7 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
     assert len(set(first.tolist())) > 1, first
     mcfg = mcfg.replace(eos_token_ids=(int(first[0]),))  # stops the rows that start like row 0
     seen = []
-    monkeypatch.setattr(sampling, "compaction_fits", lambda *a: (seen.append(a), compaction_fits(*a))[1])
+    monkeypatch.setattr(trainer, "compaction_choice", lambda *a, **k: (seen.append((a, k)), compaction_choice(*a, **k))[1])
     metrics = {}
     for h in (0, 2):
         it = trainer.make_es_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, cfg, 48, 4)
@@ -179,9 +181,11 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
         for t in range(2):
             state, m = it(state, exs, jax.random.key(t))
             metrics[h].append(m)
-    lengths, ends, halvings = seen[-1]
-    assert ends == tuple(range(4, 49, 4)) and halvings == 2 and lengths.shape == (4, 4), (ends, lengths.shape)
+    (lengths, rows, width, _, new, halvings), kw = seen[-1]
+    assert (rows, width, new, halvings) == (4, pb.tokens.shape[1], 48, 2) and lengths.shape == (4, 4)
+    assert kw == {"instances": 4, "weight_copies": 4}  # one chunk of 4 full-rank members, each its own weights
     assert (lengths == 1).any() and (lengths == 48).any(), lengths
+    ends = tuple(range(4, 49, 4))
     assert compaction_fits(lengths, ends, 2) >= 1 and compaction_cap(4, pb.tokens.shape[1], ends, 2) == 1
     assert [m["decode_compaction"] for m in metrics[2]] == [0, 1]
     for a, b in zip(metrics[0], metrics[2]):
@@ -191,3 +195,99 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
     it = trainer.make_es_iteration(mcfg.replace(decode_compaction=2), tokenizer, task, sampled, 48, 4)
     state = init_state(params, jax.random.key(0), sampled)
     assert [it(state, exs, jax.random.key(t))[1]["decode_compaction"] for t in range(2)] == [0, 0]
+
+
+def test_compaction_cost_is_the_decode_loops_closed_form():
+    """Every row running the whole budget (M = 1,024 in blocks of 256, B = 8 rows, no cache bytes): the
+    uncompacted loop runs M steps of B rows; one halving runs the first block at B and both halves the rest;
+    two halvings the second block at two halves and the rest at four quarters. A row of length ℓ runs ℓ
+    steps, in whole iterations of ``steps_per_loop``; vmapped instances run until the longest one's rows
+    stop; full-rank members read a weight copy each."""
+    ends, w = (256, 512, 768, 1024), 5.0
+    c = StepCost(weights=w, row=1.0, slot=0.0, bandwidth=1.0)
+    cost = lambda ls, h, **kw: compaction_cost(np.asarray(ls), ends, h, 10, c, 0.0, **kw)  # noqa: E731
+    assert cost([1024] * 8, 0) == 1024 * (w + 8)
+    assert cost([1024] * 8, 1) == 256 * (w + 8) + 2 * 768 * (w + 4)
+    assert cost([1024] * 8, 2) == 256 * (w + 8) + 2 * 256 * (w + 4) + 4 * 512 * (w + 2)
+    # four rows stop at 10: the half that runs holds the four long rows, the other half never runs
+    assert cost([300] * 4 + [10] * 4, 1) == 256 * (w + 8) + 44 * (w + 4)
+    assert cost([300] * 4 + [10] * 4, 0) == 300 * (w + 8)
+    assert cost([301] * 4 + [10] * 4, 1, steps_per_loop=4) == 256 * (w + 8) + 48 * (w + 4)
+    # two instances (members) and their weight copies: the loop runs while either has a row running
+    two = np.array([[300] * 4 + [10] * 4, [600] * 5 + [10] * 3])
+    assert cost(two, 0, weight_copies=2) == 600 * (2 * w + 16)
+    assert cost(two, 1, weight_copies=2) == 256 * (2 * w + 16) + 344 * (2 * w + 8) + 344 * (2 * w + 8)
+    # the cache bytes: growing it between segments and gathering the halves, read and written
+    kv = StepCost(weights=0.0, row=0.0, slot=0.0, bandwidth=2.0)
+    assert compaction_cost(np.array([10] * 8), ends, 0, 10, kv, 3.0) == sum(2 * 8 * (10 + e) * 3.0 / 2 for e in ends[:3])
+    # a halving at 256 with no row running: no trip, only the first grow's bytes (none, as here)
+    assert compaction_cost(np.array([10] * 8), ends, 1, 10, kv, 3.0) == 0.0
+
+
+def test_compaction_cost_counts_the_steps_and_rows_generate_runs(tiny, monkeypatch):
+    """The replay against the decode loops themselves: every decode step's batch is recorded (a callback in
+    the forward of the traced program), over 7 rows whose budgets end before, at and after the boundaries
+    (blocks of 3 over 31 tokens), 1 and 3 steps per loop iteration, 0–3 halvings. With a step costing 1
+    per weight read the prediction is the number of steps; with 1 per row, the row-steps."""
+    m, (tokens, mask) = tiny
+    budget = np.array([3, 20, 5, 1, 17, 9, 31], np.int32)
+    batches = []
+    forward = sampling.forward
+
+    def recording(params, cfg, toks, *a, **k):
+        if toks.shape[1] == 1:  # a decode step (the prefill runs the prompt)
+            jax.debug.callback(lambda: batches.append(toks.shape[0]))
+        return forward(params, cfg, toks, *a, **k)
+
+    monkeypatch.setattr(sampling, "forward", recording)
+    for k in (1, 3):
+        ends = decode_segments(31, 3, k)
+        for h in (0, 1, 2, 3):
+            batches.clear()
+            jax.block_until_ready(jax.jit(lambda p, t, s: sampling.generate(  # noqa: B023
+                p, m.cfg, t, s, jax.random.key(0), 31, cache_block=3, steps_per_loop=k, compaction=h,  # noqa: B023
+                row_max_new=budget))(m.params, tokens, mask))
+            predict = lambda weights, row: compaction_cost(  # noqa: E731
+                budget, ends, h, tokens.shape[1], StepCost(weights, row, 0.0, 1.0), 0.0, k)  # noqa: B023
+            assert predict(1.0, 0.0) == len(batches) and predict(0.0, 1.0) == sum(batches), (k, h, batches)
+
+
+def test_compaction_choice_takes_the_least_predicted_cost():
+    """Blocks of 256 over 1,024 tokens. Where the weights dominate a step, a level that runs both halves
+    costs more than it saves and the choice stays at 0; where rows dominate (long contexts, a CPU) the same
+    lengths compact. Rows that all stop in the first block compact on any device; rows that all run the
+    budget never do. Without a cost model (an accelerator the table does not name) the conservative rule,
+    :func:`compaction_fits`."""
+    mcfg = load_model("tiny-random-llama", with_tokenizer=False).cfg.replace(decode_cache_block=256,
+                                                                          decode_compaction=2)
+    rng = np.random.default_rng(0)
+    both = np.concatenate([rng.integers(257, 400, 5), [1000], rng.integers(1, 100, 2)])  # 6 of 8 past 256
+    choose = lambda ls, peaks: compaction_choice(np.asarray(ls), 8, 16, mcfg, 1024, peaks=peaks)  # noqa: E731
+    weights_heavy, rows_heavy = (1e15, 1e9), (1e9, 1e15)  # (FLOP/s, bytes/s)
+    assert choose(both, weights_heavy) == 0 and choose(both, rows_heavy) >= 1 and compaction_fits(both, (256,) * 2, 2) == 0
+    assert choose([10] * 7 + [1000], weights_heavy) == 2 == choose([10] * 7 + [1000], rows_heavy)
+    assert choose([1024] * 8, weights_heavy) == 0 == choose([1024] * 8, rows_heavy)
+    assert choose(both, None) == 0 and choose([10] * 7 + [1000], None) == 2
+    assert compaction_choice(None, 8, 16, mcfg, 1024, peaks=rows_heavy) == 0  # a run's first call
+    assert compaction_choice([10] * 8, 8, 16, mcfg, 1024, halvings=0, peaks=rows_heavy) == 0  # off
+    # members in calls of 2 (the last padded with its last member): each call's own longest rows count
+    members = np.array([[10] * 7 + [1000]] * 2 + [[1000] * 8])
+    assert compaction_choice(members, 8, 16, mcfg, 1024, instances=2, peaks=rows_heavy) == 2
+    assert compaction_choice(members, 8, 16, mcfg, 1024, instances=3, peaks=weights_heavy) == 0
+
+
+def test_step_cost_is_the_rooflines_bytes_and_flops_summed():
+    """The compaction choice's step cost is linear in rows and slots, and equals bytes / bandwidth + FLOPs /
+    peak of the roofline's counts (esjax.roofline) for any rows, slots and weight copies; a CPU gets the
+    measured balance, an accelerator the table does not name none."""
+    from esjax.roofline import CPU_BALANCE, cost_peaks, step_bytes, step_cost, step_flops
+    from experiments.shapes import shape_config
+
+    mcfg = shape_config("qwen2.5-1.5b", "bfloat16")
+    peaks = (989e12, 3.35e12)
+    cost = step_cost(mcfg, peaks)
+    for rows, slots, copies in ((1, 0, 1), (128, 200, 1), (600, 1088, 3)):
+        want = step_bytes(mcfg, rows, slots, copies) / peaks[1] + step_flops(mcfg, rows, slots) / peaks[0]
+        assert cost.step(rows, slots, copies) == pytest.approx(want, rel=1e-12)
+    assert 150 < cost.weights / (cost.row + 128 * cost.slot) < 300  # a weight read ≈ 220 rows' step
+    assert cost_peaks() == CPU_BALANCE and step_cost(mcfg, None) is None

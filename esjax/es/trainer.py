@@ -14,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.cost import pass_counts
-from esjax.es.population import auto_chunk_size, lm_evaluator, member_ids, population_fn
+from esjax.compaction import compaction_choice
+from esjax.es.population import auto_chunk_size, balanced_chunks, lm_evaluator, member_ids, population_fn
+from esjax.es.schemes import get_scheme
 from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import first_scored, make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
-from esjax.sampling import compaction_choice
 
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
@@ -28,31 +29,38 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     Members decode in the model's compute dtype (``model_cfg.compute_dtype``; the fp32 master weights stay
     the update's) in chunks of ``cfg.chunk_size`` members, or as many as fit (:func:`auto_chunk_size`).
     With ``model_cfg.decode_compaction`` = h > 0 an iteration's members compact their rows at the first h'
-    ≤ h cache-block boundaries, h' the most that the previous iteration's lengths ran as one half at every
-    level, within the memory cap (:func:`esjax.sampling.compaction_choice`; 0 for a run's first iteration,
-    and always 0 for sampled members); the tokens are the same
-    whatever h' is, and each h' is one more compiled population program."""
+    ≤ h cache-block boundaries, h' the one of least predicted cost on the previous iteration's lengths, per
+    chunk of members, within the memory cap (:func:`esjax.compaction.compaction_choice`; 0 for a run's
+    first iteration, and always 0 for sampled members); the tokens are the same whatever h' is, and each
+    h' is one more compiled population program."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     if cfg.awd_lambda and base_params is None:
         raise ValueError("ESConfig.awd_lambda > 0 needs base_params, the anchor the weights decay toward")
     shards = 1 if mesh is None else mesh.shape[POP]
+    chunk_size = functools.lru_cache(maxsize=None)(
+        lambda width: auto_chunk_size(model_cfg, cfg, batch_size, width, max_new_tokens))
     population = functools.lru_cache(maxsize=None)(  # one compiled population per prompt layout and compaction
         lambda prefix_len, width, compaction: population_fn(
             lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len, compaction=compaction), cfg,
-            auto_chunk_size(model_cfg, cfg, batch_size, width, max_new_tokens), mesh, dtype=model_cfg.dtype))
+            chunk_size(width), mesh, dtype=model_cfg.dtype))
     last_lengths = []  # the previous iteration's (N, B) lengths: what the next compaction is chosen from
     halvings = model_cfg.decode_compaction if cfg.member_temperature == 0 else 0  # sampled members: never
     update = functools.partial(es_update, cfg=cfg,  # per-leaf-shape programs: compiles in seconds at LLM scale
                                anchor=base_params if cfg.awd_lambda else None)
     members = member_ids(cfg.population_size, shards)
     N = cfg.population_size
+    dense = get_scheme(cfg.noise).dense  # full-rank members each read their own weights
+
+    def choose_compaction(lengths, prompts, width):  # h' for this iteration, from the previous one's lengths
+        per_call = balanced_chunks(len(members) // shards, chunk_size(width))[1]  # members vmapped together
+        return compaction_choice(lengths, prompts, width, model_cfg, max_new_tokens, halvings,
+                                 instances=per_call, weight_copies=per_call if dense else 1)
 
     def iterate(state, examples, key):
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id)
         t0 = time.perf_counter()
-        compaction = compaction_choice(last_lengths[-1] if last_lengths else None, *pb.tokens.shape, model_cfg,
-                                       max_new_tokens, halvings)
+        compaction = choose_compaction(last_lengths[-1] if last_lengths else None, *pb.tokens.shape)
         pop = population(pb.prefix_len, pb.tokens.shape[1], compaction)
         gen = jax.tree.map(lambda x: x[:N], to_host(pop(state, members, pb.tokens, pb.mask, key)))
         last_lengths[:] = [gen.lengths]
