@@ -104,13 +104,17 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1
     return tokens, mask
 
 
-def sample_logits(logits, key, sampling: SamplingConfig, greedy_rows=None):
+def sample_logits(logits, key, sampling: SamplingConfig, greedy_rows=None, rows=None):
     """Next token from (B, V) float32 logits under ``sampling``; rows where the optional (B,) bool
-    ``greedy_rows`` is set take the argmax instead."""
+    ``greedy_rows`` is set take the argmax instead. Row i draws with its own key, ``fold_in(key, rows[i])``
+    (``rows``: (B,) int row ids, default 0 … B − 1), so a row's draw depends on its id and ``key`` only, not
+    on the batch around it: a decode loop that moves rows (EOS compaction) carries their ids."""
     greedy = jnp.argmax(logits, -1).astype(jnp.int32)
     if sampling.temperature == 0:
         return greedy
-    sampled = _sample(logits, key, sampling)
+    rows = jnp.arange(logits.shape[0]) if rows is None else rows
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, rows)
+    sampled = jax.vmap(lambda z, k: _sample(z[None], k, sampling)[0])(logits, keys)
     return sampled if greedy_rows is None else jnp.where(greedy_rows, greedy, sampled)
 
 
@@ -168,9 +172,10 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              logprobs: bool = True, compaction: Optional[int] = None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
     Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
-    says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Step t's
-    key does not depend on ``max_new_tokens``, so a row's first n tokens are those a run with budget n
-    draws.
+    says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Row i's
+    token t is drawn with ``fold_in(k_t, i)``, k_t the t-th split of ``key`` (:func:`sample_logits`): it
+    depends neither on ``max_new_tokens`` (a row's first n tokens are those a run with budget n draws) nor
+    on which rows decode beside it.
 
     Pure and traceable: ``jax.jit``/``vmap`` it (see :func:`make_generate`). ``delta`` perturbs the
     weights inside every matmul (low-rank ES members); ``prefix_len`` (static) is the length of a prefix
@@ -228,9 +233,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the CPU proxy
     compiles the low-rank population of Qwen2.5-1.5B shapes at 1,024 tokens in 48.8 s with h = 2, 42.6 s
     without (the sorts, gathers and nested loops). Each row computes what it computes without compaction
-    (a forward is row-independent; tokens equal on CPU), so it applies to greedy decoding only: a sampled
-    draw depends on the batch's shape, and with temperature > 0 the setting is not applied (the tokens
-    such a call draws are those of ``compaction=0``). When more than half the rows still run, both halves
+    (a forward is row-independent; tokens equal on CPU), sampled rows included: a row draws with its own
+    key whatever rows decode beside it (the loop carries each row's id). When more than half the rows still run, both halves
     run: the same row-steps, the weights read once more per step — a cost where the weights dominate a
     step's bytes (few short rows), small where the KV cache does (many long rows: the generations this is
     for); a run chooses h per call from the previous call's lengths (:func:`esjax.compaction.compaction_choice`)."""
@@ -248,23 +252,24 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
                          f"of {cfg.max_position_embeddings}")
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
     ends = decode_segments(max_new_tokens, cache_block, steps_per_loop)
-    if sampling.temperature > 0:  # a sampled draw depends on the batch's shape: no compaction (see above)
-        compaction = 0
-    compaction = compaction_cap(B, P, ends, compaction)  # (greedy_rows stays unpermuted: unread at temperature 0)
+    compaction = compaction_cap(B, P, ends, compaction)
+    sampled = sampling.temperature > 0  # greedy rows need no ids (nor greedy_rows, unread at temperature 0)
+    rows, greedy_rows = (jnp.arange(B, dtype=jnp.int32), greedy_rows) if sampled else (None, None)
 
-    def draw(logits, key):  # the next token (and its log-prob) from (B, V) logits; step t uses the t-th split
-        key, sub = jax.random.split(key)
-        nxt = sample_logits(logits, sub, sampling, greedy_rows)
+    def draw(logits, key, rows, greedy):  # the next token (and its log-prob) from (B, V) logits; step t uses
+        key, sub = jax.random.split(key)  # the t-th split, row i its fold_in with the row's id
+        nxt = sample_logits(logits, sub, sampling, greedy, rows)
         lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), nxt[:, None], -1)[:, 0] if logprobs else None
         return nxt, lp, key
 
     with jax.named_scope("prefill"):
         last, cache = prefill(params, cfg, tokens, mask, P + ends[0], delta, prefix_len, group)
-        nxt, lp, key = draw(last, key)
+        nxt, lp, key = draw(last, key, rows, greedy_rows)
     width = max_new_tokens + steps_per_loop - 1  # columns for the overrun steps; sliced off at the end
     state = _Decoding(jnp.int32(0), cache, nxt, lp, jnp.full((B, width), cfg.pad_token_id, jnp.int32),
                       jnp.zeros((B, width), jnp.float32) if logprobs else None, jnp.zeros((B,), bool),
-                      jnp.zeros((B,), jnp.int32), key, mask.sum(1).astype(jnp.int32), row_max_new)
+                      jnp.zeros((B,), jnp.int32), key, mask.sum(1).astype(jnp.int32), row_max_new, rows,
+                      None if greedy_rows is None else jnp.asarray(greedy_rows, bool))
 
     def running(end):  # the loop condition of the segment ending at step ``end``
         def cond(s):
@@ -292,7 +297,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
         # logits' cast to float32 fuses into the argmax (or the sampler) instead of being written to memory
         # (an H100 trace at 480 rows of Qwen2.5-1.5B: 148 µs to write them, 105 µs to read them for the argmax,
         # of a 5.64 ms step; docs/gpu.md §7)
-        nxt, lp, key = draw(logits[:, -1], s.key)
+        nxt, lp, key = draw(logits[:, -1], s.key, s.rows, s.greedy)
         return s._replace(t=t + 1, cache=cache, nxt=nxt, lp=lp, out=out, logps=logps, done=done, lengths=lengths,
                           key=key)
 
@@ -337,8 +342,9 @@ class _Decoding(NamedTuple):
     """The decode loop's carry. Per row (leading axis B): the cache's keys, values and valid slots, ``nxt``
     (the token drawn for step ``t``) and ``lp`` (its log-prob, or None), ``out`` and ``logps`` (B, M + k − 1)
     (recorded tokens and log-probs, or None), ``done``, ``lengths``, ``start`` (prompt lengths: the
-    generated tokens' positions start there) and ``budget`` (``row_max_new`` or None); shared: ``t`` (steps
-    taken), the cache's ``length`` and the sampling ``key``."""
+    generated tokens' positions start there), ``budget`` (``row_max_new`` or None), and when sampling
+    ``rows`` (the rows' ids: their draws' keys) and ``greedy`` (``greedy_rows`` or None); shared: ``t``
+    (steps taken), the cache's ``length`` and the sampling ``key``."""
 
     t: jax.Array
     cache: KVCache
@@ -351,6 +357,8 @@ class _Decoding(NamedTuple):
     key: jax.Array
     start: jax.Array
     budget: Optional[jax.Array]
+    rows: Optional[jax.Array] = None
+    greedy: Optional[jax.Array] = None
 
 
 def _take_rows(s: _Decoding, idx) -> _Decoding:
@@ -360,7 +368,7 @@ def _take_rows(s: _Decoding, idx) -> _Decoding:
     cache = s.cache._replace(k=tuple(map(take, s.cache.k)), v=tuple(map(take, s.cache.v)), valid=take(s.cache.valid))
     return s._replace(cache=cache, nxt=take(s.nxt), lp=take(s.lp), out=take(s.out), logps=take(s.logps),
                       done=take(s.done) | (idx >= s.done.shape[0]), lengths=take(s.lengths), start=take(s.start),
-                      budget=take(s.budget))
+                      budget=take(s.budget), rows=take(s.rows), greedy=take(s.greedy))
 
 
 @functools.lru_cache(maxsize=None)

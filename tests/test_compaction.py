@@ -67,15 +67,25 @@ def test_compaction_is_the_model_configs_decode_setting_and_is_off_by_default(ti
         make_generate(m.cfg, 4, compaction=-1)(m.params, tokens, mask, jax.random.key(0))
 
 
-def test_sampled_generation_is_not_compacted(tiny):
-    """A sampled draw depends on the batch's shape, so at temperature > 0 the setting is not applied: the
-    program and the draws are those of compaction=0."""
+@pytest.mark.parametrize("steps_per_loop", [1, 3])
+def test_sampled_generation_compacts_and_draws_what_the_whole_batch_draws(tiny, steps_per_loop):
+    """Each row draws with its own key (the step's key folded with the row's id, carried as rows move), so
+    sampled rows — top-k and top-p, rows decoded greedily among them, budgets that end before, at and after
+    the boundaries (blocks of 3 over 31 tokens) — draw with one to three halvings the tokens and log-probs
+    of the uncompacted loop; the programs do differ (the halvings run)."""
     m, (tokens, mask) = tiny
-    s = SamplingConfig(temperature=1.0, top_k=20)
-    gens = [make_generate(m.cfg, 12, s, cache_block=4, compaction=h) for h in (0, 2)]
-    texts = [g.lower(m.params, tokens, mask, jax.random.key(0)).as_text() for g in gens]
-    assert texts[0] == texts[1]
-    _equal(*(g(m.params, tokens, mask, jax.random.key(5)) for g in gens))
+    budget = np.array([3, 20, 5, 1, 17, 9, 31], np.int32)
+    greedy = np.array([False, True, False, False, False, True, False])
+    for s in (SamplingConfig(temperature=1.0, top_k=20), SamplingConfig(temperature=0.7, top_p=0.9)):
+        gen = lambda h: make_generate(m.cfg, 31, s, cache_block=3, steps_per_loop=steps_per_loop,  # noqa: E731,B023
+                                      compaction=h)
+        run = lambda h: gen(h)(m.params, tokens, mask, jax.random.key(5), None, greedy, budget)  # noqa: E731
+        ref = run(0)
+        assert len({tuple(r) for r in np.asarray(ref.tokens)[:, :3]}) > 3  # the rows really draw different tokens
+        for h in (1, 2, 3):
+            _equal(run(h), ref)
+        assert gen(0).lower(m.params, tokens, mask, jax.random.key(5)).as_text() != \
+            gen(2).lower(m.params, tokens, mask, jax.random.key(5)).as_text()
 
 
 def _kv_shapes(hlo: str, mcfg) -> set:
@@ -153,11 +163,11 @@ def test_compaction_cap_keeps_the_cache_peak_within_the_uncompacted_loops():
             assert peak(B, P, h) <= B * (P + 1024) and (h == 3 or peak(B, P, h + 1) > B * (P + 1024)), (B, P, h)
 
 
-def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothing(tokenizer, monkeypatch):
+def test_es_iterations_compact_as_the_last_lengths_predict_and_change_nothing(tokenizer, monkeypatch):
     """ES iterations with ``decode_compaction=2`` (blocks of 4 over 48 tokens, EOS tokens that stop half the
-    prompts at the first step): the first iteration decodes uncompacted, the next compacts as far as the
-    first one's lengths allow and the memory cap admits (here 1), and fitness and update are those of
-    ``decode_compaction=0``; sampled members are never compacted (and compile no second program)."""
+    prompts at the first step): the first iteration decodes uncompacted, the next compacts as the first
+    one's lengths predict it pays, within the memory cap (here 1), and fitness and update are those of
+    ``decode_compaction=0``; sampled members likewise (each row draws with its own key)."""
     from esjax.es import trainer
     from esjax.es.step import ESConfig, init_state
     from esjax.rollout import prompt_batch
@@ -192,9 +202,15 @@ def test_es_iterations_compact_as_far_as_the_last_lengths_allow_and_change_nothi
         assert a["es_fitness"] == b["es_fitness"] and a["update_norm"] == b["update_norm"]
         assert a["completion_length"] == b["completion_length"]
     sampled = dataclasses.replace(cfg, member_temperature=1.0)
-    it = trainer.make_es_iteration(mcfg.replace(decode_compaction=2), tokenizer, task, sampled, 48, 4)
-    state = init_state(params, jax.random.key(0), sampled)
-    assert [it(state, exs, jax.random.key(t))[1]["decode_compaction"] for t in range(2)] == [0, 0]
+    mcfg = mcfg.replace(eos_token_ids=tuple(range(3, mcfg.vocab_size, 7)))  # sampled rows stop early too
+    runs = {}
+    for h in (0, 2):
+        it = trainer.make_es_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, sampled, 48, 4)
+        state = init_state(params, jax.random.key(0), sampled)
+        runs[h] = [it(state, exs, jax.random.key(t))[1] for t in range(2)]
+    assert runs[2][0]["decode_compaction"] == 0 and runs[2][1]["decode_compaction"] >= 1, runs[2]
+    for a, b in zip(runs[0], runs[2]):
+        assert (a["es_fitness"], a["completion_length"]) == (b["es_fitness"], b["completion_length"])
 
 
 def test_compaction_cost_is_the_decode_loops_closed_form():
@@ -291,3 +307,37 @@ def test_step_cost_is_the_rooflines_bytes_and_flops_summed():
         assert cost.step(rows, slots, copies) == pytest.approx(want, rel=1e-12)
     assert 150 < cost.weights / (cost.row + 128 * cost.slot) < 300  # a weight read ≈ 220 rows' step
     assert cost_peaks() == CPU_BALANCE and step_cost(mcfg, None) is None
+
+
+def test_grpo_rollouts_compact_and_draw_what_they_draw_without(tokenizer, monkeypatch):
+    """GRPO rollouts (sampled, groups of 4) with ``decode_compaction=2`` (blocks of 4 over 24 tokens, EOS
+    tokens that stop rows at different steps): the first step rolls out uncompacted, the next compacts —
+    with every halving allowed, whatever the choice would say (it is tested above; here it only receives the
+    previous step's lengths) — and the rollouts, rewards and updates are those of ``decode_compaction=0``."""
+    from esjax.grpo import trainer
+    from esjax.grpo.step import GRPOConfig
+    from esjax.grpo.step import init_state as grpo_init
+    from esjax.grpo.trainer import make_grpo_iteration
+
+    seen = []
+    monkeypatch.setattr(trainer, "compaction_choice", lambda prev, *a: (seen.append(prev), 0 if prev is None else a[4])[1])
+    from esjax.models.decoder import init_params
+    from esjax.tasks import get_task
+
+    mcfg = load_model("tiny-random-llama", with_tokenizer=False).cfg.replace(decode_cache_block=4)
+    params = init_params(mcfg.replace(eos_token_ids=()), jax.random.key(0), std=0.3)
+    task, cfg = get_task("lowercase"), GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-3)
+    exs = task.examples("train", 2)
+    mcfg = mcfg.replace(eos_token_ids=tuple(range(3, mcfg.vocab_size, 13)))  # a thirteenth of the tokens stop a row
+    runs = {}
+    for h in (0, 2):
+        it = make_grpo_iteration(mcfg.replace(decode_compaction=h), tokenizer, task, cfg, 24)
+        state, runs[h] = grpo_init(params, jax.random.key(0), cfg), []
+        for _ in range(2):
+            state, m = it(state, exs)
+            runs[h].append(m)
+    assert 1 < min(m["completion_length"] for m in runs[0]) and max(m["completion_length"] for m in runs[0]) < 24
+    assert [m["decode_compaction"] for m in runs[0]] == [0, 0] and runs[2][0]["decode_compaction"] == 0
+    assert runs[2][1]["decode_compaction"] == 2 and seen[-1].shape == (8,)  # the first step's 8 rows
+    for a, b in zip(runs[0], runs[2]):
+        assert all(a[k] == b[k] for k in ("loss", "reward_mean", "completion_length", "tokens", "grad_norm")), (a, b)

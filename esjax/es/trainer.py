@@ -31,8 +31,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     With ``model_cfg.decode_compaction`` = h > 0 an iteration's members compact their rows at the first h'
     ≤ h cache-block boundaries, h' the one of least predicted cost on the previous iteration's lengths, per
     chunk of members, within the memory cap (:func:`esjax.compaction.compaction_choice`; 0 for a run's
-    first iteration, and always 0 for sampled members); the tokens are the same whatever h' is, and each
-    h' is one more compiled population program."""
+    first iteration); the tokens are the same whatever h' is (sampled members' too: each row draws with its
+    own key), and each h' is one more compiled population program."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     if cfg.awd_lambda and base_params is None:
@@ -45,7 +45,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
             lm_evaluator(model_cfg, max_new_tokens, cfg, prefix_len, compaction=compaction), cfg,
             chunk_size(width), mesh, dtype=model_cfg.dtype))
     last_lengths = []  # the previous iteration's (N, B) lengths: what the next compaction is chosen from
-    halvings = model_cfg.decode_compaction if cfg.member_temperature == 0 else 0  # sampled members: never
+    halvings = model_cfg.decode_compaction
     update = functools.partial(es_update, cfg=cfg,  # per-leaf-shape programs: compiles in seconds at LLM scale
                                anchor=base_params if cfg.awd_lambda else None)
     members = member_ids(cfg.population_size, shards)

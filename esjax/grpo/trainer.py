@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 
+from esjax.compaction import compaction_choice
 from esjax.cost import pass_counts
 from esjax.grpo.losses import group_advantages
 from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs, scored_from
@@ -39,7 +40,10 @@ def learner_batch(params, model_cfg, cfg: GRPOConfig, pb, gen_tokens, lengths, a
 def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tokens: int, ref_params=None,
                         mesh=None, donate_state: bool = False):
     """``iterate(state, examples) -> (state, metrics)``; ``ref_params`` enables KL (penalty if β > 0,
-    tracked otherwise). With a mesh the rollout batch is sharded over all devices.
+    tracked otherwise). With a mesh the rollout batch is sharded over all devices. With
+    ``model_cfg.decode_compaction`` > 0 (and one device) the rollouts drop rows that stopped at cache-block
+    boundaries as the previous step's lengths predict it pays (:func:`esjax.compaction.compaction_choice`;
+    the same draws either way), logged as ``decode_compaction``.
 
     ``donate_state``: each update writes the new params and optimizer moments into the old state's buffers
     (``jax.jit`` donation), so ``iterate`` *consumes* the state passed in (its arrays are deleted; the
@@ -56,6 +60,10 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     put = (lambda x: x) if mesh is None else (lambda x: put_global(x, batch_sharding(mesh)))
     if mesh is not None and ref_params is not None:
         ref_params = put_global(ref_params, replicated(mesh))
+    # EOS compaction of the rollouts, chosen per step from the previous step's lengths (the rows' draws do
+    # not depend on it); not across devices, where moving rows would move their caches between devices
+    halvings = model_cfg.decode_compaction if mesh is None or mesh.size == 1 else 0
+    last_lengths = []
 
     def iterate(state, examples):
         if len(examples) != cfg.prompts_per_step:
@@ -63,9 +71,12 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         pb = prompt_batch(tokenizer, task, examples, model_cfg.pad_token_id, repeat=cfg.group_size)
         t0 = time.perf_counter()
         key = jax.random.fold_in(state.key, state.step)
+        compaction = compaction_choice(last_lengths[-1] if last_lengths else None, *pb.tokens.shape, model_cfg,
+                                       max_new_tokens, halvings)
         gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len, pb.group,  # the learner scores
-                             logprobs=False, compaction=0)  # its own log-probs; rollouts sample (no compaction)
+                            logprobs=False, compaction=compaction)  # its own log-probs
         out = to_host(gen(compute_params(state.params, model_cfg), put(pb.tokens), put(pb.mask), key))  # cast once
+        last_lengths[:] = [out.lengths]
         t1 = time.perf_counter()
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)
         groups = rewards.reshape(cfg.prompts_per_step, cfg.group_size)
@@ -83,6 +94,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         t3 = time.perf_counter()
         metrics = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
         metrics["optimizer_updates"] = len(ms)
+        metrics["decode_compaction"] = compaction
         metrics.update(rollout_metrics(rewards, correct, out.lengths, t0, t1, t2, t3),
                        reward_std=float(rewards.std()), reward_max=float(rewards.max()),
                        reward_min=float(rewards.min()), zero_variance=float((groups.std(1) == 0).mean()),

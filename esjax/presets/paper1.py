@@ -33,7 +33,7 @@ PRESET = dict(
     grpo_steps=80,  # ⌊40000/504⌋ = 79 scheduled steps, the loop runs an 80th at lr 0 (§B.1)
     max_new_tokens=1024, eval_max_new_tokens=1024,  # max_tokens 1024 for members, rollouts and eval (§A.2, §B.1, §D.1)
     eval_size=2000,  # test cap 2,000 (MATH: its split holds 500) (§D.1)
-    decode_compaction=2,  # greedy rows that stopped (EOS) stop costing row-steps (evaluation; members sample)
+    decode_compaction=2,  # rows that stopped (EOS) stop costing row-steps: members, rollouts, evaluation
     probe_size=16, checkpoint_every=10,
     es=dict(population_size=30,  # §A.2
             sigma=1.5e-3, alpha=7.5e-4,  # text values (§A.2, §J); code: 1e-3 / 5e-4

@@ -31,7 +31,7 @@ PRESET = dict(
     es_iterations=500,  # --num_iterations 500
     grpo_steps=500,  # total_epochs 500, one step per epoch; the paper stops at a plateau (§B.2)
     max_new_tokens=1024, eval_size=500,  # Countdown test 500, greedy 1024 (§D.2); HellaSwag its own 10 tokens
-    decode_compaction=2,  # greedy rows that stopped (EOS) stop costing row-steps; the same tokens (esjax.sampling)
+    decode_compaction=2,  # rows that stopped (EOS) stop costing row-steps; the same tokens (esjax.sampling)
     eval_every=50, checkpoint_every=50,  # --save_model_every 50 (§D.2)
     probe_size=16,
     es=dict(population_size=30, sigma=1e-3, alpha=5e-4,  # hard-coded (l.841-842)

@@ -13,7 +13,7 @@ PRESET = dict(
     task_kwargs={"style": "qiu", "path": "countdown", "order": "file",
                  "splits": {"train": "countdown.json[0:200]", "test": "countdown.json[-2000:]"}},
     train_pool=200, es_batch=200, es_iterations=500, grpo_steps=500, max_new_tokens=1024, eval_size=2000,
-    decode_compaction=2,  # greedy rows that stopped (EOS) stop costing row-steps; the same tokens (esjax.sampling)
+    decode_compaction=2,  # rows that stopped (EOS) stop costing row-steps; the same tokens (esjax.sampling)
     eval_every=50, checkpoint_every=50, probe_size=16,
     es=dict(population_size=30, sigma=1e-3, alpha=5e-4, shaping="zscore", antithetic=False, noise="full",
             member_temperature=0.0),
