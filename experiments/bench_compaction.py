@@ -9,6 +9,7 @@ device), and what a run would pick after these lengths.
 
     python -m experiments.bench_compaction [--rows 32] [--new 256] [--block 64] [--halvings 1,2]
     python -m experiments.bench_compaction --shapes qwen2.5-1.5b --rows 480 --new 1024   # an accelerator
+    python -m experiments.bench_compaction --temperature 1 --sections plain   # sampled rows (GRPO rollouts)
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, init_state
 from esjax.compaction import compaction_choice, compaction_cost
 from esjax.roofline import cost_peaks, kv_slot_bytes, step_cost
-from esjax.sampling import decode_segments, make_generate
+from esjax.sampling import SamplingConfig, decode_segments, make_generate
 from experiments.bench_common import completion_lengths, first_and_best
 
 
@@ -62,11 +63,15 @@ def main(argv=None):
     p.add_argument("--cases", default="early,worst",
                    help="early: rows that stop early; worst: every row runs the budget")
     p.add_argument("--median", type=float, default=0.25, help="stop-early lengths: median as a share of --new")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="> 0: rows sample (GRPO rollouts, paper 1's members), each with its own key")
     a = p.parse_args(argv)
     mcfg, params, toks, mask = setup(a.shapes)
     halvings = [0] + [int(h) for h in a.halvings.split(",")]
+    sampling = SamplingConfig(temperature=a.temperature)
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}, {a.shapes} ({mcfg.compute_dtype}), "
-          f"{a.new} new tokens in blocks of {a.block}")
+          f"{a.new} new tokens in blocks of {a.block}, " + (f"sampled at T = {a.temperature}" if a.temperature
+                                                            else "greedy"))
     print(f"{'case':72s} {'compaction':>10s} {'kept tok/s':>11s} {'x of h=0':>9s} {'predicted':>9s} "
           f"{'first call s':>12s}")
     run_cfg = mcfg.replace(decode_cache_block=a.block, decode_compaction=max(halvings))
@@ -102,14 +107,14 @@ def main(argv=None):
         for label, lengths in cases(a.rows, 0):
             runs = {}
             for h in halvings:
-                gen = make_generate(mcfg, a.new, cache_block=a.block, logprobs=False, compaction=h)
+                gen = make_generate(mcfg, a.new, sampling, cache_block=a.block, logprobs=False, compaction=h)
                 runs[h] = first_and_best(lambda: gen(params, t, m, jax.random.key(0), row_max_new=lengths).tokens,
                                          repeats=a.repeats)
             fill = lengths.sum() / (a.rows * lengths.max())
             report(f"generate {a.rows} rows, {label} (fill {fill:.2f}, {picks(lengths[None], a.rows)})", runs,
                    int(lengths.sum()), lengths[None])
     if "es" in a.sections:
-        cfg = ESConfig(population_size=a.members, noise="lowrank", rank=1, sigma=1e-3)
+        cfg = ESConfig(population_size=a.members, noise="lowrank", rank=1, sigma=1e-3, member_temperature=a.temperature)
         state = init_state(params, jax.random.key(1), cfg)
         t, m = rows_of(toks, a.prompts), rows_of(mask, a.prompts)
         for label, lengths in cases(a.prompts, 1):
