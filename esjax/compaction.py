@@ -119,8 +119,9 @@ def compaction_choice(previous_lengths, rows: int, prompt_len: int, cfg, max_new
     lengths = np.asarray(previous_lengths).reshape(-1, np.shape(previous_lengths)[-1])
     calls = -(-lengths.shape[0] // instances)
     lengths = np.concatenate([lengths, np.repeat(lengths[-1:], calls * instances - lengths.shape[0], 0)])
+    kv_slot = kv_slot_bytes(cfg)
     predicted = [sum(compaction_cost(lengths[c * instances:(c + 1) * instances], ends, h, prompt_len, cost,
-                                     kv_slot_bytes(cfg), cfg.decode_steps_per_loop, weight_copies)
+                                     kv_slot, cfg.decode_steps_per_loop, weight_copies)
                      for c in range(calls)) for h in range(cap + 1)]
     best = int(np.argmin(predicted))
     return best if predicted[best] <= (1 - MARGIN) * predicted[0] else 0

@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from esjax.models.config import DTYPES
+from esjax.roofline import kv_slot_bytes
 
 
 PROMPT_MULTIPLE = 8  # rollout prompt widths are multiples of this (esjax.rollout.prompt_batch)
@@ -83,8 +83,7 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
 
     d, M, es, gr = model_cfg.param_count(), cfg.max_new_tokens, cfg.es, cfg.grpo
     M = M or 1024
-    kv_row = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * (prompt_tokens + M) * model_cfg.head_dim \
-        * np.dtype(DTYPES[model_cfg.compute_dtype]).itemsize
+    kv_row = kv_slot_bytes(model_cfg) * (prompt_tokens + M)
     chunk = auto_chunk_size(model_cfg, es, cfg.es_batch, prompt_tokens, M)
     es_completions = es.population_size * cfg.es_batch
     scheme = get_scheme(es.noise)

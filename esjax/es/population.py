@@ -27,6 +27,7 @@ from esjax.es.step import ESConfig, ESState, member_perturbation
 from esjax.models.precision import cast_params
 from esjax.trees import leaf_selection, shape_groups
 from esjax.parallel import POP
+from esjax.roofline import kv_slot_bytes
 from esjax.sampling import SamplingConfig, generate
 
 F32 = jnp.dtype(jnp.float32)
@@ -355,8 +356,8 @@ def row_bytes(model_cfg, prompt_len: int, max_new_tokens: int) -> int:
     :func:`esjax.models.decoder.grow_cache`) plus the prefill's MLP activations (3·F per prompt token), in
     the compute dtype, and one float32 vocabulary row."""
     item = np.dtype(model_cfg.dtype).itemsize
-    kv = 2 * model_cfg.num_layers * model_cfg.num_kv_heads * model_cfg.head_dim * (prompt_len + max_new_tokens)
-    return item * (kv + 3 * model_cfg.intermediate_size * prompt_len) + 4 * model_cfg.vocab_size
+    kv = kv_slot_bytes(model_cfg) * (prompt_len + max_new_tokens)
+    return kv + item * 3 * model_cfg.intermediate_size * prompt_len + 4 * model_cfg.vocab_size
 
 
 def auto_chunk_size(model_cfg, cfg: ESConfig, rows_per_member: int, prompt_len: int = 0, max_new_tokens: int = 0,
