@@ -27,6 +27,7 @@ import numpy as np
 
 from esjax.compaction import compaction_cap
 from esjax.models.config import ModelConfig
+from esjax.models.precision import compute_params
 from esjax.models.decoder import (KVCache, forward, forward_shared_prefix, grow_cache, init_cache,
                                   positions_from_mask, prefix_levels)
 
@@ -237,8 +238,17 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     key whatever rows decode beside it (the loop carries each row's id). When more than half the rows still run, both halves
     run: the same row-steps, the weights read once more per step — a cost where the weights dominate a
     step's bytes (few short rows), small where the KV cache does (many long rows: the generations this is
-    for); a run chooses h per call from the previous call's lengths (:func:`esjax.compaction.compaction_choice`)."""
+    for); a run chooses h per call from the previous call's lengths (:func:`esjax.compaction.compaction_choice`).
 
+    ``params`` in any dtype: they are cast to the compute dtype once, before the prefill and the decode
+    loop (:func:`esjax.models.precision.compute_params`; nothing when they already are), so a loop never
+    reads float32 master weights at every step, which the decoder's per-matmul casts would otherwise do
+    for a caller that passes a learner's fp32 state (evaluation, drift probes). Every generation thus
+    decodes at one precision, the ES members' and GRPO rollouts': matmul weights as before (each was cast
+    at its use), norm scales rounded to the compute dtype (then applied in float32); on float32 compute
+    nothing changes."""
+
+    params = compute_params(params, cfg)
     B, P = tokens.shape
     steps_per_loop = cfg.decode_steps_per_loop if steps_per_loop is None else steps_per_loop
     cache_block = cfg.decode_cache_block if cache_block is None else cache_block

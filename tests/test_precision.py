@@ -56,6 +56,28 @@ def test_grpo_rollout_and_compute_params_cast_once():
     assert {x.dtype for x in jax.tree.leaves(bf)} == {jnp.dtype(jnp.bfloat16)}
 
 
+def test_generate_casts_master_weights_once_outside_its_loop():
+    """A caller passing fp32 master weights to a bf16 model (evaluation, drift probes) gets a decode loop
+    that reads bf16 weights: no float32 weight-shaped convert inside it, the same tokens and log-probs as
+    generating from weights cast beforehand; on fp32 compute the weights are passed through as they are."""
+    from esjax.sampling import make_generate
+    mcfg = model_config("tiny-random-qwen2").replace(compute_dtype="bfloat16", eos_token_ids=())
+    master = init_params(mcfg.replace(param_dtype="float32"), jax.random.key(0))
+    tokens, mask = np.arange(16, dtype=np.int32).reshape(2, 8) + 3, np.ones((2, 8), bool)
+    gen = make_generate(mcfg, 5, cache_block=2, compaction=0)
+    shapes = {s for s in jax.tree.leaves(param_shapes(mcfg), is_leaf=lambda s: isinstance(s, tuple)) if len(s) == 2}
+    found = weight_converts_in_loops(jax.make_jaxpr(gen)(master, tokens, mask, jax.random.key(1)).jaxpr, shapes)
+    assert found["loops"] >= 2 and found["converts"] == [], found  # two cache segments, each its own loop
+    out, ref = gen(master, tokens, mask, jax.random.key(1)), gen(compute_params(master, mcfg), tokens, mask,
+                                                                 jax.random.key(1))
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    np.testing.assert_array_equal(np.asarray(out.logprobs), np.asarray(ref.logprobs))
+    f32 = mcfg.replace(compute_dtype="float32")
+    found = weight_converts_in_loops(jax.make_jaxpr(make_generate(f32, 5))(master, tokens, mask, jax.random.key(1)).jaxpr,
+                                     shapes)
+    assert found["loops"] >= 1 and found["converts"] == []
+
+
 def test_bf16_members_rank_like_fp32_members():
     """Teacher-forced log-likelihood fitness of 16 members: bf16 compute gives the fp32 values within bf16
     tolerance and the same ranking of clearly separated members."""

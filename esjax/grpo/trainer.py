@@ -15,7 +15,6 @@ from esjax.compaction import compaction_choice
 from esjax.cost import pass_counts
 from esjax.grpo.losses import group_advantages
 from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs, scored_from
-from esjax.models.precision import compute_params
 from esjax.parallel import batch_sharding, put_global, replicated, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 from esjax.sampling import SamplingConfig, make_generate
@@ -75,7 +74,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
                                        max_new_tokens, halvings)
         gen = make_generate(model_cfg, max_new_tokens, sampling, pb.prefix_len, pb.group,  # the learner scores
                             logprobs=False, compaction=compaction)  # its own log-probs
-        out = to_host(gen(compute_params(state.params, model_cfg), put(pb.tokens), put(pb.mask), key))  # cast once
+        out = to_host(gen(state.params, put(pb.tokens), put(pb.mask), key))  # generate casts them once
         last_lengths[:] = [out.lengths]
         t1 = time.perf_counter()
         rewards, correct = score(task, decode(tokenizer, out.tokens, out.lengths), pb.examples)

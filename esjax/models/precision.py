@@ -8,7 +8,9 @@
   ``runs.load_run_model`` passes to ``load_model(..., compute_dtype=...)``). Activations, the KV cache and
   the weights a decode loop reads are in it. Whatever generates in a loop gets weights cast **once** before
   the loop (:func:`compute_params`): GRPO rollouts per step, low-rank ES members once per population call
-  (shared, also in the decoding layout: :func:`decoding_params`), full-rank ES members once per member (θ + σε summed in float32, then cast). The decoder never
+  (shared, also in the decoding layout: :func:`decoding_params`), full-rank ES members once per member (θ + σε summed in float32, then cast),
+  and any other caller of :func:`esjax.sampling.generate` (evaluation, drift probes), which casts the
+  weights it is given before its prefill and loop (one precision for every generation). The decoder never
   reads float32 weights inside a decode step when the compute dtype is narrower (tested on the lowered
   program). Norm statistics, RoPE, softmax and logits are computed in float32.
 * **Matmul precision: JAX's default** (``jax_default_matmul_precision``): exact float32 on CPU, TF32 for
