@@ -36,15 +36,20 @@ def make_choice_scorer(model_cfg):
     return jax.jit(best)
 
 
-def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 64) -> dict:
-    """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches, and 'correct': a list of
-    0/1 per example in the order of ``examples`` (accuracy = its mean; paired tests on the same problems,
-    :mod:`esjax.analysis.intervals`). With ``model_cfg.decode_compaction`` > 0 a batch compacts as far as
-    the previous batch's lengths predict it pays (:func:`esjax.compaction.compaction_choice`; the first batch
-    does not): the same tokens either way."""
+def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, batch_size: int = 64,
+             previous_lengths=None) -> dict:
+    """{'accuracy', 'reward', 'completion_length'} over ``examples``, in batches, 'correct': a list of 0/1
+    per example in the order of ``examples`` (accuracy = its mean; paired tests on the same problems,
+    :mod:`esjax.analysis.intervals`), and 'batch_lengths': each batch's completion lengths ([(B,), ...]).
+
+    With ``model_cfg.decode_compaction`` > 0 a batch compacts as far as lengths it is given predict it pays
+    (:func:`esjax.compaction.compaction_choice`; the same tokens either way): batch i's lengths at an
+    earlier evaluation of the same examples (``previous_lengths``: that call's 'batch_lengths'), else this
+    call's batch i − 1 (none for a first batch: no compaction)."""
     choices = task.choice_letters
     if choices:
         pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
+    previous = list(previous_lengths or [])
     rewards, correct, lengths = [], [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
@@ -53,8 +58,8 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
             texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
-            compaction = compaction_choice(lengths[-1] if lengths else None, *pb.tokens.shape, model_cfg,
-                                           max_new_tokens)
+            before = previous[len(lengths)] if len(lengths) < len(previous) else (lengths[-1] if lengths else None)
+            compaction = compaction_choice(before, *pb.tokens.shape, model_cfg, max_new_tokens)
             gen = make_generate(model_cfg, max_new_tokens, prefix_len=pb.prefix_len, logprobs=False,
                                 compaction=compaction)
             out = gen(params, pb.tokens, pb.mask, jax.random.key(0))
@@ -65,4 +70,5 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
         lengths.append(n_tokens)
     correct = np.concatenate(correct)
     return {"accuracy": float(correct.mean()), "reward": float(np.concatenate(rewards).mean()),
-            "completion_length": float(np.concatenate(lengths).mean()), "correct": [int(c) for c in correct]}
+            "completion_length": float(np.concatenate(lengths).mean()), "correct": [int(c) for c in correct],
+            "batch_lengths": lengths}

@@ -220,10 +220,12 @@ def run_model(model: Model, cfg: RunConfig) -> Model:
     return model._replace(cfg=mcfg.replace(**cfg.model_settings()))
 
 
-def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
+def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int, lengths: Optional[dict] = None) -> dict:
     """Greedy accuracy and mean reward on the training task's test split and on every eval task, and each
     task's per-problem correctness ``eval/<task>/correct`` (0/1 in the test examples' order: the paired
-    before → after tests of :mod:`esjax.analysis.intervals`; TensorBoard leaves it out)."""
+    before → after tests of :mod:`esjax.analysis.intervals`; TensorBoard leaves it out). ``lengths``: a
+    run's {task: completion lengths per batch} from its previous evaluation, which the decode's EOS
+    compaction is chosen from (:func:`esjax.evaluation.evaluate`), updated in place with this one's."""
     out = {}
     for name in (cfg.task, *cfg.eval_tasks):
         task = get_task(name, **cfg.kwargs_for(name))
@@ -231,7 +233,10 @@ def evaluate_all(params, model: Model, cfg: RunConfig, max_new: int) -> dict:
         if not ex:
             raise ValueError(f"task {name!r} has no test examples: check its data path and splits ({cfg.kwargs_for(name)})")
         n_new = (max_new or task.max_new_tokens) if name == cfg.task else (cfg.eval_max_new_tokens or task.max_new_tokens)
-        res = evaluate(params, model.cfg, model.tokenizer, task, ex, n_new)
+        res = evaluate(params, model.cfg, model.tokenizer, task, ex, n_new,
+                       previous_lengths=None if lengths is None else lengths.get(name))
+        if lengths is not None:
+            lengths[name] = res["batch_lengths"]
         out[f"eval/{name}/accuracy"] = res["accuracy"]
         out[f"eval/{name}/reward"] = res["reward"]
         out[f"eval/{name}/correct"] = res["correct"]
@@ -300,6 +305,7 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
         def step(state, t):
             return iterate(state, [pool[i] for i in batch_indices(len(pool), per_step, cfg.seed, t)])
 
+    eval_lengths = {}  # each task's completion lengths at the last evaluation: its next EOS compaction
     ckpt_dir = os.path.join(run_dir, "ckpt")
     ckpt = RunCheckpointer(ckpt_dir)
     restored = ckpt.restore(state, log=lambda msg: log(f"[{method}] {msg}"))
@@ -308,7 +314,7 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
         history = record["history"]
         log(f"[{method}] resumed from iteration {start}")
     else:
-        first = base_eval if base_eval is not None else evaluate_all(state.params, model, cfg, max_new)
+        first = base_eval if base_eval is not None else evaluate_all(state.params, model, cfg, max_new, lengths=eval_lengths)
         start, history = 0, [safe_row({"iteration": 0, "wall_time": 0.0, **first})]
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(h, allow_nan=False) + "\n" for h in history)
@@ -329,7 +335,7 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
         m["update_norm_from_base"] = tree_distance(state.params, base)  # non-finite if any param is
         bad = {k: float(m[k]) for k in FINITE_KEYS if k in m and not math.isfinite(m[k])}
         if not bad and ((cfg.eval_every and (t + 1) % cfg.eval_every == 0) or t + 1 == n_steps):
-            m.update(evaluate_all(state.params, model, cfg, max_new))
+            m.update(evaluate_all(state.params, model, cfg, max_new, lengths=eval_lengths))
         wall += time.perf_counter() - t0
         m["wall_time"] = wall
         m = safe_row(m)

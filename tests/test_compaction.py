@@ -339,3 +339,43 @@ def test_grpo_rollouts_compact_and_draw_what_they_draw_without(tokenizer, monkey
     assert runs[2][1]["decode_compaction"] == 2 and seen[-1].shape == (8,)  # the first step's 8 rows
     for a, b in zip(runs[0], runs[2]):
         assert all(a[k] == b[k] for k in ("loss", "reward_mean", "completion_length", "tokens", "grad_norm")), (a, b)
+
+
+def test_evaluation_compacts_each_batch_from_the_same_problems_at_the_last_evaluation(tokenizer, monkeypatch):
+    """``evaluate`` chooses batch i's compaction from batch i's lengths at the previous evaluation of the
+    same problems (``previous_lengths``), else from this call's batch i − 1 (a first call's first batch:
+    none); a run keeps each task's lengths between its evaluations. Accuracy, rewards and lengths are
+    those of ``decode_compaction=0``, whatever is chosen (every halving the cap allows, here)."""
+    from esjax import evaluation, runs
+    from esjax.models.decoder import init_params
+    from esjax.tasks import get_task
+
+    seen = []
+    monkeypatch.setattr(evaluation, "compaction_choice", lambda prev, *a: (seen.append(prev), 0 if prev is None else a[2].decode_compaction)[1])
+    mcfg = load_model("tiny-random-llama", with_tokenizer=False).cfg.replace(decode_cache_block=4)
+    params = init_params(mcfg.replace(eos_token_ids=()), jax.random.key(0), std=0.3)
+    mcfg = mcfg.replace(eos_token_ids=tuple(range(3, mcfg.vocab_size, 13)))
+    task = get_task("lowercase")
+    exs = task.examples("test", 6)
+    ev = lambda mc, prev=None: evaluation.evaluate(params, mc, tokenizer, task, exs, 24, 4, prev)  # noqa: E731
+    plain, first = ev(mcfg), ev(mcfg.replace(decode_compaction=2))
+    assert seen[2] is None and seen[3] is first["batch_lengths"][0]  # batches of 4 and 2: the call's previous
+    assert [b.shape for b in first["batch_lengths"]] == [(4,), (2,)]
+    second = ev(mcfg.replace(decode_compaction=2), first["batch_lengths"])
+    assert seen[4] is first["batch_lengths"][0] and seen[5] is first["batch_lengths"][1]  # the same problems'
+    lengths = np.concatenate(plain["batch_lengths"])
+    assert lengths.min() < 12 and lengths.max() > lengths.min(), lengths  # rows that stop before others
+    for res in (first, second):
+        assert {k: res[k] for k in ("accuracy", "reward", "completion_length", "correct")} == \
+            {k: plain[k] for k in ("accuracy", "reward", "completion_length", "correct")}
+        np.testing.assert_array_equal(np.concatenate(res["batch_lengths"]), lengths)
+    kept = {}
+    cfg = build_config("tiny", ["task=lowercase", "eval_size=6"])
+    model = load_model("tiny-random-llama")._replace(params=params, cfg=mcfg)
+    monkeypatch.setattr(runs, "evaluate", lambda *a, previous_lengths=None: (seen.append(("run", previous_lengths)),
+                                                                              {**first, "batch_lengths": ["kept"]})[1])
+    n = 1 + len(cfg.eval_tasks)
+    runs.evaluate_all(params, model, cfg, 24, kept)
+    runs.evaluate_all(params, model, cfg, 24, kept)
+    assert seen[-2 * n:] == [("run", None)] * n + [("run", ["kept"])] * n
+    assert kept == {t: ["kept"] for t in (cfg.task, *cfg.eval_tasks)}

@@ -62,7 +62,7 @@ def fake(monkeypatch):
         return iterate
 
     monkeypatch.setattr(runs, "make_es_iteration", make_es_iteration)
-    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new: {f"eval/{cfg.task}/accuracy": 0.25})
+    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new, lengths=None: {f"eval/{cfg.task}/accuracy": 0.25})
     return ctl
 
 
@@ -279,7 +279,7 @@ def test_tensorboard_logger_mirrors_the_metrics_rows_on_every_exit_path(tmp_path
 
     with pytest.raises(ValueError, match=r"RunConfig.logger must be one of \('jsonl', 'tensorboard'\), got 'tb'"):
         tiny("logger=tb")
-    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new: {
+    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new, lengths=None: {
         f"eval/{cfg.task}/accuracy": 0.25, f"eval/{cfg.task}/correct": [1, 0, 0, 0]})
     writers = []
 
@@ -330,7 +330,7 @@ def test_grpo_reference_model_is_an_explicit_setting_not_the_probe_size(tmp_path
         refs.append(ref_params)
         return lambda state, examples: (state.replace(step=state.step + 1), {"loss": 0.0, "completions": 8})
     monkeypatch.setattr(runs, "make_grpo_iteration", make_grpo_iteration)
-    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new: {f"eval/{cfg.task}/accuracy": 0.25})
+    monkeypatch.setattr(runs, "evaluate_all", lambda params, model, cfg, max_new, lengths=None: {f"eval/{cfg.task}/accuracy": 0.25})
     cases = {"probe_size=0": True, "grpo.track_kl=false": False, "grpo.track_kl=false,grpo.beta=0.1": True}
     mcfg = model_config("tiny-random-llama")
     for i, (overrides, reference) in enumerate(cases.items()):

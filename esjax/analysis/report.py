@@ -137,10 +137,13 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
 
     # Linear mode connectivity and direction probes, scored by accuracy (and reward) on the task
     test = task.examples("test", n_eval, cfg.seed)
+    last = {}  # the previous point's completion lengths per batch: the next point's EOS compaction
+
     def score(p):
-        accuracy = evaluate(p, model.cfg, model.tokenizer, task, test, max_new)["accuracy"]
+        res = evaluate(p, model.cfg, model.tokenizer, task, test, max_new, previous_lengths=last.get("lengths"))
+        last["lengths"] = res["batch_lengths"]
         memory.trim()  # each scored point's freed buffers, before the next point's params are made
-        return accuracy
+        return res["accuracy"]
 
     points = {"base": base, "es": es, "grpo": grpo}
     ends = {name: score(p) for name, p in points.items()}  # each endpoint scored once
