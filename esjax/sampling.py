@@ -28,7 +28,7 @@ import numpy as np
 from esjax.compaction import compaction_cap
 from esjax.models.config import ModelConfig
 from esjax.models.precision import compute_params
-from esjax.models.decoder import (KVCache, forward, forward_shared_prefix, grow_cache, init_cache,
+from esjax.models.decoder import (KVCache, forward, forward_shared_prefix, grow_cache, init_cache, log_softmax_at,
                                   positions_from_mask, prefix_levels)
 
 
@@ -173,7 +173,8 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
              logprobs: bool = True, compaction: Optional[int] = None) -> Generation:
     """Generate up to ``max_new_tokens`` tokens for left-padded prompts. tokens, mask: (B, P).
     Optional per-row arrays: ``greedy_rows`` (B,) bool decodes those rows greedily whatever ``sampling``
-    says; ``row_max_new`` (B,) int stops each row after its own budget (≤ ``max_new_tokens``). Row i's
+    says; ``row_max_new`` (B,) int stops each row after its own budget (1 ≤ budget ≤ ``max_new_tokens``: a
+    row always emits its first token). Row i's
     token t is drawn with ``fold_in(k_t, i)``, k_t the t-th split of ``key`` (:func:`sample_logits`): it
     depends neither on ``max_new_tokens`` (a row's first n tokens are those a run with budget n draws) nor
     on which rows decode beside it.
@@ -234,7 +235,9 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     Every segment is still one loop body, at the size its depth gives (B, ⌈B/2⌉, ⌈B/4⌉, …): the CPU proxy
     compiles the low-rank population of Qwen2.5-1.5B shapes at 1,024 tokens in 48.8 s with h = 2, 42.6 s
     without (the sorts, gathers and nested loops). Each row computes what it computes without compaction
-    (a forward is row-independent; tokens equal on CPU), sampled rows included: a row draws with its own
+    (a forward is row-independent) up to float rounding: a matmul over fewer rows may accumulate in
+    another order (on CPU, bf16 logits of 1 row vs 8 differ by ≈ 4e-3), so tokens are the same barring
+    near-ties (equal in every CPU test), sampled rows included: a row draws with its own
     key whatever rows decode beside it (the loop carries each row's id). When more than half the rows still run, both halves
     run: the same row-steps, the weights read once more per step — a cost where the weights dominate a
     step's bytes (few short rows), small where the KV cache does (many long rows: the generations this is
@@ -269,7 +272,7 @@ def generate(params, cfg: ModelConfig, tokens, mask, key, max_new_tokens: int,
     def draw(logits, key, rows, greedy):  # the next token (and its log-prob) from (B, V) logits; step t uses
         key, sub = jax.random.split(key)  # the t-th split, row i its fold_in with the row's id
         nxt = sample_logits(logits, sub, sampling, greedy, rows)
-        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), nxt[:, None], -1)[:, 0] if logprobs else None
+        lp = log_softmax_at(logits, nxt) if logprobs else None
         return nxt, lp, key
 
     with jax.named_scope("prefill"):

@@ -117,8 +117,9 @@ def _vocab_shapes(jaxpr, vocab):
     """Shapes of every (..., V) array of rank ≥ 3 a traced program makes (logits and their log-softmax)."""
     shapes = set()
     for eqn in jaxpr.eqns:
-        shapes |= {tuple(v.aval.shape) for v in eqn.outvars
-                   if hasattr(v.aval, "shape") and len(v.aval.shape) >= 3 and v.aval.shape[-1] == vocab}
+        shapes |= {tuple(v.aval.shape) for v in eqn.outvars  # (a (1, 1, V) vocabulary iota holds no logits)
+                   if hasattr(v.aval, "shape") and len(v.aval.shape) >= 3 and v.aval.shape[-1] == vocab
+                   and max(v.aval.shape[:-1]) > 1}
         for sub in sub_jaxprs(eqn):
             shapes |= _vocab_shapes(sub, vocab)
     return shapes
@@ -211,6 +212,35 @@ def test_bad_config_values_are_named():
         GRPOConfig(loss_aggregation="mean")
     with pytest.raises(ValueError, match="micro_batch_size"):
         GRPOConfig(group_size=4, prompts_per_step=2, micro_batch_size=3)
+    # the last, smaller mini-batch (3 prompts in 2 + 1) must split into micro-batches too
+    GRPOConfig(group_size=2, prompts_per_step=4, mini_batch_prompts=2, micro_batch_size=4)
+    with pytest.raises(ValueError, match=r"micro_batch_size 4 must divide the \(mini-\)batch of 2 sequences \(1 prompts"):
+        GRPOConfig(group_size=2, prompts_per_step=3, mini_batch_prompts=2, micro_batch_size=4)
+    with pytest.raises(ValueError, match="a linear schedule needs warmup_steps < total_steps, got 10 >= 5"):
+        GRPOConfig(lr_schedule="linear", total_steps=5, warmup_steps=10)
+
+
+def test_no_reference_model_logs_no_kl_and_a_short_linear_schedule_is_announced(tmp_path):
+    """Without a reference model the step reports no ``kl`` (not a 0 that reads as "no drift"); a run whose
+    linear schedule ends before its last update says so before it starts."""
+    from esjax import runs
+    from esjax.config import build_config
+    params = init_params(TINY, jax.random.key(0), 0.3)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2)
+    step = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg))
+    _, m = step(init_state(params, jax.random.key(0), cfg), _batch(), None)
+    assert "kl" not in m and {"loss", "clip_frac", "grad_norm", "update_norm"} <= set(m)
+    _, m = step(init_state(params, jax.random.key(0), cfg), _batch(), params)
+    assert float(m["kl"]) == 0.0  # the reference is the policy itself
+    said = []
+    rc = build_config("tiny", ["grpo_steps=6", "grpo.lr_schedule=linear", "grpo.total_steps=4", "grpo.num_inner_updates=2"])
+    runs.preflight(rc, str(tmp_path), ("grpo",), said.append)
+    assert any("decays to 0 over grpo.total_steps=4 optimizer updates and the run makes 12" in s and
+               "last 8 update(s) have learning rate 0" in s for s in said), said
+    said.clear()
+    runs.preflight(build_config("tiny", ["grpo_steps=6", "grpo.lr_schedule=linear", "grpo.total_steps=12",
+                                         "grpo.num_inner_updates=2"]), str(tmp_path), ("grpo",), said.append)
+    assert not any("learning rate 0" in s for s in said), said
 
 
 def test_tempered_sampling_is_scored_as_sampled_and_kl_stays_untempered():

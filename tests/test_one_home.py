@@ -75,6 +75,33 @@ def test_first_scored_position_of_prompt_plus_completion():
             first_scored(P + M, bad)
 
 
+def test_log_softmax_at_is_the_picked_log_softmax_with_its_gradient():
+    """``log_softmax_at`` gives jax.nn.log_softmax's picked entries bit for bit (jit and vmap, a row with
+    −inf logits, bf16 logits) and its gradient g·(onehot − softmax) to float rounding; ``scoring_logits``
+    (a forward over the first T − 1 columns) gives the logits the full forward makes there."""
+    from esjax.models.decoder import log_softmax_at, logits_from, scoring_logits
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(3, 5, 97)) * 4, jnp.float32).at[0, 0, :50].set(-jnp.inf)
+    y = jnp.asarray(rng.integers(50, 97, (3, 5)), jnp.int32)
+    w = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    ref = lambda z: jnp.take_along_axis(jax.nn.log_softmax(z, -1), y[..., None], -1)[..., 0]  # noqa: E731
+    for f in (log_softmax_at, jax.jit(log_softmax_at), jax.vmap(log_softmax_at)):
+        np.testing.assert_array_equal(f(z, y), ref(z))
+    zb = z.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(log_softmax_at(zb, y), jnp.take_along_axis(jax.nn.log_softmax(zb, -1), y[..., None], -1)[..., 0])
+    g = jax.grad(lambda z: (log_softmax_at(z, y) * w).sum())(z)
+    g_ref = jax.grad(lambda z: (ref(z) * w).sum())(z)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-7)
+    assert float(jnp.abs(g).max()) > 0.1 and float(jnp.abs(g[0, 0, :50]).max()) == 0
+    params = init_params(TINY, jax.random.key(0), 0.3)
+    tokens = jnp.asarray(rng.integers(2, 32, (2, 9)), jnp.int32)
+    mask = jnp.ones((2, 9), bool).at[0, :3].set(False)
+    np.testing.assert_allclose(scoring_logits(params, TINY, tokens, mask, 4),
+                               logits_from(params, TINY, tokens, mask, 3)[:, :-1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="first scored token 9 outside the 9 columns"):
+        scoring_logits(params, TINY, tokens, mask, 9)
+
+
 def test_rng_stream_numbers():
     """The fold_in constants every recorded run was drawn with (changing one changes every result)."""
     assert (streams.ES_NOISE, streams.ES_SAMPLING, streams.GRPO, streams.RANDOM_DIRECTION) == (1, 2, 3, 99)

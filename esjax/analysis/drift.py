@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.models.decoder import first_scored, logits_from
+from esjax.models.decoder import first_scored, scoring_logits
 from esjax.rollout import padded_batch, sequence_batch
 from esjax.sampling import GREEDY, SamplingConfig, make_generate
 from esjax.tasks.base import Example, Task, encode_prompts
@@ -34,7 +34,7 @@ def make_scorer(cfg, prefix_len: int = 0, group: int = 1):
     @jax.jit
     def score(ft, base, tokens, attn, loss_mask):
         start = first_scored(tokens.shape[1], loss_mask.shape[1])
-        lf, lb = (jax.nn.log_softmax(logits_from(p, cfg, tokens, attn, start - 1, prefix_len, group=group)[:, :-1], -1)
+        lf, lb = (jax.nn.log_softmax(scoring_logits(p, cfg, tokens, attn, start, prefix_len, group=group), -1)
                   for p in (ft, base))
         tgt = tokens[:, start:, None]
         k1 = (jnp.take_along_axis(lf, tgt, -1) - jnp.take_along_axis(lb, tgt, -1))[..., 0]

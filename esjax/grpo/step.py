@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from esjax.grpo.losses import ADVANTAGE_SCALES, KL_ESTIMATORS, LOSS_AGGREGATION, per_token_loss
-from esjax.models.decoder import first_scored, logits_from, token_logprobs
+from esjax.models.decoder import first_scored, log_softmax_at, scoring_logits, token_logprobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class GRPOConfig:
     prompts_per_step: int = 8
     learning_rate: float = 3e-6
     lr_schedule: str = "constant"  # "constant" | "linear" (decay to 0 over total_steps)
-    total_steps: int = 100
+    total_steps: int = 100  # optimizer updates a linear schedule decays over (a run makes grpo_steps × updates_per_step)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     adam_b1: float = 0.9
@@ -102,9 +102,16 @@ class GRPOConfig:
         if self.mini_batch_prompts < 0 or self.mini_batch_prompts > self.prompts_per_step:
             raise ValueError(f"mini_batch_prompts must be in [0, prompts_per_step={self.prompts_per_step}], "
                              f"got {self.mini_batch_prompts}")
-        if self.micro_batch_size and (self.group_size * (self.mini_batch_prompts or self.prompts_per_step)) % self.micro_batch_size:
-            raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide the (mini-)batch of "
-                             f"{self.group_size * (self.mini_batch_prompts or self.prompts_per_step)} sequences")
+        mb = self.mini_batch_prompts or self.prompts_per_step
+        for prompts in sorted({mb, self.prompts_per_step % mb} - {0}, reverse=True):  # the last mini-batch too
+            if self.micro_batch_size and (self.group_size * prompts) % self.micro_batch_size:
+                raise ValueError(f"micro_batch_size {self.micro_batch_size} must divide the (mini-)batch of "
+                                 f"{self.group_size * prompts} sequences ({prompts} prompts × group_size "
+                                 f"{self.group_size}; prompts_per_step {self.prompts_per_step}, mini_batch_prompts "
+                                 f"{self.mini_batch_prompts})")
+        if self.lr_schedule == "linear" and self.warmup_steps >= self.total_steps:
+            raise ValueError(f"a linear schedule needs warmup_steps < total_steps, got {self.warmup_steps} >= "
+                             f"{self.total_steps} (optax would hold the peak rate forever)")
 
     @property
     def batch_size(self) -> int:
@@ -167,10 +174,9 @@ def completion_logprobs(params, model_cfg, tokens, mask, start: int, temperature
     Returns ``tempered``, or ``(tempered, untempered)`` with ``untempered`` (static). ``temperature``
     (static, > 0): at 1 both are the same array (exactly :func:`esjax.models.decoder.token_logprobs`).
     ``prefix_len``, ``group``: shared prompt columns run once (see ``logits_from``)."""
-    logits = logits_from(params, model_cfg, tokens, mask, start - 1, prefix_len, None, group)[:, :-1]
-    pick = lambda z: jnp.take_along_axis(jax.nn.log_softmax(z, -1), tokens[:, start:, None], -1)[..., 0]  # noqa: E731
-    raw = pick(logits)
-    tempered = raw if temperature == 1 else pick(logits / temperature)
+    logits = scoring_logits(params, model_cfg, tokens, mask, start, prefix_len, None, group)
+    raw = log_softmax_at(logits, tokens[:, start:])
+    tempered = raw if temperature == 1 else log_softmax_at(logits / temperature, tokens[:, start:])
     return (tempered, raw) if untempered else tempered
 
 
@@ -247,6 +253,8 @@ def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOCon
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     tokens = jnp.maximum(aux["tokens"], 1)
-    metrics = {"loss": loss, "kl": aux["kl_sum"] / tokens, "clip_frac": aux["clip_sum"] / tokens,
+    metrics = {"loss": loss, "clip_frac": aux["clip_sum"] / tokens,
                "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
+    if ref_params is not None:  # no reference model, no KL: the column is absent, not a zero
+        metrics["kl"] = aux["kl_sum"] / tokens
     return GRPOState(params, opt_state, state.step + 1, state.key), metrics

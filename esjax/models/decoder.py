@@ -400,11 +400,46 @@ def logits_from(params, cfg: ModelConfig, tokens, mask, first: int = 0, prefix_l
                                  logits_from=first - levels[-1][0])[0]
 
 
+def scoring_logits(params, cfg: ModelConfig, tokens, mask, start: int = 1, prefix_len: int = 0, delta=None,
+                   group: int = 1):
+    """The logits z_t that predict tokens[:, t] for start ≤ t < T: (B, T − start, V) float32. tokens, mask:
+    (B, T). The forward runs over the first T − 1 columns (the last token is no scored token's input) with
+    logits from column start − 1 on (:func:`logits_from`: ``start`` static ≥ 1, ``prefix_len`` < start
+    and ``group`` shared columns run once), so no logits are made to be dropped."""
+    if not 1 <= start < tokens.shape[1]:
+        raise ValueError(f"first scored token {start} outside the {tokens.shape[1]} columns (1 ≤ start < T)")
+    return logits_from(params, cfg, tokens[:, :-1], mask[:, :-1], start - 1, prefix_len, delta, group)
+
+
+@jax.custom_vjp
+def log_softmax_at(logits, tokens):
+    """log softmax(logits)[..., tokens] = (z_y − m) − log Σ_v exp(z_v − m), m = max_v z_v. logits (..., V)
+    float, tokens (...) int → (...). The arithmetic of ``jax.nn.log_softmax`` at the picked entries only:
+    neither pass writes a (..., V) log-softmax, and the gradient ∂/∂z_v = g·([v = y] − softmax(z)_v) is
+    one elementwise pass over the logits (no scatter), with residuals z, m and the sum."""
+    return _log_softmax_at_fwd(logits, tokens)[0]
+
+
+def _log_softmax_at_fwd(z, y):
+    m = jax.lax.stop_gradient(jnp.max(z, -1, keepdims=True))
+    s = jnp.sum(jnp.exp(z - m), -1, keepdims=True)
+    z_y = jnp.sum(jnp.where(jnp.arange(z.shape[-1]) == y[..., None], z, 0), -1, keepdims=True)  # one term
+    return ((z_y - m) - jnp.log(s))[..., 0], (z, y, m, s)
+
+
+def _log_softmax_at_bwd(res, g):
+    z, y, m, s = res
+    g = g[..., None]
+    dz = jnp.where(jnp.arange(z.shape[-1]) == y[..., None], g, 0) - jnp.exp(z - m) * (g / s)
+    return dz.astype(z.dtype), None
+
+
+log_softmax_at.defvjp(_log_softmax_at_fwd, _log_softmax_at_bwd)
+
+
 def token_logprobs(params, cfg: ModelConfig, tokens, mask, delta=None, start: int = 1, prefix_len: int = 0,
                    group: int = 1):
     """log π(tokens[:, t] | tokens[:, :t]) for start ≤ t < T. tokens, mask: (B, T) → (B, T − start) float32.
     ``start`` (static, ≥ 1): the first scored token; ``prefix_len`` (static, < start) and ``group``: see
-    :func:`logits_from`."""
-    logits = logits_from(params, cfg, tokens, mask, start - 1, prefix_len, delta, group)
-    logp = jax.nn.log_softmax(logits[:, :-1], -1)
-    return jnp.take_along_axis(logp, tokens[:, start:, None], -1)[..., 0]
+    :func:`logits_from` (:func:`scoring_logits`, :func:`log_softmax_at`)."""
+    return log_softmax_at(scoring_logits(params, cfg, tokens, mask, start, prefix_len, delta, group), tokens[:, start:])
