@@ -198,6 +198,13 @@ def preflight(cfg: RunConfig, out_dir: str, methods=METHODS, log=print) -> None:
             raise ValueError(f"method must be one of {METHODS}, got {m!r}")
         check_resumable(cfg, os.path.join(out_dir, m), m)
     check_data(cfg, methods, log)
+    g = cfg.grpo
+    updates = cfg.grpo_steps * g.updates_per_step
+    if "grpo" in methods and g.lr_schedule == "linear" and g.total_steps < updates:
+        log(f"[grpo] warning: the linear learning-rate schedule decays to 0 over grpo.total_steps={g.total_steps} "
+            f"optimizer updates and the run makes {updates} (grpo_steps {cfg.grpo_steps} × {g.updates_per_step} "
+            f"per step): its last {updates - g.total_steps} update(s) have learning rate 0 (grpo.total_steps="
+            f"{updates} decays over the whole run)")
 
 
 def load_run_model(cfg: RunConfig) -> Model:

@@ -67,6 +67,14 @@ def test_direction_probe_and_random_direction_are_unit():
     assert geo.global_norm(r) == pytest.approx(1.0, rel=1e-5)
     vals = lmc.direction_probe(lambda p: float(p["w"][0]), base, {"w": jnp.array([2.0, 0.0, 0.0])}, [0.0, 1.0, 3.0])
     np.testing.assert_allclose(vals, [0.0, 1.0, 3.0], rtol=1e-6)
+    # restricted to the leaves ES perturbs (a param_filter): zeros elsewhere, the same draws (rescaled) there
+    two = {"a": jnp.zeros((4,)), "b": jnp.zeros((5,))}
+    full, sub = lmc.random_direction(two, jax.random.key(1)), lmc.random_direction(two, jax.random.key(1), [False, True])
+    assert geo.global_norm(sub) == pytest.approx(1.0, rel=1e-5) and not np.any(np.asarray(sub["a"]))
+    ratio = np.asarray(sub["b"]) / np.asarray(full["b"])
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="select must name at least one of the 2 leaves"):
+        lmc.random_direction(two, jax.random.key(1), [False, False])
 
 
 def test_exact_and_k1_kl_against_numpy_on_known_distributions():

@@ -38,10 +38,21 @@ def unit_direction(delta):
     return jax.tree.map(lambda x: x / n, delta)
 
 
-def random_direction(like, key):
+def random_direction(like, key, select: Optional[Sequence[bool]] = None):
+    """A uniformly random unit direction shaped like ``like``: leaf i ~ N(0, I) from the i-th split of
+    ``key``, then the whole normalised. ``select`` (one bool per leaf, :func:`esjax.trees.leaf_selection`):
+    the direction lies in the selected leaves' subspace (zeros elsewhere), the d dimensions an ES run with
+    that ``param_filter`` perturbs, so it is a control of the ES update's own dimension and
+    E[uᵀFu] = tr(F)/d over those leaves (the theory's estimate). Selected leaves draw what they draw
+    without ``select``."""
     leaves, tree = jax.tree.flatten(like)
     keys = jax.random.split(key, len(leaves))
-    return unit_direction(jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]))
+    select = [True] * len(leaves) if select is None else list(select)
+    if len(select) != len(leaves) or not any(select):
+        raise ValueError(f"select must name at least one of the {len(leaves)} leaves, got {len(select)} flags "
+                         f"with {sum(map(bool, select))} set")
+    return unit_direction(jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) if s else jnp.zeros(x.shape)
+                                                    for k, x, s in zip(keys, leaves, select)]))
 
 
 def direction_probe(score: Callable, base, direction, ts: Sequence[float]):

@@ -158,7 +158,9 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     stage("connectivity")
     t_max = max(norms["es"]["once"], norms["grpo"]["once"])
     ts = np.linspace(0, t_max, 4)[1:]
-    rand = lmc.random_direction(base, jax.random.fold_in(key, streams.RANDOM_DIRECTION))
+    # in the subspace ES perturbs (es.param_filter): the update's own dimension d, which the theory divides by
+    rand = lmc.random_direction(base, jax.random.fold_in(key, streams.RANDOM_DIRECTION),
+                                leaf_selection(base, cfg.es.param_filter))
     res["direction_probes"] = {"t": [0.0, *ts.tolist()], **{
         name: [ends["base"], *lmc.direction_probe(score, base, d, ts).tolist()]
         for name, d in (("es", d_es), ("grpo", d_grpo), ("random", rand))}}

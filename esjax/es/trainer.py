@@ -31,8 +31,14 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
     With ``model_cfg.decode_compaction`` = h > 0 an iteration's members compact their rows at the first h'
     ≤ h cache-block boundaries, h' the one of least predicted cost on the previous iteration's lengths, per
     chunk of members, within the memory cap (:func:`esjax.compaction.compaction_choice`; 0 for a run's
-    first iteration); the tokens are the same whatever h' is (sampled members' too: each row draws with its
-    own key), and each h' is one more compiled population program."""
+    first iteration); the tokens are the same whatever h' is, barring near-ties of float rounding at another
+    batch size (sampled members' too: each row draws with its own key; :func:`esjax.sampling.generate`), and
+    each h' is one more compiled population program.
+
+    Metrics beside the rollout's (``reward_mean`` over every completion, lengths, times): ``fitness_std`` /
+    ``_max`` / ``_min`` over the N members' fitness (mean reward on the batch, less the ``kl_penalty`` term:
+    what the update z-scores; GRPO's ``reward_std`` / ``_max`` / ``_min`` are over single completions),
+    ``zero_variance`` 1 when every member scored the same (a zero update)."""
     if cfg.kl_penalty and base_params is None:
         raise ValueError("ESConfig.kl_penalty > 0 needs base_params, the model the KL is measured against")
     if cfg.awd_lambda and base_params is None:
@@ -91,8 +97,8 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         # what rebuilds this update exactly from the previous params (es.replay): the base noise key and fitness
         metrics.update(es_key=np.asarray(jax.random.key_data(state.key)).tolist(), es_fitness=np.asarray(fitness).tolist())
         metrics.update(rollout_metrics(rewards, correct, gen.lengths, t0, t1, t2, t3),
-                       reward_std=float(fitness.std()), reward_max=float(fitness.max()),
-                       reward_min=float(fitness.min()), zero_variance=float(fitness.std() == 0),
+                       fitness_std=float(fitness.std()), fitness_max=float(fitness.max()),
+                       fitness_min=float(fitness.min()), zero_variance=float(fitness.std() == 0),
                        **pass_counts("es", rewards.size, cfg))
         return state, metrics
 

@@ -44,6 +44,11 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     boundaries as the previous step's lengths predict it pays (:func:`esjax.compaction.compaction_choice`;
     the same draws either way), logged as ``decode_compaction``.
 
+    Metrics beside the rollout's: the learner's (``loss``, ``clip_frac``, ``grad_norm``, ``update_norm``,
+    ``kl`` only with a reference model), ``reward_std`` / ``_max`` / ``_min`` over the step's single
+    completions (ES logs its members' ``fitness_*``), ``zero_variance`` the fraction of groups whose
+    completions all scored the same (no advantage, no gradient).
+
     ``donate_state``: each update writes the new params and optimizer moments into the old state's buffers
     (``jax.jit`` donation), so ``iterate`` *consumes* the state passed in (its arrays are deleted; the
     state must not share arrays with anything still in use, e.g. the reference model). Saves one copy of
