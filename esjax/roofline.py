@@ -59,17 +59,23 @@ def kv_slot_bytes(mcfg) -> int:
     return 2 * mcfg.num_layers * mcfg.num_kv_heads * mcfg.head_dim * np.dtype(mcfg.dtype).itemsize
 
 
+def decode_params(mcfg) -> int:
+    """Parameters a decode step reads whole and multiplies every row by: all of them but an untied input
+    embedding, whose rows are looked up (a tied one is the head's weight)."""
+    return mcfg.param_count() - (0 if mcfg.tie_embeddings else mcfg.vocab_size * mcfg.hidden_size)
+
+
 def step_bytes(mcfg, rows: int, context: float, weight_copies: int = 1) -> float:
     """Bytes one decode step reads at ``rows`` rows and ``context`` cache slots read per row:
     ``weight_copies`` × the weights (full-rank members each read their own) + the KV cache, in the compute
     dtype."""
-    return weight_copies * mcfg.param_count() * np.dtype(mcfg.dtype).itemsize + rows * context * kv_slot_bytes(mcfg)
+    return weight_copies * decode_params(mcfg) * np.dtype(mcfg.dtype).itemsize + rows * context * kv_slot_bytes(mcfg)
 
 
 def step_flops(mcfg, rows: int, context: float) -> float:
     """FLOPs of one decode step at ``rows`` rows and ``context`` cache slots: 2 per parameter and row (the
-    head included) + attention's two dots over the slots."""
-    return rows * (2 * mcfg.param_count() + 4 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context)
+    head included, an untied input embedding not: :func:`decode_params`) + attention's two dots over the slots."""
+    return rows * (2 * decode_params(mcfg) + 4 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim * context)
 
 
 class StepCost(NamedTuple):
@@ -93,5 +99,6 @@ def step_cost(mcfg, peaks) -> Optional[StepCost]:
     flop_peak, bandwidth = peaks
     item = np.dtype(mcfg.dtype).itemsize
     attention = 4 * mcfg.num_layers * mcfg.num_heads * mcfg.head_dim
-    return StepCost(mcfg.param_count() * item / bandwidth, 2 * mcfg.param_count() / flop_peak,
+    n = decode_params(mcfg)
+    return StepCost(n * item / bandwidth, 2 * n / flop_peak,
                     kv_slot_bytes(mcfg) / bandwidth + attention / flop_peak, bandwidth)

@@ -305,6 +305,11 @@ def test_step_cost_is_the_rooflines_bytes_and_flops_summed():
         assert cost.step(rows, slots, copies) == pytest.approx(want, rel=1e-12)
     assert 150 < cost.weights / (cost.row + 128 * cost.slot) < 300  # a weight read ≈ 220 rows' step
     assert cost_peaks() == CPU_BALANCE and step_cost(mcfg, None) is None
+    # an untied input embedding is looked up, not read whole: only the head's V·D count (a tied model's one table)
+    untied = mcfg.replace(tie_embeddings=False)
+    head = mcfg.vocab_size * mcfg.hidden_size * 2  # bf16 bytes
+    assert step_bytes(untied, 1, 0) == step_bytes(mcfg, 1, 0) == mcfg.param_count() * 2
+    assert step_cost(untied, peaks) == step_cost(mcfg, peaks) and untied.param_count() * 2 == step_bytes(untied, 1, 0) + head
 
 
 def test_grpo_rollouts_compact_and_draw_what_they_draw_without(tokenizer, monkeypatch):
