@@ -42,6 +42,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from esjax import memory, streams
 from esjax.results import (json_safe, read_metrics, read_summary, require_complete,  # noqa: F401  (re-exported)
@@ -54,7 +55,7 @@ from esjax.evaluation import evaluate
 from esjax.grpo.step import init_state as grpo_init
 from esjax.grpo.trainer import make_grpo_iteration
 from esjax.models.registry import Model, load_model
-from esjax.parallel import make_mesh
+from esjax.parallel import make_mesh, put_global, replicated
 from esjax.tasks import get_task
 from esjax.tensorboard import EventWriter
 
@@ -312,13 +313,21 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
         def step(state, t):
             return iterate(state, [pool[i] for i in batch_indices(len(pool), per_step, cfg.seed, t)])
 
-    eval_lengths = {}  # each task's completion lengths at the last evaluation: its next EOS compaction
+    # the last generation's completion lengths, training's (the iteration's own list) and each task's last
+    # evaluation's: the next EOS compaction is chosen from them, so a checkpoint keeps them
+    train_lengths, eval_lengths = getattr(iterate, "decode_lengths", None), {}
     ckpt_dir = os.path.join(run_dir, "ckpt")
     ckpt = RunCheckpointer(ckpt_dir)
     restored = ckpt.restore(state, log=lambda msg: log(f"[{method}] {msg}"))
     if restored is not None:
         start, state, record = restored
+        if mesh is not None:  # restored arrays are committed to one device: lay them out as the mesh's programs read them
+            state = put_global(state, replicated(mesh))
         history = record["history"]
+        lengths = record.get("decode_lengths", {})  # what the next EOS compaction is chosen from, as if uninterrupted
+        if train_lengths is not None:
+            train_lengths[:] = [np.asarray(x) for x in lengths.get("train", [])]
+        eval_lengths.update({k: [np.asarray(b) for b in v] for k, v in lengths.get("eval", {}).items()})
         log(f"[{method}] resumed from iteration {start}")
     else:
         first = base_eval if base_eval is not None else evaluate_all(state.params, model, cfg, max_new, lengths=eval_lengths)
@@ -365,7 +374,9 @@ def _train(cfg: RunConfig, method: str, run_dir: str, n_steps: int, model, progr
             raise RunFailed(msg)
         history.append(m)
         if (t + 1) % cfg.checkpoint_every == 0 or t + 1 == n_steps:
-            ckpt.save(t + 1, state, {"history": history})
+            ckpt.save(t + 1, state, {"history": history, "decode_lengths": {
+                "train": [np.asarray(x).tolist() for x in train_lengths or []],
+                "eval": {k: [np.asarray(b).tolist() for b in v] for k, v in eval_lengths.items()}}})
             last_saved = t + 1
         if bar is not None:
             bar.set_postfix(reward=f"{m.get('reward_mean') or 0:.3f}", acc=f"{m.get('train_accuracy') or 0:.2f}",

@@ -384,3 +384,37 @@ def test_evaluation_compacts_each_batch_from_the_same_problems_at_the_last_evalu
     runs.evaluate_all(params, model, cfg, 24, kept)
     assert seen[-2 * n:] == [("run", None)] * n + [("run", ["kept"])] * n
     assert kept == {t: ["kept"] for t in (cfg.task, *cfg.eval_tasks)}
+
+
+@pytest.mark.parametrize("method", ["es", "grpo"])
+def test_a_resumed_run_chooses_its_compaction_as_the_uninterrupted_run(tmp_path, monkeypatch, method):
+    """A run's checkpoint keeps the lengths the next EOS compaction is chosen from (the last iteration's and
+    each task's last evaluation's), so a run resumed after iteration 2 chooses what the uninterrupted run
+    chose (a stand-in choice here: 1 when it has lengths, else 0) and logs the same metrics. On the suite's
+    8-device mesh: a restored state used to stay committed to one device, and every resumed mesh run failed."""
+    from esjax import evaluation, runs
+    from esjax.es import trainer as es_trainer
+    from esjax.grpo import trainer as grpo_trainer
+
+    seen = []
+    choice = lambda where: lambda prev, *a, **k: (seen.append((where, prev is not None)), int(prev is not None))[1]  # noqa: E731
+    for mod in (es_trainer, grpo_trainer):
+        monkeypatch.setattr(mod, "compaction_choice", choice("train"))
+    monkeypatch.setattr(evaluation, "compaction_choice", choice("eval"))
+    model = load_model("tiny-random-llama")
+    steps = "es_iterations" if method == "es" else "grpo_steps"
+    cfg = lambda n: build_config("tiny", [f"{steps}={n}", "decode_compaction=2", "grpo.total_steps=4"])  # noqa: E731
+    quiet = dict(progress=False, log=lambda s: None)
+    runs.run_method(cfg(4), method, str(tmp_path / "whole"), model, **quiet)
+    whole, seen[:] = list(seen), []
+    runs.run_method(cfg(2), method, str(tmp_path / "resumed"), model, **quiet)
+    runs.run_method(cfg(4), method, str(tmp_path / "resumed"), model, **quiet)
+    train = lambda s: [has for where, has in s if where == "train"]  # noqa: E731
+    assert train(whole) == train(seen) == [False, True, True, True]
+    # every evaluation after the first (per task, per batch) chose from lengths, the resumed run's included
+    assert [has for where, has in seen if where == "eval"][-2:] == [True, True]
+    a, b = ([{k: v for k, v in r.items() if not k.startswith("eval/")}  # (the 2-iteration run evaluated at its end)
+             for r in runs.strip_timing(runs.read_metrics(str(tmp_path / d / method)))] for d in ("whole", "resumed"))
+    assert [r.get("decode_compaction") for r in a] == [None, 0, 1, 1, 1]
+    for x, y in zip(a, b):
+        assert x == y, {k: (x.get(k), y.get(k)) for k in set(x) | set(y) if x.get(k) != y.get(k)}

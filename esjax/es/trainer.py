@@ -102,4 +102,5 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
                        **pass_counts("es", rewards.size, cfg))
         return state, metrics
 
+    iterate.decode_lengths = last_lengths  # the last call's lengths, which a run checkpoints (esjax.runs)
     return iterate

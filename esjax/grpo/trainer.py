@@ -105,4 +105,5 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
                        **pass_counts("grpo", rewards.size, cfg, reference=ref_params is not None))
         return state, metrics
 
+    iterate.decode_lengths = last_lengths  # the last call's lengths, which a run checkpoints (esjax.runs)
     return iterate
