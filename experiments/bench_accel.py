@@ -11,6 +11,9 @@ Sections, in order (a section that would start after ``--budget-s`` seconds is l
   max(bytes / bandwidth, FLOPs / peak) with bytes = weights + the filled KV cache.
 * ``layout``: the decode step in the decoding layout (each layer's [wq | wk | wv] and [w_gate | w_up] joined,
   what low-rank ES members read) vs the parameter layout (what plain generation reads), side by side.
+* ``attention``: the decode step with each layer's attention as XLA's einsums vs the fused Pallas kernel
+  (``decode_attention="pallas"``, :mod:`esjax.models.decode_attention`: reads only the filled cache
+  slots), side by side at R rows × M new tokens and at R rows × ``--cache-new`` (long context).
 * ``loop``: the decode step with 1 and ``--steps-per-loop`` tokens per ``while_loop`` iteration (on a GPU
   the loop condition is a device-to-host copy per iteration).
 * ``cache``: R rows × ``--cache-new`` new tokens with the whole KV cache read at every step vs the cache
@@ -202,7 +205,7 @@ def grpo_learner_flops(mcfg, rows: int, prompt_len: int, new: int) -> float:
 class Bench:
     def __init__(self, args):
         self.args, self.t_start, self.rows, self.results = args, time.perf_counter(), [], {}
-        self.mcfg = shape_config(args.shapes, args.compute_dtype)
+        self.mcfg = shape_config(args.shapes, args.compute_dtype).replace(decode_attention=args.decode_attention)
         self.kind, self.peaks = device_peaks()
         key = jax.random.key(0)
         self.master = init_params(self.mcfg.replace(param_dtype="float32"), key)  # fp32 master weights
@@ -304,6 +307,28 @@ class Bench:
         self.add(f"decode step at {rows} rows, decoding layout (joined weights)",
                  f"{s_d * 1e3:.2f} ms (first call {f_d:.0f} s)", f"parameter layout: {s_p * 1e3:.2f} ms "
                  f"(first call {f_p:.0f} s)", s_p / s_d, "", step_s=s_d, parameter_layout_step_s=s_p)
+
+    def attention(self):
+        """The decode step with XLA's attention (einsums, the masked softmax between them, every cache slot)
+        vs the fused kernel (``decode_attention="pallas"``: one Triton kernel per layer reading the filled
+        slots), side by side at ``--gen-rows`` rows: at ``--new`` new tokens (the ``generate`` row's setting:
+        each step = (full budget − one token) / (M − 1)) and at ``--cache-new`` (long context: (full − half
+        budget) / (M/2), the second half's steps), with the fused step against its roofline."""
+        a, m = self.args, self.mcfg
+        rows = a.gen_rows
+        tokens, mask = prompts(rows, a.prompt_len, m.vocab_size)
+        for new, short in ((a.new, 1), (a.cache_new, a.cache_new // 2)):
+            steps = {impl: self.decode_step(make_generate(m.replace(decode_attention=impl), new, logprobs=False),
+                                            self.params, tokens, mask, new, short)[:2] for impl in ("xla", "pallas")}
+            (s_f, f_f), (s_x, f_x) = steps["pallas"], steps["xla"]
+            roof = ""
+            if self.peaks:
+                ctx = a.prompt_len + (new / 2 if short == 1 else 3 * new / 4)
+                roof = f"; fused step at {roofline_step(m, rows, ctx, self.peaks)['ideal_s'] / s_f:.2f}x of its roofline"
+            self.add(f"decode step at {rows} rows x {new} new, fused attention kernel",
+                     f"{s_f * 1e3:.2f} ms (first call {f_f:.0f} s)",
+                     f"XLA attention: {s_x * 1e3:.2f} ms (first call {f_x:.0f} s){roof}", s_x / s_f, "",
+                     step_s=s_f, xla_step_s=s_x, new=new)
 
     def loop(self):
         """The decode step with 1 and k tokens per ``while_loop`` iteration (``steps_per_loop``), side by side:
@@ -426,7 +451,7 @@ class Bench:
         a = self.args
         sections = {"generate": self.generate, "loop": self.loop, "cache": self.cache, "es16": lambda: self.es(16, a.es16_kinds), "es200": lambda: self.es(200, a.es200_kinds),
                     "update": self.update, "grpo": self.grpo, "n1024": self.n1024, "paper2": self.paper2,
-                    "layout": self.layout}
+                    "layout": self.layout, "attention": self.attention}
         print(f"{self.kind}, {a.shapes} ({self.mcfg.param_count():,} parameters, compute {a.compute_dtype}), jax {jax.__version__}")
         for name in a.sections.split(","):
             if time.perf_counter() - self.t_start > a.budget_s:
@@ -446,9 +471,9 @@ def parse(argv=None):
     p.add_argument("--compute-dtype", default=None, help="default: bfloat16 on an accelerator, float32 on CPU")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=os.environ.get("OUT", "runs/bench_accel"))
-    p.add_argument("--sections", default=None, help="default: generate,layout,loop,cache,es16,es200,update,grpo,n1024,"
-                   "paper2; with --quick the rows still short of their targets first and no cache section: "
-                   "generate,es16,layout,n1024,grpo,es200,paper2,update,loop")
+    p.add_argument("--sections", default=None, help="default: generate,attention,layout,loop,cache,es16,es200,update,"
+                   "grpo,n1024,paper2; with --quick the rows still short of their targets first and no cache section: "
+                   "generate,attention,es16,layout,n1024,grpo,es200,paper2,update,loop")
     p.add_argument("--budget-s", type=float, default=None)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--reference-timeout", type=float, default=240)
@@ -461,6 +486,8 @@ def parse(argv=None):
     p.add_argument("--grpo-new", type=int, default=256)
     p.add_argument("--grpo-micro", type=int, default=16)
     p.add_argument("--paper2-direct", action="store_true")
+    p.add_argument("--decode-attention", default="xla", choices=("xla", "pallas"),
+                   help="every section's decode attention (the attention section measures both)")
     p.add_argument("--n1024-prompts", type=int, default=1, help="prompts per member of the n1024 section")
     p.add_argument("--noise", default="lowrank,full", help="noise schemes of the es16/es200 sections")
     p.add_argument("--steps-per-loop", type=int, default=4, help="the loop section's tokens per loop iteration")
@@ -480,8 +507,8 @@ def parse(argv=None):
     # --quick: the rows still short of their targets first (an H100, 2026-11-27: 8 sections ≈ 380 s with
     # their compiles; the ES update and full-rank rows met theirs, the loop row's question was answered by
     # the trace: docs/gpu.md §6)
-    a.sections = a.sections or ("generate,es16,layout,n1024,grpo,es200,paper2,update,loop" if a.quick
-                                else "generate,layout,loop,cache,es16,es200,update,grpo,n1024,paper2")
+    a.sections = a.sections or ("generate,attention,es16,layout,n1024,grpo,es200,paper2,update,loop" if a.quick
+                                else "generate,attention,layout,loop,cache,es16,es200,update,grpo,n1024,paper2")
     return a
 
 

@@ -13,7 +13,7 @@ def test_bench_accel_writes_its_table_on_cpu(tmp_path):
 
     out = tmp_path / "bench"
     res = main(["--shapes", "tiny", "--out", str(out), "--no-reference", "--sections",
-                "generate,layout,loop,cache,es16,update,n1024,paper2", "--gen-rows", "2", "--new", "4", "--members", "2", "--es-new", "2",
+                "generate,layout,attention,loop,cache,es16,update,n1024,paper2", "--gen-rows", "2", "--new", "4", "--members", "2", "--es-new", "2",
                 "--cache-new", "6", "--cache-block", "2"])
     table = (out / "table.md").read_text()
     assert "| generate 2 rows x 4 new |" in table and "ES lowrank N=2 x 16 prompts" in table
@@ -21,6 +21,7 @@ def test_bench_accel_writes_its_table_on_cpu(tmp_path):
     assert "| decode step at 2 rows, 4 tokens per loop iteration |" in table and "XLA_FLAGS" in table
     assert "| generate 2 rows x 6 new, cache grown in blocks of 2 |" in table
     assert "| decode step at 2 rows, decoding layout (joined weights) |" in table
+    assert "| decode step at 2 rows x 6 new, fused attention kernel |" in table  # the long-context pair
     if jax.default_backend() == "cpu":  # two chunks of the CPU's 512 rows (a GPU's memory fits them all)
         assert "| ES lowrank N=1024 x 1 prompt x 2 new (chunk 512) |" in table
     data = json.loads((out / "results.json").read_text())

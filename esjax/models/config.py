@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DECODE_ATTENTION = ("xla", "pallas")  # implementations of a decode step's attention (ModelConfig.decode_attention)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,9 @@ class ModelConfig:
     decode_steps_per_loop: int = 1
     decode_cache_block: int = 256
     decode_compaction: int = 0
+    # the decode step's attention: "xla" (einsums, every backend) or "pallas" (one fused kernel per layer
+    # that reads only the filled cache slots: esjax.models.decode_attention; GPU, interpret mode on CPU)
+    decode_attention: str = "xla"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -70,6 +74,8 @@ class ModelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {least}, got {v!r}")
+        if self.decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"ModelConfig.decode_attention={self.decode_attention!r}; choose one of {DECODE_ATTENTION}")
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")

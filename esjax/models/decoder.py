@@ -251,7 +251,10 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
                 att = attention(q, k, v, mask)
             k = jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), (0, 0, at, 0))
             v = jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), (0, 0, at, 0))
-            if not fresh:
+            if not fresh and T == 1 and cfg.decode_attention == "pallas":  # a decode step: the fused kernel
+                from esjax.models.decode_attention import decode_attention  # Pallas is imported only if chosen
+                att = decode_attention(q.reshape(B, K, H // K, Dh), k, v, mask[:, 0], at + 1).reshape(B, T, H, Dh)
+            elif not fresh:
                 att = attention(q, k, v, mask)
         x = x + linear(att.reshape(B, T, H * Dh), lp["wo"], g("wo"))
     with jax.named_scope("mlp"):

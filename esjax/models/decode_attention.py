@@ -1,0 +1,127 @@
+"""Decode attention as one fused kernel that reads only the cache slots filled so far (Pallas; Triton on GPU).
+
+A decode step's query (T = 1) against the KV cache, the same function as
+:func:`esjax.models.decoder.attention` at T = 1::
+
+    out[b, h] = Σ_s softmax_s(q[b, h] · k[b, h // G, s] / √Dh  where mask[b, s]) · v[b, h // G, s]
+
+XLA runs that as three kernels per layer (QKᵀ, the masked softmax, PV) that write and read the float32
+(B, H, S) scores, and reads all S slots of the cache, although only the first ``filled`` (the prompt's
+and the tokens decoded so far) can be unmasked. This kernel runs one program per (row, KV head): the
+G query heads that share the KV head form one (G', Dh) tile (G' = G padded to 16, the smallest dot
+tile), and it walks the cache in blocks of ``block`` slots up to ``filled`` only, with an online softmax
+(FlashAttention-2's running max m and sum l, in float32):
+
+    s = q kᵀ / √Dh (masked);  m' = max(m, max s);  p = exp(s − m') (0 where masked)
+    l' = e^{m − m'} l + Σ p;  o' = e^{m − m'} o + p v;   out = o / l
+
+Shapes: q (B, K, G, Dh); k, v the layer's cache (B, K, S, Dh) (:class:`esjax.models.decoder.KVCache`'s
+layout, read in place); mask (B, S) bool (a slot that is valid and at or before the query's position);
+filled () int32 (slots [filled, S) are never read: every one of them is masked). Returns (B, K, G, Dh)
+in q's dtype. A row with no unmasked slot gets zeros (XLA's path averages v over every slot: such rows
+are padding whose tokens nobody reads).
+
+It is a GPU kernel (Triton). On a CPU it runs in Pallas' interpret mode, slowly: that is how the tests
+check it against :func:`esjax.models.decoder.attention`; a TPU has its own Pallas backend (Mosaic), which
+this kernel is not written for. Chosen by ``ModelConfig.decode_attention = "pallas"`` (``--set
+decode_attention=pallas`` on a run); the default "xla" is the einsum path, which runs everywhere.
+Prefill (T > 1) and the learner's scoring always take the einsum path.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+BLOCK = 64  # cache slots per step of the kernel's loop
+MIN_TILE = 16  # the smallest M of a Triton dot
+
+
+def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, scale: float):
+    """One (row, KV head): q_ref (G', Dh), k_ref / v_ref (S, Dh), mask_ref (S,) int32, filled_ref () →
+    o_ref (G', Dh)."""
+    q = q_ref[...]
+    gp, dh = q.shape
+    slots = k_ref.shape[0]
+    neg = jnp.finfo(jnp.float32).min
+    # float32 inputs: full float32 dots (Triton's default for them is TF32; decode attention is bound by
+    # the cache reads, so exact costs little); bfloat16 ones accumulate in float32 either way
+    prec = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
+
+    def body(j, carry):
+        o, m, l = carry
+        at = j * block
+        idx = at + jnp.arange(block)
+        inside = idx < slots  # the last block may run past the cache
+        k = plgpu.load(k_ref.at[pl.ds(at, block), :], mask=inside[:, None], other=0.0)
+        v = plgpu.load(v_ref.at[pl.ds(at, block), :], mask=inside[:, None], other=0.0)
+        ok = plgpu.load(mask_ref.at[pl.ds(at, block)], mask=inside, other=0) != 0
+        s = plgpu.dot(q, k, trans_b=True, precision=prec).astype(jnp.float32) * scale  # (G', block)
+        s = jnp.where(ok[None, :], s, neg)
+        m_new = jnp.maximum(m, s.max(axis=-1))
+        p = jnp.where(ok[None, :], jnp.exp(s - m_new[:, None]), 0.0)
+        corr = jnp.exp(m - m_new)
+        l = corr * l + p.sum(axis=-1)
+        o = corr[:, None] * o + plgpu.dot(p.astype(v.dtype), v, precision=prec).astype(jnp.float32)
+        return o, m_new, l
+
+    n = pl.cdiv(filled_ref[()], block)
+    init = (jnp.zeros((gp, dh), jnp.float32), jnp.full((gp,), neg, jnp.float32), jnp.zeros((gp,), jnp.float32))
+    o, _, l = jax.lax.fori_loop(0, n, body, init)
+    o = o / jnp.where(l > 0, l, 1.0)[:, None]
+    o_ref[...] = o.astype(o_ref.dtype)
+
+
+def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool | None = None,
+                     num_warps: int = 4, num_stages: int = 2):
+    """Fused decode attention (module docstring). q (B, K, G, Dh); k, v (B, K, S, Dh); mask (B, S) bool;
+    filled () or (B,) int32 → (B, K, G, Dh).
+
+    Which code runs is decided when the program is lowered, for the platform it is lowered for
+    (``jax.lax.platform_dependent``): the Triton kernel for CUDA, the same kernel in Pallas' interpret mode
+    for a CPU (tests), and :func:`esjax.models.decoder.attention` for any other backend (a TPU, ROCm), so
+    a run that sets ``decode_attention="pallas"`` runs everywhere. ``interpret`` (static) True / False
+    forces interpret mode / the kernel whatever the platform."""
+    B, K, G, Dh = q.shape
+    if block < MIN_TILE or block & (block - 1):
+        raise ValueError(f"decode attention block must be a power of two >= {MIN_TILE}, got {block}")
+    if Dh & (Dh - 1) or Dh < MIN_TILE:
+        raise ValueError(f"decode attention needs a power-of-two head_dim >= {MIN_TILE}, got {Dh}")
+    filled = jnp.broadcast_to(jnp.asarray(filled, jnp.int32), (B,))
+    kernel = functools.partial(_fused, block=block, num_warps=num_warps, num_stages=num_stages)
+    if interpret is not None:
+        return kernel(q, k, v, mask, filled, interpret=interpret)
+
+    def einsums(q, k, v, mask, filled):
+        from esjax.models.decoder import attention
+        return attention(q.reshape(B, 1, K * G, Dh), k, v, mask[:, None, :]).reshape(B, K, G, Dh)
+
+    return jax.lax.platform_dependent(q, k, v, mask, filled, cuda=functools.partial(kernel, interpret=False),
+                                      cpu=functools.partial(kernel, interpret=True), default=einsums)
+
+
+def _fused(q, k, v, mask, filled, *, block: int, num_warps: int, num_stages: int, interpret: bool):
+    """The kernel over a grid of (row, KV head); q padded to G' heads and the padding sliced off again."""
+    B, K, G, Dh = q.shape
+    S = k.shape[2]
+    gp = max(MIN_TILE, 1 << (G - 1).bit_length())
+    qp = jnp.pad(q, ((0, 0), (0, 0), (0, gp - G), (0, 0))) if gp > G else q
+    out = pl.pallas_call(
+        functools.partial(_kernel, block=block, scale=float(1.0 / np.sqrt(Dh))),
+        grid=(B, K),
+        in_specs=[pl.BlockSpec((None, None, gp, Dh), lambda b, h: (b, h, 0, 0)),
+                  pl.BlockSpec((None, None, S, Dh), lambda b, h: (b, h, 0, 0)),
+                  pl.BlockSpec((None, None, S, Dh), lambda b, h: (b, h, 0, 0)),
+                  pl.BlockSpec((None, S), lambda b, h: (b, 0)),
+                  pl.BlockSpec((None,), lambda b, h: (b,))],
+        out_specs=pl.BlockSpec((None, None, gp, Dh), lambda b, h: (b, h, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((B, K, gp, Dh), q.dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="esjax_decode_attention",
+    )(qp, k, v, mask.astype(jnp.int32), filled)
+    return out[:, :, :G]

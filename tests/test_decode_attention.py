@@ -1,0 +1,146 @@
+"""The fused decode-attention kernel (``esjax.models.decode_attention``, ``decode_attention="pallas"``): the
+same function as the einsum attention at T = 1 (run here in Pallas' interpret mode on CPU), the same
+generations and ES members, a cache read only up to its filled slots, and a decode program that lowers
+for CUDA with one Triton kernel per layer (lowered on this CPU: Pallas' Triton lowering runs at lowering
+time, so a kernel that cannot lower fails here, not on the first GPU)."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from esjax.config import RunConfig
+from esjax.es.population import lm_evaluator, member_ids, population_fn
+from esjax.es.step import ESConfig, init_state
+from esjax.models.config import ModelConfig
+from esjax.models.decode_attention import decode_attention
+from esjax.models.decoder import attention, init_params
+from esjax.models.registry import model_config
+from esjax.parallel import POP, make_mesh
+from esjax.sampling import SamplingConfig, make_generate, pad_prompts
+
+TRITON = "__gpu$xla.gpu.triton"
+
+
+def reference(q, k, v, mask):
+    """The einsum path (decoder.attention) at T = 1, in the kernel's (B, K, G, Dh) layout."""
+    B, K, G, Dh = q.shape
+    with jax.default_matmul_precision("highest"):
+        out = attention(q.reshape(B, 1, K * G, Dh), k, v, mask[:, None, :])
+    return np.asarray(out.reshape(B, K, G, Dh), np.float32)
+
+
+@pytest.mark.parametrize("G, Dh, S, block, filled", [(1, 16, 16, 16, 16), (3, 64, 100, 64, 77), (6, 32, 45, 16, 45),
+                                                     (2, 16, 130, 32, 5)])
+def test_kernel_is_the_einsum_attention(G, Dh, S, block, filled):
+    """Random q, k, v; rows with a padded prompt, a hole (a shared prefix's layout) and a cache filled to
+    ``filled`` of S slots (the last block running past S when block ∤ S): the einsum attention's output,
+    to float32 rounding; in bfloat16 to bfloat16's."""
+    B, K = 3, 2
+    r = np.random.default_rng(G * S)
+    q, k, v = (r.normal(size=s).astype(np.float32) for s in ((B, K, G, Dh), (B, K, S, Dh), (B, K, S, Dh)))
+    mask = np.ones((B, S), bool)
+    mask[0, :min(3, filled - 1)] = False
+    mask[1, 1:min(4, filled - 1)] = False
+    mask[:, filled:] = False
+    out = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=block)
+    assert out.shape == (B, K, G, Dh) and out.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(out), reference(q, k, v, mask), rtol=2e-5, atol=2e-6)
+    bf = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
+    out16 = decode_attention(*bf, jnp.asarray(mask), filled, block=block)
+    assert out16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out16, np.float32), reference(*bf, mask), atol=3e-2)
+
+
+def test_kernel_reads_no_slot_past_filled_and_zeroes_a_row_with_nothing_to_attend():
+    """Slots at or past ``filled`` are never read: NaN there changes nothing (the einsum path multiplies
+    them by zero weights, so NaN would reach its output); a row with every slot masked gets zeros."""
+    B, K, G, Dh, S, filled = 2, 1, 2, 16, 64, 20
+    r = np.random.default_rng(0)
+    q, k, v = (r.normal(size=s).astype(np.float32) for s in ((B, K, G, Dh), (B, K, S, Dh), (B, K, S, Dh)))
+    mask = np.zeros((B, S), bool)
+    mask[0, :filled] = True
+    clean = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16)
+    want = reference(q, k, v, mask)
+    k[:, :, 32:], v[:, :, 32:] = np.nan, np.nan  # whole blocks past filled (block 16: slots 32.. unread)
+    dirty = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16)
+    np.testing.assert_array_equal(np.asarray(clean), np.asarray(dirty))
+    np.testing.assert_allclose(np.asarray(clean[0]), want[0], rtol=2e-5, atol=2e-6)
+    assert np.isnan(reference(q, k, v, mask)[0]).all()  # the control: the einsum path reads those slots
+    np.testing.assert_array_equal(np.asarray(clean[1]), 0.0)
+    with pytest.raises(ValueError, match="power of two"):
+        decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=24)
+
+
+def _gen_case():
+    cfg = model_config("tiny-random-llama").replace(eos_token_ids=(5, 9))
+    params = init_params(cfg, jax.random.key(2), 0.3)
+    prompts = [[3, 4, 5, 6, 7], [3, 4, 8, 9], [3, 4, 10, 11, 12, 13], [3, 4, 14]]
+    return cfg, params, prompts, np.array([11, 4, 7, 11], np.int32)
+
+
+@pytest.mark.parametrize("block, k, prefix, temperature, compaction", [(0, 1, 0, 0.0, 0), (4, 1, 2, 1.0, 0),
+                                                                       (3, 2, 0, 0.0, 1), (3, 1, 2, 0.0, 1)])
+def test_generation_with_the_kernel_decodes_the_same_tokens(block, k, prefix, temperature, compaction):
+    """``decode_attention="pallas"`` against the default "xla": the same tokens and lengths, log-probs to
+    float rounding — greedy and sampled, rows stopping at EOS and at their own budgets, with a shared
+    prefix (a hole in the mask), caches grown in blocks, several steps per loop iteration, EOS compaction."""
+    cfg, params, prompts, budgets = _gen_case()
+    toks, mask = pad_prompts(prompts, 0, 8, prefix_len=prefix)
+    args = (params, toks, mask, jax.random.key(3), None, None, budgets)
+    sampling = SamplingConfig(temperature=temperature)
+    kw = dict(steps_per_loop=k, cache_block=block, compaction=compaction)
+    xla = make_generate(cfg, 11, sampling, prefix, **kw)(*args)
+    fused = make_generate(cfg.replace(decode_attention="pallas"), 11, sampling, prefix, **kw)(*args)
+    np.testing.assert_array_equal(np.asarray(xla.tokens), np.asarray(fused.tokens))
+    np.testing.assert_array_equal(np.asarray(xla.lengths), np.asarray(fused.lengths))
+    np.testing.assert_allclose(np.asarray(xla.logprobs), np.asarray(fused.logprobs), rtol=1e-4, atol=1e-5)
+    assert np.asarray(xla.lengths).min() < 11
+
+
+@pytest.mark.parametrize("noise", ["lowrank", "full"])
+def test_es_members_with_the_kernel_decode_the_same_tokens(noise):
+    """The population program (members under vmap, the kernel batched over them) with the kernel: each
+    member's tokens and lengths are those of the einsum path."""
+    mcfg = model_config("tiny-random-qwen2").replace(eos_token_ids=(7, 11, 13))
+    cfg = ESConfig(population_size=4, noise=noise, rank=2, sigma=0.01)
+    state = init_state(init_params(mcfg, jax.random.key(0)), jax.random.key(1), cfg)
+    tokens = np.random.default_rng(0).integers(3, mcfg.vocab_size, (2, 8)).astype(np.int32)
+    args = (state, member_ids(4), tokens, np.ones((2, 8), bool), jax.random.key(2))
+    outs = [population_fn(lm_evaluator(mcfg.replace(decode_attention=a), 6, cfg), cfg, 2)(*args) for a in ("xla", "pallas")]
+    np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
+    np.testing.assert_array_equal(np.asarray(outs[0].lengths), np.asarray(outs[1].lengths))
+    if noise == "lowrank":  # members sharded over the mesh (shard_map, one member per device): the same
+        mesh = make_mesh()
+        sharded = population_fn(lm_evaluator(mcfg.replace(decode_attention="pallas"), 6, cfg), cfg, 1, mesh)
+        got = sharded(state, member_ids(4, mesh.shape[POP]), *args[2:])
+        np.testing.assert_array_equal(np.asarray(got.tokens)[:4], np.asarray(outs[0].tokens))
+
+
+def test_the_decode_program_lowers_for_cuda_with_one_triton_kernel_per_layer():
+    """The generation program lowered for CUDA (on this CPU): with the kernel, one Triton custom call per
+    layer in each decode loop body and the decode step's score dots gone (the prefill keeps its einsums);
+    the "xla" program has no Triton call. bfloat16, as on a GPU."""
+    cfg = model_config("tiny-random-qwen2").replace(compute_dtype="bfloat16", eos_token_ids=())
+    params = init_params(cfg, jax.random.key(0))
+    toks, mask = pad_prompts([[3, 4, 5], [6, 7]], 0, 8)
+
+    def lowered(c):
+        gen = make_generate(c, 6, cache_block=4, logprobs=False)  # two segments: two decode loop bodies
+        return gen.trace(params, toks, mask, jax.random.key(0)).lower(lowering_platforms=("cuda",)).as_text()
+
+    fused, plain = lowered(cfg.replace(decode_attention="pallas")), lowered(cfg)
+    assert plain.count(TRITON) == 0
+    assert fused.count(TRITON) == 2 * cfg.num_layers
+    dots = lambda t: len(re.findall(r"stablehlo\.dot_general", t))  # noqa: E731
+    assert dots(plain) - dots(fused) == 2 * 2 * cfg.num_layers  # QKᵀ and PV per layer and loop body
+
+
+def test_decode_attention_is_a_checked_setting_of_the_model_and_the_run():
+    assert ModelConfig.decode_attention == "xla" and RunConfig().decode_attention == "xla"
+    assert RunConfig(decode_attention="pallas").model_settings()["decode_attention"] == "pallas"
+    with pytest.raises(ValueError, match=r"ModelConfig.decode_attention='cudnn'; choose one of \('xla', 'pallas'\)"):
+        model_config("tiny-random-llama").replace(decode_attention="cudnn")
+    with pytest.raises(ValueError, match="RunConfig.decode_attention must be one of"):
+        RunConfig(decode_attention="flash")
