@@ -80,17 +80,20 @@ def _gen_case():
     return cfg, params, prompts, np.array([11, 4, 7, 11], np.int32)
 
 
-@pytest.mark.parametrize("block, k, prefix, temperature, compaction", [(0, 1, 0, 0.0, 0), (4, 1, 2, 1.0, 0),
-                                                                       (3, 2, 0, 0.0, 1), (3, 1, 2, 0.0, 1)])
-def test_generation_with_the_kernel_decodes_the_same_tokens(block, k, prefix, temperature, compaction):
+@pytest.mark.parametrize("block, k, prefix, temperature, compaction, group", [
+    (0, 1, 0, 0.0, 0, 1), (4, 1, 2, 1.0, 0, 1), (3, 2, 0, 0.0, 1, 1), (3, 1, 2, 0.0, 1, 1), (4, 1, 0, 1.0, 0, 2)])
+def test_generation_with_the_kernel_decodes_the_same_tokens(block, k, prefix, temperature, compaction, group):
     """``decode_attention="pallas"`` against the default "xla": the same tokens and lengths, log-probs to
     float rounding — greedy and sampled, rows stopping at EOS and at their own budgets, with a shared
-    prefix (a hole in the mask), caches grown in blocks, several steps per loop iteration, EOS compaction."""
+    prefix (a hole in the mask), caches grown in blocks, several steps per loop iteration, EOS compaction,
+    GRPO's groups (each prompt prefilled once, its cache repeated for the group's rows)."""
     cfg, params, prompts, budgets = _gen_case()
+    if group > 1:
+        prompts = [p for p in prompts[:2] for _ in range(group)]
     toks, mask = pad_prompts(prompts, 0, 8, prefix_len=prefix)
     args = (params, toks, mask, jax.random.key(3), None, None, budgets)
     sampling = SamplingConfig(temperature=temperature)
-    kw = dict(steps_per_loop=k, cache_block=block, compaction=compaction)
+    kw = dict(group=group, steps_per_loop=k, cache_block=block, compaction=compaction)
     xla = make_generate(cfg, 11, sampling, prefix, **kw)(*args)
     fused = make_generate(cfg.replace(decode_attention="pallas"), 11, sampling, prefix, **kw)(*args)
     np.testing.assert_array_equal(np.asarray(xla.tokens), np.asarray(fused.tokens))
