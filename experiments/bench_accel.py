@@ -29,7 +29,8 @@ Sections, in order (a section that would start after ``--budget-s`` seconds is l
   its rows; the FLOPs of 1,024 rows usually hide them).
 * ``paper2``: a paper-2 ES iteration (N = 30 × 200 prompts × 1,024 tokens), extrapolated from the es200
   (else es16) call, scaled by the ratio of the two calls' rooflines (longer KV-cache reads, fewer members
-  per chunk at 1,024 tokens), beside that iteration's arithmetic floor (``--paper2-direct`` measures it).
+  per chunk at 1,024 tokens), beside that iteration's arithmetic floor (``--paper2-direct`` measures it;
+  ``--paper2-chunk`` measures one of its equal member chunks and multiplies by their number).
 
 Writes ``table.md`` and ``results.json`` to ``--out`` (``$OUT`` on the device machine) after every section.
 ``--quick`` is sized to finish in about 7 minutes on one H100 with qwen2.5-1.5b shapes.
@@ -419,13 +420,20 @@ class Bench:
         the larger batch with the roofline's efficiency, which a measurement at 200 may not reach. Beside
         it, the arithmetic floor of the 1,024-token iteration."""
         a, n, per, new = self.args, 30, 200, 1024
-        for noise in ("lowrank", "full"):
+        for noise in a.paper2_noise.split(","):
             hit = [(p, v) for p in (per, 16) for k, v in self.results.items()
                    if k.startswith(f"ES {noise} N={a.members} x {p} prompts x {a.es_new} new")][:1]
             dense = get_scheme(noise).dense
             if a.paper2_direct:
                 tps, _, chunk = self.population(noise, n, per, new)
                 seconds, how = n * per * new / tps, "measured"
+            elif a.paper2_chunk:  # one of the iteration's equal chunks, measured, times their number
+                chunk = auto_chunk_size(self.mcfg, ESConfig(population_size=n, noise=noise, rank=1), per, a.prompt_len, new)
+                k, size = balanced_chunks(n, chunk)
+                tps, first, _ = self.population(noise, size, per, new)
+                seconds = k * size * per * new / tps
+                how = (f"one chunk of {size} members measured ({size * per * new / tps:.1f} s, first call {first:.0f} s) "
+                       f"x {k} chunks; attention {self.mcfg.decode_attention}")
             elif hit:
                 measured, res = hit[0]
                 chunk = auto_chunk_size(self.mcfg, ESConfig(population_size=n, noise=noise, rank=1), per, a.prompt_len, new)
@@ -436,7 +444,7 @@ class Bench:
             ref = ""
             if self.peaks is not None:
                 floor, k, size = population_roofline_s(self.mcfg, n, per, a.prompt_len, new, self.peaks, chunk, dense)
-                if not a.paper2_direct:
+                if not (a.paper2_direct or a.paper2_chunk):
                     short, _, _ = population_roofline_s(self.mcfg, a.members, measured, a.prompt_len, a.es_new,
                                                         self.peaks, res["chunk"], dense)
                     seconds, how = seconds * floor / short, (f"the {measured}-prompt call at {a.es_new} tokens, "
@@ -485,7 +493,11 @@ def parse(argv=None):
     p.add_argument("--grpo-rows", type=int, default=64)
     p.add_argument("--grpo-new", type=int, default=256)
     p.add_argument("--grpo-micro", type=int, default=16)
-    p.add_argument("--paper2-direct", action="store_true")
+    p.add_argument("--paper2-direct", action="store_true", help="paper2: measure the whole iteration")
+    p.add_argument("--paper2-chunk", action="store_true",
+                   help="paper2: measure one of the iteration's equal member chunks at 200 prompts x 1,024 tokens, "
+                        "times their number (a fraction of --paper2-direct's time)")
+    p.add_argument("--paper2-noise", default="lowrank,full", help="noise schemes of the paper2 section")
     p.add_argument("--decode-attention", default="xla", choices=("xla", "pallas"),
                    help="every section's decode attention (the attention section measures both)")
     p.add_argument("--n1024-prompts", type=int, default=1, help="prompts per member of the n1024 section")

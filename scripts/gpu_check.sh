@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The prepared device check (one call, <= 9.5 min on an H100/H200): the accelerator-relevant tests on the
-# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then the decode
-# rows again with XLA's Triton GEMMs off (cuBLAS for every GEMM), then EOS compaction's rows, then, with the
-# time left, traced profiles of the GRPO learner update and the low-rank ES population (docs/gpu.md reads
-# them). Everything lands in $OUT (7 files: the device tool brings back at most 8, each <= 16 MB, so the
+# GPU first (failures print as they happen), then the accelerator benchmark's --quick table, then N = 1,024
+# and one chunk of the paper-2 iteration with the faster decode attention, then, with the time left, a
+# traced profile of the GRPO learner update (docs/gpu.md reads it) and EOS compaction's rows. (Session 12's
+# Triton-GEMMs-off rows: `XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python3 -m experiments.bench_accel
+# --quick --no-reference --sections generate,es16 --noise lowrank` in a call of its own.) Everything lands in $OUT (7 files: the device tool brings back at most 8, each <= 16 MB, so the
 # traces travel gzipped).
 # From a session that has a device (see docs/gpu.md):
 #   mkdir -p .esjax-cache && cp -r ~/.cache/esjax/smollm2-135m-instruct-tokenizer .esjax-cache/
@@ -37,50 +38,43 @@ JAX_PLATFORMS=cuda XLA_FLAGS= timeout 120 python3 -m pytest -p no:cacheprovider 
   "tests/test_decode_attention.py::test_generation_with_the_kernel_decodes_the_same_tokens[3-2-0-0.0-1-1]" \
   > "$OUT/tests.txt" 2>&1
 echo "pytest exit $? at $SECONDS s" >> "$OUT/tests.txt"
-# the benchmark's --quick table (its sections in the order of what is still short of its target; a section
-# starts only within the budget, so the call's end is bounded by the last one started)
+# the benchmark's --quick table, the sections still short of their targets or new first (a section starts
+# only within the budget, so the call's end is bounded by the last one started): the decode step against
+# its roofline, XLA's attention vs the fused kernel (session 17), es16, N = 1,024, the GRPO learner, es200,
+# the paper-2 iteration extrapolated, the ES update
 t0=$SECONDS
-timeout 290 python3 -m experiments.bench_accel --quick --budget-s 200 --out "$OUT" > "$OUT/bench.txt" 2>&1
+timeout 290 python3 -m experiments.bench_accel --quick --budget-s 200 --out "$OUT" \
+  --sections generate,attention,es16,n1024,grpo,es200,paper2,update > "$OUT/bench.txt" 2>&1
 echo "bench exit $? after $((SECONDS - t0)) s" >> "$OUT/bench.txt"
-# the fused decode-attention kernel through the populations (session 17): es16 and N = 1,024 low-rank with
-# decode_attention=pallas, to set beside the --quick table's rows (which run XLA's attention)
+# the faster decode attention on this card (the attention rows' XLA / fused ratios, both >= 1: the kernel),
+# then one chunk of the paper-2 iteration (30 x 200 x 1,024, low-rank) and N = 1,024 measured with it
+IMPL=$(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['results']
+q=[v['ratio'] for k,v in r.items() if 'fused attention kernel' in k]
+print('pallas' if q and min(q) >= 1.0 else 'xla')" "$OUT/results.json" 2>/dev/null || echo xla)
 t4=$SECONDS rc=skipped
-if [ $((440 - SECONDS)) -ge 50 ]; then
-  timeout $((440 - SECONDS)) python3 -m experiments.bench_accel --quick --no-reference --sections es16,n1024 \
-    --noise lowrank --decode-attention pallas --budget-s 60 --out /tmp/esjax-pallas > /tmp/esjax-pallas.txt 2>&1
+if [ $((480 - SECONDS)) -ge 90 ]; then
+  timeout $((480 - SECONDS)) python3 -m experiments.bench_accel --quick --no-reference --sections paper2,n1024 \
+    --paper2-chunk --paper2-noise lowrank --decode-attention "$IMPL" --budget-s 100 --out /tmp/esjax-p2 > /tmp/esjax-p2.txt 2>&1
   rc=$?
 fi
-{ echo; echo "## es16 and n1024 with decode_attention=pallas (exit $rc, $((SECONDS - t4)) s)"
-  cat /tmp/esjax-pallas/table.md /tmp/esjax-pallas.txt 2>/dev/null | tail -n 20; } >> "$OUT/bench.txt"
-# the decode rows with XLA's Triton GEMM fusions off: every GEMM goes to cuBLAS (the H100 profile of
-# 2026-11-27 had q/k/v as one Triton GEMM at ~20 % of peak); a launch setting, decided by this row pair
-t1=$SECONDS rc=skipped
-if [ $((490 - SECONDS)) -ge 40 ]; then
-  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false timeout $((490 - SECONDS)) \
-    python3 -m experiments.bench_accel --quick --no-reference --sections generate,es16 --noise lowrank \
-    --budget-s 50 --out /tmp/esjax-triton-off > /tmp/esjax-triton-off.txt 2>&1
-  rc=$?
-fi
-{ echo; echo "## the same rows with XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (exit $rc, $((SECONDS - t1)) s)"
-  cat /tmp/esjax-triton-off/table.md /tmp/esjax-triton-off.txt 2>/dev/null | tail -n 30; } >> "$OUT/bench.txt"
-# EOS compaction (session 14, never on a GPU): 256 rows x 1,024 new tokens in blocks of 256, rows that stop
-# early (log-normal lengths around 205 tokens, 5 % run the budget: a run would pick compaction 2 after them),
-# compaction 0 vs 2; decides whether the seed presets keep decode_compaction=2 (docs/gpu.md §9)
-t3=$SECONDS rc=skipped
-if [ $((540 - SECONDS)) -ge 45 ]; then
-  timeout $((540 - SECONDS)) python3 -m experiments.bench_compaction --shapes qwen2.5-1.5b --rows 256 --new 1024 \
-    --block 256 --halvings 2 --sections plain --cases early --median 0.2 > /tmp/esjax-compaction.txt 2>&1
-  rc=$?
-fi
-{ echo; echo "## EOS compaction, bench_compaction (exit $rc, $((SECONDS - t3)) s)"; grep -v Warning /tmp/esjax-compaction.txt 2>/dev/null | tail -n 12; } >> "$OUT/bench.txt"
-# traced profiles with the time left: the GRPO learner (its MFU row, never profiled), then the es16 program
-# (is the GPU still idle while the host draws the member noise? 160 ms of 678 on 2026-11-27)
+{ echo; echo "## one paper-2 chunk measured and N = 1,024, decode_attention=$IMPL (exit $rc, $((SECONDS - t4)) s)"
+  cat /tmp/esjax-p2/table.md /tmp/esjax-p2.txt 2>/dev/null | tail -n 20; } >> "$OUT/bench.txt"
+# a traced profile of the GRPO learner update (its MFU row, never profiled) with the time left
 t2=$SECONDS rc=skipped
-if [ $((572 - SECONDS)) -ge 30 ]; then
-  timeout $((572 - SECONDS)) python3 -m experiments.profile_decode --what grpo,lowrank \
-    --members 30 --rows 480 --new 64 --hlo --out /tmp/esjax-prof > /tmp/esjax-prof/log.txt 2>&1
+if [ $((545 - SECONDS)) -ge 40 ]; then
+  timeout $((545 - SECONDS)) python3 -m experiments.profile_decode --what grpo --hlo --out /tmp/esjax-prof \
+    > /tmp/esjax-prof/log.txt 2>&1
   rc=$?
 fi
+# EOS compaction (session 14, never on a GPU), if time is left: 256 rows x 1,024 new tokens in blocks of 256,
+# rows that stop early, compaction 0 vs 2; decides whether the seed presets keep decode_compaction=2 (§9)
+t3=$SECONDS rc3=skipped
+if [ $((578 - SECONDS)) -ge 30 ]; then
+  timeout $((578 - SECONDS)) python3 -m experiments.bench_compaction --shapes qwen2.5-1.5b --rows 256 --new 1024 \
+    --block 256 --halvings 2 --sections plain --cases early --median 0.2 > /tmp/esjax-compaction.txt 2>&1
+  rc3=$?
+fi
+{ echo; echo "## EOS compaction, bench_compaction (exit $rc3, $((SECONDS - t3)) s)"; grep -v Warning /tmp/esjax-compaction.txt 2>/dev/null | tail -n 12; } >> "$OUT/bench.txt"
 echo "profile exit $rc after $((SECONDS - t2)) s" >> /tmp/esjax-prof/log.txt
 cat /tmp/esjax-prof/log.txt > "$OUT/profile.txt" 2>/dev/null
 (cd /tmp/esjax-prof && tar czf "$OUT/xplanes.tgz" *.xplane.pb *.hlo.txt 2>/dev/null)

@@ -160,3 +160,36 @@ def test_the_compaction_bench_runs_on_cpu():
     assert len(cases) == 4 and {h for _, h in res} == {0, 1}, cases  # plain and ES, each early and worst
     assert all(res[c, 0]["ratio"] == 1.0 and res[c, 1]["tokens_per_s"] > 0 for c in cases)
     assert all("a run picks 0" in c for c in cases if "worst case" in c)  # every row still runs at the boundary
+
+
+def test_paper2_chunk_measures_one_equal_chunk_and_multiplies_by_their_number(monkeypatch):
+    """``--paper2-chunk``: the population of one chunk (the size the 30-member iteration's equal chunks
+    have at 200 prompts × 1,024 tokens) is measured, and the iteration is that chunk's seconds times the
+    number of chunks; the arithmetic floor beside it is the same iteration's."""
+    from esjax.es import population as pop
+    from esjax.es.step import ESConfig
+    from experiments.bench_accel import Bench, parse, population_roofline_s
+    from experiments.shapes import shape_config
+
+    m, peaks = shape_config("qwen2.5-1.5b"), (989e12, 3.35e12)
+    monkeypatch.setattr(pop, "device_memory_budget", lambda fraction=pop.ACCEL_MEMORY_FRACTION: 0.7 * 80e9)
+    bench = Bench(parse(["--shapes", "tiny", "--out", "/nonexistent", "--prompt-len", "64", "--paper2-chunk",
+                         "--paper2-noise", "lowrank"]))
+    bench.mcfg, bench.peaks = m, peaks
+    calls = []
+
+    def population(noise, members, per_member, new):
+        calls.append((noise, members, per_member, new))
+        return 5e4, 30.0, members
+
+    bench.population = population
+    bench.paper2()
+    chunk = pop.auto_chunk_size(m, ESConfig(population_size=30, noise="lowrank", rank=1), 200, 64, 1024)
+    k, size = pop.balanced_chunks(30, chunk)
+    assert calls == [("lowrank", size, 200, 1024)] and 1 < k < 30
+    row = bench.results["paper-2 ES iteration, lowrank: 30 x 200 x 1,024 tokens"]
+    np.testing.assert_allclose(row["seconds"], k * size * 200 * 1024 / 5e4)
+    assert f"one chunk of {size} members measured" in row["esjax"] and f"x {k} chunks" in row["esjax"]
+    floor, fk, fsize = population_roofline_s(m, 30, 200, 64, 1024, peaks, chunk, False)
+    assert row["reference"] == f"arithmetic floor {floor:,.0f} s ({fk} chunks of {fsize})"
+    assert "paper-2 ES iteration, full: 30 x 200 x 1,024 tokens" not in bench.results
