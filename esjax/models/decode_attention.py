@@ -41,11 +41,12 @@ BLOCK = 64  # cache slots per step of the kernel's loop
 MIN_TILE = 16  # the smallest M of a Triton dot
 
 
-def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, scale: float):
-    """One (row, KV head): q_ref (G', Dh), k_ref / v_ref (S, Dh), mask_ref (S,) int32, filled_ref () →
-    o_ref (G', Dh)."""
-    q = q_ref[...]
-    gp, dh = q.shape
+def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, scale: float, heads: int):
+    """One (row, KV head): q_ref / o_ref (G', Dh) blocks of the (G, Dh) query heads (rows past ``heads`` = G
+    are masked: read as zeros, never written), k_ref / v_ref (S, Dh), mask_ref (S,) int32, filled_ref ()."""
+    gp, dh = q_ref.shape
+    real = (jnp.arange(gp) < heads)[:, None]
+    q = plgpu.load(q_ref.at[pl.ds(0, gp), :], mask=real, other=0.0)
     slots = k_ref.shape[0]
     neg = jnp.finfo(jnp.float32).min
     # float32 inputs: full float32 dots (Triton's default for them is TF32; decode attention is bound by
@@ -73,7 +74,7 @@ def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, sca
     init = (jnp.zeros((gp, dh), jnp.float32), jnp.full((gp,), neg, jnp.float32), jnp.zeros((gp,), jnp.float32))
     o, _, l = jax.lax.fori_loop(0, n, body, init)
     o = o / jnp.where(l > 0, l, 1.0)[:, None]
-    o_ref[...] = o.astype(o_ref.dtype)
+    plgpu.store(o_ref.at[pl.ds(0, gp), :], o.astype(o_ref.dtype), mask=real)
 
 
 def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool | None = None,
@@ -105,13 +106,14 @@ def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool 
 
 
 def _fused(q, k, v, mask, filled, *, block: int, num_warps: int, num_stages: int, interpret: bool):
-    """The kernel over a grid of (row, KV head); q padded to G' heads and the padding sliced off again."""
+    """The kernel over a grid of (row, KV head): the G query heads' block is G' = G rounded up to a power of
+    two ≥ 16 rows (Triton's smallest dot), the rows past G masked in the kernel, so q and the output are read
+    and written in place, with no padded copy and no slice per layer."""
     B, K, G, Dh = q.shape
     S = k.shape[2]
     gp = max(MIN_TILE, 1 << (G - 1).bit_length())
-    qp = jnp.pad(q, ((0, 0), (0, 0), (0, gp - G), (0, 0))) if gp > G else q
-    out = pl.pallas_call(
-        functools.partial(_kernel, block=block, scale=float(1.0 / np.sqrt(Dh))),
+    return pl.pallas_call(
+        functools.partial(_kernel, block=block, scale=float(1.0 / np.sqrt(Dh)), heads=G),
         grid=(B, K),
         in_specs=[pl.BlockSpec((None, None, gp, Dh), lambda b, h: (b, h, 0, 0)),
                   pl.BlockSpec((None, None, S, Dh), lambda b, h: (b, h, 0, 0)),
@@ -119,9 +121,8 @@ def _fused(q, k, v, mask, filled, *, block: int, num_warps: int, num_stages: int
                   pl.BlockSpec((None, S), lambda b, h: (b, 0)),
                   pl.BlockSpec((None,), lambda b, h: (b,))],
         out_specs=pl.BlockSpec((None, None, gp, Dh), lambda b, h: (b, h, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((B, K, gp, Dh), q.dtype),
+        out_shape=jax.ShapeDtypeStruct((B, K, G, Dh), q.dtype),
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="esjax_decode_attention",
-    )(qp, k, v, mask.astype(jnp.int32), filled)
-    return out[:, :, :G]
+    )(q, k, v, mask.astype(jnp.int32), filled)
