@@ -32,11 +32,12 @@ def reference(q, k, v, mask):
 
 
 @pytest.mark.parametrize("G, Dh, S, block, filled", [(1, 16, 16, 16, 16), (3, 64, 100, 64, 77), (6, 32, 45, 16, 45),
-                                                     (2, 16, 130, 32, 5)])
+                                                     (2, 16, 130, 32, 5), (6, 128, 1100, 64, 1030)])
 def test_kernel_is_the_einsum_attention(G, Dh, S, block, filled):
     """Random q, k, v; rows with a padded prompt, a hole (a shared prefix's layout) and a cache filled to
     ``filled`` of S slots (the last block running past S when block ∤ S): the einsum attention's output,
-    to float32 rounding; in bfloat16 to bfloat16's."""
+    to float32 rounding; in bfloat16 to bfloat16's. The last case has Qwen2.5-1.5B's head (G = 6, Dh = 128)
+    at the seeds' 1,024-token context."""
     B, K = 3, 2
     r = np.random.default_rng(G * S)
     q, k, v = (r.normal(size=s).astype(np.float32) for s in ((B, K, G, Dh), (B, K, S, Dh), (B, K, S, Dh)))
@@ -53,21 +54,27 @@ def test_kernel_is_the_einsum_attention(G, Dh, S, block, filled):
     np.testing.assert_allclose(np.asarray(out16, np.float32), reference(*bf, mask), atol=3e-2)
 
 
-def test_kernel_reads_no_slot_past_filled_and_zeroes_a_row_with_nothing_to_attend():
-    """Slots at or past ``filled`` are never read: NaN there changes nothing (the einsum path multiplies
-    them by zero weights, so NaN would reach its output); a row with every slot masked gets zeros."""
-    B, K, G, Dh, S, filled = 2, 1, 2, 16, 64, 20
+def test_kernel_reads_no_masked_slot_and_zeroes_a_row_with_nothing_to_attend():
+    """Masked slots are never read: NaN in them — past ``filled``, in a hole, in the whole first blocks of a
+    long left padding — changes nothing (the einsum path multiplies them by zero weights, so NaN reaches its
+    output: the control); a row with every slot masked gets zeros."""
+    B, K, G, Dh, S, filled = 3, 1, 2, 16, 64, 50
     r = np.random.default_rng(0)
     q, k, v = (r.normal(size=s).astype(np.float32) for s in ((B, K, G, Dh), (B, K, S, Dh), (B, K, S, Dh)))
     mask = np.zeros((B, S), bool)
     mask[0, :filled] = True
+    mask[0, 5:9] = False  # a hole (a shared prefix's layout)
+    mask[2, 40:filled] = True  # left padding over the first two blocks of 16
     clean = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16)
     want = reference(q, k, v, mask)
-    k[:, :, 32:], v[:, :, 32:] = np.nan, np.nan  # whole blocks past filled (block 16: slots 32.. unread)
+    for x in (k, v):
+        x[:, :, filled:] = np.nan
+        x[0, :, 5:9] = np.nan
+        x[2, :, :40] = np.nan
     dirty = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16)
     np.testing.assert_array_equal(np.asarray(clean), np.asarray(dirty))
-    np.testing.assert_allclose(np.asarray(clean[0]), want[0], rtol=2e-5, atol=2e-6)
-    assert np.isnan(reference(q, k, v, mask)[0]).all()  # the control: the einsum path reads those slots
+    np.testing.assert_allclose(np.asarray(clean)[[0, 2]], want[[0, 2]], rtol=2e-5, atol=2e-6)
+    assert np.isnan(reference(q, k, v, mask)[[0, 2]]).all()  # the control: the einsum path reads those slots
     np.testing.assert_array_equal(np.asarray(clean[1]), 0.0)
     with pytest.raises(ValueError, match="power of two"):
         decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=24)
@@ -147,3 +154,25 @@ def test_decode_attention_is_a_checked_setting_of_the_model_and_the_run():
         model_config("tiny-random-llama").replace(decode_attention="cudnn")
     with pytest.raises(ValueError, match="RunConfig.decode_attention must be one of"):
         RunConfig(decode_attention="flash")
+    with pytest.raises(ValueError, match="'pallas' .* needs a power-of-two head_dim >= 16, got 24; use decode_attention='xla'"):
+        model_config("tiny-random-llama").replace(head_dim=24, decode_attention="pallas")
+
+
+def test_the_learner_differentiates_cached_forwards_through_the_einsums():
+    """The kernel has no VJP, so only a generation's decode steps use it (``forward(..., decode=True)``):
+    the learner's scoring with one-column cached forwards (one scored token; a one-column group level)
+    differentiates with ``decode_attention="pallas"`` and gives the gradient of "xla"."""
+    from esjax.models.decoder import scoring_logits
+
+    cfg = model_config("tiny-random-llama")
+    params = init_params(cfg, jax.random.key(0), 0.3)
+    toks, mask = pad_prompts([[3, 4, 5, 6], [3, 4, 5, 6], [7, 8, 9, 10], [7, 8, 9, 10]], 0, 4)
+    T = toks.shape[1]
+
+    def loss(p, c):
+        return scoring_logits(p, c, jnp.asarray(toks), jnp.asarray(mask), start=T - 1, group=2).sum()
+
+    grads = [jax.grad(loss)(params, c) for c in (cfg, cfg.replace(decode_attention="pallas"))]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(grads[0]))

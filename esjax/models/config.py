@@ -76,6 +76,9 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {least}, got {v!r}")
         if self.decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"ModelConfig.decode_attention={self.decode_attention!r}; choose one of {DECODE_ATTENTION}")
+        if self.decode_attention == "pallas":  # the kernel's tiles; Pallas is imported only when chosen
+            from esjax.models.decode_attention import check_head_dim
+            check_head_dim(self.head_dim)
         for name in ("param_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")

@@ -19,13 +19,16 @@ Shapes: q (B, K, G, Dh); k, v the layer's cache (B, K, S, Dh) (:class:`esjax.mod
 layout, read in place); mask (B, S) bool (a slot that is valid and at or before the query's position);
 filled () int32 (slots [filled, S) are never read: every one of them is masked). Returns (B, K, G, Dh)
 in q's dtype. A row with no unmasked slot gets zeros (XLA's path averages v over every slot: such rows
-are padding whose tokens nobody reads).
+are padding whose tokens nobody reads). Masked slots are never loaded (a NaN there cannot reach the output;
+the einsum path multiplies them by zero weights, which a NaN survives).
 
 It is a GPU kernel (Triton). On a CPU it runs in Pallas' interpret mode, slowly: that is how the tests
 check it against :func:`esjax.models.decoder.attention`; a TPU has its own Pallas backend (Mosaic), which
 this kernel is not written for. Chosen by ``ModelConfig.decode_attention = "pallas"`` (``--set
 decode_attention=pallas`` on a run); the default "xla" is the einsum path, which runs everywhere.
-Prefill (T > 1) and the learner's scoring always take the einsum path.
+Only a generation's decode steps use it (``forward(..., decode=True)``, from :func:`esjax.sampling.generate`):
+prefill (T > 1) and the learner's scoring, which is differentiated, take the einsum path; ``pallas_call``
+has no VJP. The head dim must be a power of two ≥ 16 (every Llama / Qwen size; checked by ModelConfig).
 """
 from __future__ import annotations
 
@@ -39,6 +42,13 @@ from jax.experimental.pallas import triton as plgpu
 
 BLOCK = 64  # cache slots per step of the kernel's loop
 MIN_TILE = 16  # the smallest M of a Triton dot
+
+
+def check_head_dim(head_dim: int) -> None:
+    """The kernel's tiles are (·, head_dim): a power of two ≥ 16 (Triton's dot and load shapes)."""
+    if head_dim & (head_dim - 1) or head_dim < MIN_TILE:
+        raise ValueError(f"decode_attention='pallas' (ModelConfig, --set decode_attention) needs a power-of-two head_dim >= {MIN_TILE}, got {head_dim}; "
+                         "use decode_attention='xla'")
 
 
 def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, scale: float, heads: int):
@@ -58,9 +68,10 @@ def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, sca
         at = j * block
         idx = at + jnp.arange(block)
         inside = idx < slots  # the last block may run past the cache
-        k = plgpu.load(k_ref.at[pl.ds(at, block), :], mask=inside[:, None], other=0.0)
-        v = plgpu.load(v_ref.at[pl.ds(at, block), :], mask=inside[:, None], other=0.0)
         ok = plgpu.load(mask_ref.at[pl.ds(at, block)], mask=inside, other=0) != 0
+        # masked slots are not read (zeros instead): whatever they hold (a NaN) cannot reach the output
+        k = plgpu.load(k_ref.at[pl.ds(at, block), :], mask=ok[:, None], other=0.0)
+        v = plgpu.load(v_ref.at[pl.ds(at, block), :], mask=ok[:, None], other=0.0)
         s = plgpu.dot(q, k, trans_b=True, precision=prec).astype(jnp.float32) * scale  # (G', block)
         s = jnp.where(ok[None, :], s, neg)
         m_new = jnp.maximum(m, s.max(axis=-1))
@@ -90,8 +101,9 @@ def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool 
     B, K, G, Dh = q.shape
     if block < MIN_TILE or block & (block - 1):
         raise ValueError(f"decode attention block must be a power of two >= {MIN_TILE}, got {block}")
-    if Dh & (Dh - 1) or Dh < MIN_TILE:
-        raise ValueError(f"decode attention needs a power-of-two head_dim >= {MIN_TILE}, got {Dh}")
+    check_head_dim(Dh)
+    if not q.dtype == k.dtype == v.dtype:  # a Triton dot needs one element type on both sides
+        raise ValueError(f"decode attention needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     filled = jnp.broadcast_to(jnp.asarray(filled, jnp.int32), (B,))
     kernel = functools.partial(_fused, block=block, num_warps=num_warps, num_stages=num_stages)
     if interpret is not None:

@@ -220,7 +220,7 @@ def attention(q, k, v, mask):
     return out.reshape(B, K, G, T, Dh).transpose(0, 3, 1, 2, 4).reshape(B, T, H, Dh)
 
 
-def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
+def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None, decode: bool = False):
     """One transformer block; returns (x, (k, v)).
 
     Without ``cache`` the T tokens attend among themselves under ``mask`` (B, T, T) and (k, v) are their
@@ -228,7 +228,9 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
     the new keys/values are written at slots [at, at + T) first and the queries attend over all S slots
     under ``mask`` (B, T, S) (``fresh``, static: the cache holds nothing yet, so they attend among
     themselves under a (B, T, T) mask); (k, v) are then the updated caches. Writing before reading leaves
-    the update slice the cache's only user, so XLA updates it in place instead of copying it every step."""
+    the update slice the cache's only user, so XLA updates it in place instead of copying it every step.
+    ``decode`` (static): a generation's decode step (T = 1), whose attention may be the fused kernel
+    (``cfg.decode_attention``); never differentiated, unlike the learner's cached forwards."""
     B, T, _ = x.shape
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     g = lambda n: ld.get(n)  # noqa: E731  (delta leaf or None)
@@ -251,7 +253,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
                 att = attention(q, k, v, mask)
             k = jax.lax.dynamic_update_slice(k_c, k.astype(k_c.dtype), (0, 0, at, 0))
             v = jax.lax.dynamic_update_slice(v_c, v.astype(v_c.dtype), (0, 0, at, 0))
-            if not fresh and T == 1 and cfg.decode_attention == "pallas":  # a decode step: the fused kernel
+            if not fresh and decode and T == 1 and cfg.decode_attention == "pallas":  # a decode step: the kernel
                 from esjax.models.decode_attention import decode_attention  # Pallas is imported only if chosen
                 att = decode_attention(q.reshape(B, K, H // K, Dh), k, v, mask[:, 0], at + 1).reshape(B, T, H, Dh)
             elif not fresh:
@@ -267,7 +269,7 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None):
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             cache: Optional[KVCache] = None, delta: Optional[dict] = None, fresh_cache: bool = False,
-            last_only: bool = False, logits_from: int = 0):
+            last_only: bool = False, logits_from: int = 0, decode: bool = False):
     """Logits of the next token at every position.
 
     tokens, positions: (B, T) int; token_mask: (B, T) bool (False = padding).
@@ -277,6 +279,8 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
     empty, so the prefill skips reading it. ``last_only`` computes logits for the last position only
     (prefill needs no others: the vocabulary projection is ~20 % of a 135M model's FLOPs); ``logits_from``
     (static) computes them for positions [logits_from, T) only (a learner needs no logits over the prompt).
+    ``decode`` (static): a generation's decode step (one token per row on a filled cache, not
+    differentiated): its attention is ``cfg.decode_attention``'s (:mod:`esjax.models.decode_attention`).
     Returns (logits (B, T − logits_from or 1, V) float32, new cache or None).
     """
     delta = delta or {}
@@ -298,7 +302,7 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             mask = valid[:, None, :] & (slots[None, None, :] <= at + jnp.arange(T)[None, :, None])
         ks, vs = [], []
         for lp, ld, kc, vc in zip(params["layers"], layer_deltas, cache.k, cache.v):
-            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, at, fresh_cache))
+            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, at, fresh_cache), decode)
             ks.append(k)
             vs.append(v)
         cache = KVCache(tuple(ks), tuple(vs), valid, at + T)
