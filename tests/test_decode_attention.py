@@ -14,7 +14,8 @@ from esjax.config import RunConfig
 from esjax.es.population import lm_evaluator, member_ids, population_fn
 from esjax.es.step import ESConfig, init_state
 from esjax.models.config import ModelConfig
-from esjax.models.decode_attention import decode_attention
+import esjax.models.decode_attention as decode_attention_module
+from esjax.models.decode_attention import auto_splits, decode_attention
 from esjax.models.decoder import attention, init_params
 from esjax.models.registry import model_config
 from esjax.parallel import POP, make_mesh
@@ -36,8 +37,9 @@ def reference(q, k, v, mask):
 def test_kernel_is_the_einsum_attention(G, Dh, S, block, filled):
     """Random q, k, v; rows with a padded prompt, a hole (a shared prefix's layout) and a cache filled to
     ``filled`` of S slots (the last block running past S when block ∤ S): the einsum attention's output,
-    to float32 rounding; in bfloat16 to bfloat16's. The last case has Qwen2.5-1.5B's head (G = 6, Dh = 128)
-    at the seeds' 1,024-token context."""
+    to float32 rounding; in bfloat16 to bfloat16's; unsplit and split in three (FlashDecoding: a split
+    may hold no filled block). The last case has Qwen2.5-1.5B's head (G = 6, Dh = 128) at the seeds'
+    1,024-token context."""
     B, K = 3, 2
     r = np.random.default_rng(G * S)
     q, k, v = (r.normal(size=s).astype(np.float32) for s in ((B, K, G, Dh), (B, K, S, Dh), (B, K, S, Dh)))
@@ -45,13 +47,14 @@ def test_kernel_is_the_einsum_attention(G, Dh, S, block, filled):
     mask[0, :min(3, filled - 1)] = False
     mask[1, 1:min(4, filled - 1)] = False
     mask[:, filled:] = False
-    out = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=block)
-    assert out.shape == (B, K, G, Dh) and out.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(out), reference(q, k, v, mask), rtol=2e-5, atol=2e-6)
-    bf = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
-    out16 = decode_attention(*bf, jnp.asarray(mask), filled, block=block)
-    assert out16.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(out16, np.float32), reference(*bf, mask), atol=3e-2)
+    for splits in (1, 3):  # one program per (row, KV head), or three over thirds of the cache, combined
+        out = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=block, splits=splits)
+        assert out.shape == (B, K, G, Dh) and out.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(out), reference(q, k, v, mask), rtol=2e-5, atol=2e-6)
+        bf = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
+        out16 = decode_attention(*bf, jnp.asarray(mask), filled, block=block, splits=splits)
+        assert out16.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(out16, np.float32), reference(*bf, mask), atol=3e-2)
 
 
 def test_kernel_reads_no_masked_slot_and_zeroes_a_row_with_nothing_to_attend():
@@ -65,17 +68,19 @@ def test_kernel_reads_no_masked_slot_and_zeroes_a_row_with_nothing_to_attend():
     mask[0, :filled] = True
     mask[0, 5:9] = False  # a hole (a shared prefix's layout)
     mask[2, 40:filled] = True  # left padding over the first two blocks of 16
-    clean = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16)
+    run = lambda splits: np.asarray(decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16,  # noqa: E731
+                                                     splits=splits))
+    clean = {sp: run(sp) for sp in (1, 2)}
     want = reference(q, k, v, mask)
     for x in (k, v):
         x[:, :, filled:] = np.nan
         x[0, :, 5:9] = np.nan
         x[2, :, :40] = np.nan
-    dirty = decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=16)
-    np.testing.assert_array_equal(np.asarray(clean), np.asarray(dirty))
-    np.testing.assert_allclose(np.asarray(clean)[[0, 2]], want[[0, 2]], rtol=2e-5, atol=2e-6)
     assert np.isnan(reference(q, k, v, mask)[[0, 2]]).all()  # the control: the einsum path reads those slots
-    np.testing.assert_array_equal(np.asarray(clean[1]), 0.0)
+    for sp in (1, 2):
+        np.testing.assert_array_equal(clean[sp], run(sp))
+        np.testing.assert_allclose(clean[sp][[0, 2]], want[[0, 2]], rtol=2e-5, atol=2e-6)
+        np.testing.assert_array_equal(clean[sp][1], 0.0)
     with pytest.raises(ValueError, match="power of two"):
         decode_attention(*map(jnp.asarray, (q, k, v, mask)), filled, block=24)
 
@@ -87,13 +92,18 @@ def _gen_case():
     return cfg, params, prompts, np.array([11, 4, 7, 11], np.int32)
 
 
-@pytest.mark.parametrize("block, k, prefix, temperature, compaction, group", [
-    (0, 1, 0, 0.0, 0, 1), (4, 1, 2, 1.0, 0, 1), (3, 2, 0, 0.0, 1, 1), (3, 1, 2, 0.0, 1, 1), (4, 1, 0, 1.0, 0, 2)])
-def test_generation_with_the_kernel_decodes_the_same_tokens(block, k, prefix, temperature, compaction, group):
+@pytest.mark.parametrize("block, k, prefix, temperature, compaction, group, splits", [
+    (0, 1, 0, 0.0, 0, 1, None), (4, 1, 2, 1.0, 0, 1, 2), (3, 2, 0, 0.0, 1, 1, None), (3, 1, 2, 0.0, 1, 1, 2),
+    (4, 1, 0, 1.0, 0, 2, None)])
+def test_generation_with_the_kernel_decodes_the_same_tokens(block, k, prefix, temperature, compaction, group, splits,
+                                                            monkeypatch):
     """``decode_attention="pallas"`` against the default "xla": the same tokens and lengths, log-probs to
     float rounding — greedy and sampled, rows stopping at EOS and at their own budgets, with a shared
     prefix (a hole in the mask), caches grown in blocks, several steps per loop iteration, EOS compaction,
-    GRPO's groups (each prompt prefilled once, its cache repeated for the group's rows)."""
+    GRPO's groups (each prompt prefilled once, its cache repeated for the group's rows); and with the
+    cache split over two programs per (row, KV head), what a small batch gets on a GPU (``auto_splits``)."""
+    if splits:
+        monkeypatch.setattr(decode_attention_module, "auto_splits", lambda *a: splits)
     cfg, params, prompts, budgets = _gen_case()
     if group > 1:
         prompts = [p for p in prompts[:2] for _ in range(group)]
@@ -128,23 +138,40 @@ def test_es_members_with_the_kernel_decode_the_same_tokens(noise):
         np.testing.assert_array_equal(np.asarray(got.tokens)[:4], np.asarray(outs[0].tokens))
 
 
-def test_the_decode_program_lowers_for_cuda_with_one_triton_kernel_per_layer():
+def test_the_decode_program_lowers_for_cuda_with_one_triton_kernel_per_layer(monkeypatch):
     """The generation program lowered for CUDA (on this CPU): with the kernel, one Triton custom call per
     layer in each decode loop body and the decode step's score dots gone (the prefill keeps its einsums);
-    the "xla" program has no Triton call. bfloat16, as on a GPU."""
+    the "xla" program has no Triton call; with the cache split (a small batch on a GPU) still one kernel per
+    layer, its partial results combined by XLA. bfloat16, as on a GPU."""
     cfg = model_config("tiny-random-qwen2").replace(compute_dtype="bfloat16", eos_token_ids=())
     params = init_params(cfg, jax.random.key(0))
     toks, mask = pad_prompts([[3, 4, 5], [6, 7]], 0, 8)
 
-    def lowered(c):
-        gen = make_generate(c, 6, cache_block=4, logprobs=False)  # two segments: two decode loop bodies
+    def lowered(c, new=6):
+        gen = make_generate(c, new, cache_block=4, logprobs=False)  # two segments: two decode loop bodies
         return gen.trace(params, toks, mask, jax.random.key(0)).lower(lowering_platforms=("cuda",)).as_text()
 
     fused, plain = lowered(cfg.replace(decode_attention="pallas")), lowered(cfg)
+    assert "esjax_decode_attention" in fused
     assert plain.count(TRITON) == 0
     assert fused.count(TRITON) == 2 * cfg.num_layers
     dots = lambda t: len(re.findall(r"stablehlo\.dot_general", t))  # noqa: E731
     assert dots(plain) - dots(fused) == 2 * 2 * cfg.num_layers  # QKᵀ and PV per layer and loop body
+    monkeypatch.setattr(decode_attention_module, "auto_splits", lambda *a: 2)
+    split = lowered(cfg.replace(decode_attention="pallas"), 7)  # another program: jit's caches hold the first
+    assert split.count(TRITON) == 2 * cfg.num_layers and "tensor<2x2x1x2x16xf32>" in split  # (B, K, splits, G, Dh)
+    assert "tensor<2x2x1x2x16xf32>" not in fused  # unsplit: no partial results
+
+
+def test_auto_splits_fills_the_device_only_for_small_batches():
+    """Programs per (row, KV head): one when rows × KV heads fill the device's 132 multiprocessors (an H100's,
+    the default where the device does not say), else ⌈2·132 / programs⌉, at most one per two cache blocks."""
+    assert auto_splits(128, 2, 1088) == 1 and auto_splits(66, 2, 1088) == 1
+    assert auto_splits(64, 2, 1088) == 3 and auto_splits(8, 2, 1088) == 8 and auto_splits(8, 2, 4096) == 17
+    assert auto_splits(8, 2, 192) == 1  # three blocks: nothing to split
+    with pytest.raises(ValueError, match="splits must be >= 1"):
+        decode_attention(jnp.zeros((1, 1, 1, 16)), jnp.zeros((1, 1, 16, 16)), jnp.zeros((1, 1, 16, 16)),
+                         jnp.ones((1, 16), bool), 16, splits=0)
 
 
 def test_decode_attention_is_a_checked_setting_of_the_model_and_the_run():

@@ -51,9 +51,13 @@ def check_head_dim(head_dim: int) -> None:
                          "use decode_attention='xla'")
 
 
-def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, scale: float, heads: int):
-    """One (row, KV head): q_ref / o_ref (G', Dh) blocks of the (G, Dh) query heads (rows past ``heads`` = G
-    are masked: read as zeros, never written), k_ref / v_ref (S, Dh), mask_ref (S,) int32, filled_ref ()."""
+def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *stat_refs, block: int, scale: float, heads: int,
+            per: int):
+    """One (row, KV head[, split]): q_ref / o_ref (G', Dh) blocks of the (G, Dh) query heads (rows past
+    ``heads`` = G are masked: read as zeros, never written), k_ref / v_ref (S, Dh), mask_ref (S,) int32,
+    filled_ref (). Unsplit (``per`` = 0): blocks [0, ⌈filled / block⌉), o_ref gets the attention output.
+    Split: program j of the grid's third axis walks blocks [j·per, (j + 1)·per) ∩ [0, ⌈filled / block⌉)
+    and writes its float32 o (unnormalised), m and l (``stat_refs``: (G',) blocks) for :func:`_combine`."""
     gp, dh = q_ref.shape
     real = (jnp.arange(gp) < heads)[:, None]
     q = plgpu.load(q_ref.at[pl.ds(0, gp), :], mask=real, other=0.0)
@@ -82,16 +86,45 @@ def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *, block: int, sca
         return o, m_new, l
 
     n = pl.cdiv(filled_ref[()], block)
+    lo, hi = (0, n) if not per else (pl.program_id(2) * per, jnp.minimum(pl.program_id(2) * per + per, n))
     init = (jnp.zeros((gp, dh), jnp.float32), jnp.full((gp,), neg, jnp.float32), jnp.zeros((gp,), jnp.float32))
-    o, _, l = jax.lax.fori_loop(0, n, body, init)
+    o, m, l = jax.lax.fori_loop(lo, hi, body, init)
+    if per:
+        m_ref, l_ref = stat_refs
+        plgpu.store(o_ref.at[pl.ds(0, gp), :], o, mask=real)
+        plgpu.store(m_ref.at[pl.ds(0, gp)], m, mask=real[:, 0])
+        plgpu.store(l_ref.at[pl.ds(0, gp)], l, mask=real[:, 0])
+        return
     o = o / jnp.where(l > 0, l, 1.0)[:, None]
     plgpu.store(o_ref.at[pl.ds(0, gp), :], o.astype(o_ref.dtype), mask=real)
 
 
-def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool | None = None,
-                     num_warps: int = 4, num_stages: int = 2):
+def _combine(o, m, l, dtype):
+    """The splits' partial results → attention output (FlashDecoding's last step). o (B, K, n, G, Dh)
+    unnormalised, m, l (B, K, n, G): with c_j = exp(m_j − max_j m_j), out = Σ_j c_j o_j / Σ_j c_j l_j
+    (0 for a row with no unmasked slot)."""
+    c = jnp.exp(m - m.max(axis=2, keepdims=True))
+    total = (c * l).sum(axis=2)
+    out = (c[..., None] * o).sum(axis=2) / jnp.where(total > 0, total, 1.0)[..., None]
+    return out.astype(dtype)
+
+
+def auto_splits(rows: int, kv_heads: int, slots: int, block: int = BLOCK) -> int:
+    """Splits of the cache for a batch too small to fill the device: (row, KV head) programs fewer than its
+    streaming multiprocessors (``core_count``; an H100's 132 where the device does not say) → ⌈2·SMs /
+    programs⌉ splits, at most one per two blocks of the cache; else 1 (no split, no combine step)."""
+    sms = getattr(jax.devices()[0], "core_count", None) or 132
+    programs = rows * kv_heads
+    if programs >= sms:
+        return 1
+    return max(1, min(-(-2 * sms // programs), -(-slots // block) // 2))
+
+
+def decode_attention(q, k, v, mask, filled, block: int = BLOCK, splits: int | None = None,
+                     interpret: bool | None = None, num_warps: int = 4, num_stages: int = 2):
     """Fused decode attention (module docstring). q (B, K, G, Dh); k, v (B, K, S, Dh); mask (B, S) bool;
-    filled () or (B,) int32 → (B, K, G, Dh).
+    filled () or (B,) int32 → (B, K, G, Dh). ``splits`` (static): programs per (row, KV head), each over
+    its share of the cache, combined by :func:`_combine` (FlashDecoding); None: :func:`auto_splits`.
 
     Which code runs is decided when the program is lowered, for the platform it is lowered for
     (``jax.lax.platform_dependent``): the Triton kernel for CUDA, the same kernel in Pallas' interpret mode
@@ -104,8 +137,11 @@ def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool 
     check_head_dim(Dh)
     if not q.dtype == k.dtype == v.dtype:  # a Triton dot needs one element type on both sides
         raise ValueError(f"decode attention needs q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    splits = auto_splits(B, K, k.shape[2], block) if splits is None else splits
+    if splits < 1:
+        raise ValueError(f"decode attention splits must be >= 1, got {splits}")
     filled = jnp.broadcast_to(jnp.asarray(filled, jnp.int32), (B,))
-    kernel = functools.partial(_fused, block=block, num_warps=num_warps, num_stages=num_stages)
+    kernel = functools.partial(_fused, block=block, splits=splits, num_warps=num_warps, num_stages=num_stages)
     if interpret is not None:
         return kernel(q, k, v, mask, filled, interpret=interpret)
 
@@ -117,24 +153,39 @@ def decode_attention(q, k, v, mask, filled, block: int = BLOCK, interpret: bool 
                                       cpu=functools.partial(kernel, interpret=True), default=einsums)
 
 
-def _fused(q, k, v, mask, filled, *, block: int, num_warps: int, num_stages: int, interpret: bool):
-    """The kernel over a grid of (row, KV head): the G query heads' block is G' = G rounded up to a power of
-    two ≥ 16 rows (Triton's smallest dot), the rows past G masked in the kernel, so q and the output are read
-    and written in place, with no padded copy and no slice per layer."""
+def _fused(q, k, v, mask, filled, *, block: int, splits: int, num_warps: int, num_stages: int, interpret: bool):
+    """The kernel over a grid of (row, KV head[, split]): the G query heads' block is G' = G rounded up to a
+    power of two ≥ 16 rows (Triton's smallest dot), the rows past G masked in the kernel, so q and the output
+    are read and written in place, with no padded copy and no slice per layer."""
     B, K, G, Dh = q.shape
     S = k.shape[2]
     gp = max(MIN_TILE, 1 << (G - 1).bit_length())
-    return pl.pallas_call(
-        functools.partial(_kernel, block=block, scale=float(1.0 / np.sqrt(Dh)), heads=G),
-        grid=(B, K),
-        in_specs=[pl.BlockSpec((None, None, gp, Dh), lambda b, h: (b, h, 0, 0)),
-                  pl.BlockSpec((None, None, S, Dh), lambda b, h: (b, h, 0, 0)),
-                  pl.BlockSpec((None, None, S, Dh), lambda b, h: (b, h, 0, 0)),
-                  pl.BlockSpec((None, S), lambda b, h: (b, 0)),
-                  pl.BlockSpec((None,), lambda b, h: (b,))],
-        out_specs=pl.BlockSpec((None, None, gp, Dh), lambda b, h: (b, h, 0, 0)),
-        out_shape=jax.ShapeDtypeStruct((B, K, G, Dh), q.dtype),
+    per = -(-(-(-S // block)) // splits) if splits > 1 else 0  # blocks per split
+    n = -(-(-(-S // block)) // per) if per else 1  # splits that hold a block
+    idx = (lambda b, h, j: (b, h, 0, 0)) if per else (lambda b, h: (b, h, 0, 0))
+    row = (lambda b, h, j: (b, 0)) if per else (lambda b, h: (b, 0))
+    one = (lambda b, h, j: (b,)) if per else (lambda b, h: (b,))
+    if per:
+        out_specs = [pl.BlockSpec((None, None, None, gp, Dh), lambda b, h, j: (b, h, j, 0, 0)),
+                     pl.BlockSpec((None, None, None, gp), lambda b, h, j: (b, h, j, 0)),
+                     pl.BlockSpec((None, None, None, gp), lambda b, h, j: (b, h, j, 0))]
+        out_shape = [jax.ShapeDtypeStruct((B, K, n, G, Dh), jnp.float32),
+                     jax.ShapeDtypeStruct((B, K, n, G), jnp.float32), jax.ShapeDtypeStruct((B, K, n, G), jnp.float32)]
+    else:
+        out_specs = pl.BlockSpec((None, None, gp, Dh), idx)
+        out_shape = jax.ShapeDtypeStruct((B, K, G, Dh), q.dtype)
+    out = pl.pallas_call(
+        functools.partial(_kernel, block=block, scale=float(1.0 / np.sqrt(Dh)), heads=G, per=per),
+        grid=(B, K, n) if per else (B, K),
+        in_specs=[pl.BlockSpec((None, None, gp, Dh), idx),
+                  pl.BlockSpec((None, None, S, Dh), idx),
+                  pl.BlockSpec((None, None, S, Dh), idx),
+                  pl.BlockSpec((None, S), row),
+                  pl.BlockSpec((None,), one)],
+        out_specs=out_specs,
+        out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
         interpret=interpret,
         name="esjax_decode_attention",
     )(q, k, v, mask.astype(jnp.int32), filled)
+    return _combine(*out, q.dtype) if per else out
