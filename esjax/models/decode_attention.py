@@ -15,6 +15,9 @@ tile), and it walks the cache in blocks of ``block`` slots up to ``filled`` only
     s = q kᵀ / √Dh (masked);  m' = max(m, max s);  p = exp(s − m') (0 where masked)
     l' = e^{m − m'} l + Σ p;  o' = e^{m − m'} o + p v;   out = o / l
 
+A batch too small to fill a GPU (rows × KV heads below its multiprocessors) splits each row's cache
+over several programs, whose partial (o, m, l) XLA combines (FlashDecoding; :func:`auto_splits`).
+
 Shapes: q (B, K, G, Dh); k, v the layer's cache (B, K, S, Dh) (:class:`esjax.models.decoder.KVCache`'s
 layout, read in place); mask (B, S) bool (a slot that is valid and at or before the query's position);
 filled () int32 (slots [filled, S) are never read: every one of them is masked). Returns (B, K, G, Dh)
@@ -47,8 +50,8 @@ MIN_TILE = 16  # the smallest M of a Triton dot
 def check_head_dim(head_dim: int) -> None:
     """The kernel's tiles are (·, head_dim): a power of two ≥ 16 (Triton's dot and load shapes)."""
     if head_dim & (head_dim - 1) or head_dim < MIN_TILE:
-        raise ValueError(f"decode_attention='pallas' (ModelConfig, --set decode_attention) needs a power-of-two head_dim >= {MIN_TILE}, got {head_dim}; "
-                         "use decode_attention='xla'")
+        raise ValueError(f"decode_attention='pallas' (ModelConfig, --set decode_attention) needs a power-of-two "
+                         f"head_dim >= {MIN_TILE}, got {head_dim}; use decode_attention='xla'")
 
 
 def _kernel(q_ref, k_ref, v_ref, mask_ref, filled_ref, o_ref, *stat_refs, block: int, scale: float, heads: int,
