@@ -3,6 +3,7 @@ same function as the einsum attention at T = 1 (run here in Pallas' interpret mo
 generations and ES members, a cache read only up to its filled slots, and a decode program that lowers
 for CUDA with one Triton kernel per layer (lowered on this CPU: Pallas' Triton lowering runs at lowering
 time, so a kernel that cannot lower fails here, not on the first GPU)."""
+import json
 import re
 
 import jax
@@ -203,3 +204,29 @@ def test_the_learner_differentiates_cached_forwards_through_the_einsums():
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(grads[0]))
+
+
+@pytest.mark.parametrize("method", ["es", "grpo"])
+def test_a_run_with_the_kernel_learns_what_the_einsum_run_learns(tmp_path, method):
+    """``--set decode_attention=pallas`` reaches every generation of a run (members or rollouts, and the
+    evaluations): one iteration of the tiny preset ends at the parameters of the "xla" run, bit for bit,
+    with the same metrics (rewards, accuracies)."""
+    from esjax import runs
+    from esjax.config import build_config
+    from esjax.models.registry import load_model
+
+    model = load_model("tiny-random-llama")
+    out = {}
+    for impl in ("xla", "pallas"):
+        cfg = build_config("tiny", [f"decode_attention={impl}", "es_iterations=1", "grpo_steps=1", "eval_size=4"])
+        summary, state = runs.run_method(cfg, method, str(tmp_path / impl), model, progress=False, log=lambda s: None,
+                                         return_state=True)
+        out[impl] = summary, state.params
+    for a, b in zip(jax.tree.leaves(out["xla"][1]), jax.tree.leaves(out["pallas"][1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    same = ("before", "after", "tokens", "update_norm")  # evaluations before and after, the decoded tokens
+    assert {k: out["xla"][0][k] for k in same} == {k: out["pallas"][0][k] for k in same}
+    rows = {impl: [json.loads(line) for line in open(tmp_path / impl / method / "metrics.jsonl")] for impl in out}
+    scored = [k for k in rows["xla"][0] if any(w in k for w in ("reward", "fitness", "accuracy", "length"))]
+    assert scored and [{k: r.get(k) for k in scored} for r in rows["xla"]] == \
+        [{k: r.get(k) for k in scored} for r in rows["pallas"]]
