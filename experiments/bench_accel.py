@@ -428,11 +428,12 @@ class Bench:
             hit = [(p, v) for p in (per, 16) for k, v in self.results.items()
                    if k.startswith(f"ES {noise} N={a.members} x {p} prompts x {a.es_new} new")][:1]
             dense = get_scheme(noise).dense
+            # members per chunk of the 1,024-token iteration as esjax would run it
+            chunk = auto_chunk_size(self.mcfg, ESConfig(population_size=n, noise=noise, rank=1), per, a.prompt_len, new)
             if a.paper2_direct:
                 tps, _, chunk = self.population(noise, n, per, new)
                 seconds, how = n * per * new / tps, "measured"
             elif a.paper2_chunk:  # one of the iteration's equal chunks, measured, times their number
-                chunk = auto_chunk_size(self.mcfg, ESConfig(population_size=n, noise=noise, rank=1), per, a.prompt_len, new)
                 k, size = balanced_chunks(n, chunk)
                 tps, first, _ = self.population(noise, size, per, new)
                 seconds = k * size * per * new / tps
@@ -440,7 +441,6 @@ class Bench:
                        f"x {k} chunks; attention {self.mcfg.decode_attention}")
             elif hit:
                 measured, res = hit[0]
-                chunk = auto_chunk_size(self.mcfg, ESConfig(population_size=n, noise=noise, rank=1), per, a.prompt_len, new)
                 seconds = a.members * measured * a.es_new / res["tokens_per_s"]  # the measured call's seconds
                 how = f"the {measured}-prompt rate at {a.es_new} tokens, not scaled: no peak figures"
             else:

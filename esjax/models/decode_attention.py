@@ -120,7 +120,7 @@ def auto_splits(rows: int, kv_heads: int, slots: int, block: int = BLOCK) -> int
     programs = rows * kv_heads
     if programs >= sms:
         return 1
-    return max(1, min(-(-2 * sms // programs), -(-slots // block) // 2))
+    return max(1, min(-(-2 * sms // programs), pl.cdiv(slots, block) // 2))
 
 
 def decode_attention(q, k, v, mask, filled, block: int = BLOCK, splits: int | None = None,
@@ -163,8 +163,9 @@ def _fused(q, k, v, mask, filled, *, block: int, splits: int, num_warps: int, nu
     B, K, G, Dh = q.shape
     S = k.shape[2]
     gp = max(MIN_TILE, 1 << (G - 1).bit_length())
-    per = -(-(-(-S // block)) // splits) if splits > 1 else 0  # blocks per split
-    n = -(-(-(-S // block)) // per) if per else 1  # splits that hold a block
+    blocks = pl.cdiv(S, block)
+    per = pl.cdiv(blocks, splits) if splits > 1 else 0  # blocks per split
+    n = pl.cdiv(blocks, per) if per else 1  # splits that hold a block
     idx = (lambda b, h, j: (b, h, 0, 0)) if per else (lambda b, h: (b, h, 0, 0))
     row = (lambda b, h, j: (b, 0)) if per else (lambda b, h: (b, 0))
     one = (lambda b, h, j: (b,)) if per else (lambda b, h: (b,))
