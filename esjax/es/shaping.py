@@ -1,9 +1,14 @@
 """Fitness shaping: raw fitness (higher is better) → per-member weights z_n. Registry by name.
 
 * ``zscore``:  z = (f − mean f) / (std f + 1e-8), std with ddof 0, so Σ z² = N whenever std > 0
-               (Qiu et al. 2025, both seed papers).
-* ``centered_rank``: ranks mapped linearly to [−0.5, 0.5] (evosax / OpenAI-ES), ties averaged.
-* ``raw``:     z = f − mean f.
+               (Qiu et al. 2025, both seed papers); exactly 0 when every member scores the same.
+* ``centered_rank``: ranks mapped linearly to [−0.5, 0.5] (evosax / OpenAI-ES), ties averaged; exactly 0
+               when every member scores the same (compiled, 14.5 / 29 − 0.5 left 1e-8).
+* ``raw``:     z = f − mean f; exactly 0 when every member scores the same.
+
+Tied fitness is tested for explicitly (max f = min f): a float32 mean of N equal values is not always that
+value (0.375 × 30 members: off by one rounding step), and the residue divided by std + 1e-8 ≈ 1e-8 gave
+every member the same z of order 1, so a population with nothing to learn took a full-size random step.
 """
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ import jax.numpy as jnp
 EPS = 1e-8
 
 
+def _tied(f):
+    return f.max() == f.min()
+
+
 def zscore(f):
     f = jnp.asarray(f, jnp.float32)
-    return (f - f.mean()) / (f.std() + EPS)
+    return jnp.where(_tied(f), 0.0, (f - f.mean()) / (f.std() + EPS))
 
 
 def centered_rank(f):
@@ -23,12 +32,12 @@ def centered_rank(f):
     less = (f[None, :] < f[:, None]).sum(1)
     equal = (f[None, :] == f[:, None]).sum(1)
     ranks = less + (equal - 1) / 2.0  # average rank of ties, 0-based
-    return ranks / jnp.maximum(n - 1, 1) - 0.5
+    return jnp.where(_tied(f), 0.0, ranks / jnp.maximum(n - 1, 1) - 0.5)
 
 
 def raw(f):
     f = jnp.asarray(f, jnp.float32)
-    return f - f.mean()
+    return jnp.where(_tied(f), 0.0, f - f.mean())
 
 
 SHAPING = {"zscore": zscore, "centered_rank": centered_rank, "raw": raw}
