@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from esjax.es.step import ESConfig
 from esjax.grpo.step import GRPOConfig
-from esjax.models.config import DECODE_ATTENTION, ModelConfig
+from esjax.models.config import DECODE_ATTENTION, REMAT, ModelConfig
 from esjax.presets import load_presets
 
 
@@ -61,6 +61,7 @@ class RunConfig:
     decode_cache_block: int = ModelConfig.decode_cache_block
     decode_compaction: int = ModelConfig.decode_compaction
     decode_attention: str = ModelConfig.decode_attention  # "xla" | "pallas" (the fused GPU kernel; same function)
+    remat: str = ModelConfig.remat  # the GRPO learner's activation memory: "none" | "dots" | "full" (same gradients)
     es: ESConfig = dataclasses.field(default_factory=ESConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
 
@@ -86,6 +87,8 @@ class RunConfig:
             raise ValueError(f"GRPOConfig.track_kl must be true or false, got {self.grpo.track_kl!r}")
         if self.decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"RunConfig.decode_attention must be one of {DECODE_ATTENTION}, got {self.decode_attention!r}")
+        if self.remat not in REMAT:
+            raise ValueError(f"RunConfig.remat must be one of {REMAT}, got {self.remat!r}")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"RunConfig.compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
         if self.es_batch > self.train_pool or self.grpo.prompts_per_step > self.train_pool:
@@ -99,7 +102,7 @@ class RunConfig:
         """The :class:`~esjax.models.config.ModelConfig` fields a run sets: how its model computes and decodes."""
         return {"compute_dtype": self.compute_dtype, "decode_steps_per_loop": self.decode_steps_per_loop,
                 "decode_cache_block": self.decode_cache_block, "decode_compaction": self.decode_compaction,
-                "decode_attention": self.decode_attention}
+                "decode_attention": self.decode_attention, "remat": self.remat}
 
     def model_spec(self) -> str:
         """``model`` with a relative ``hf:``/``gguf:`` path resolved against ``model_root``."""

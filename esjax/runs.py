@@ -62,7 +62,7 @@ from esjax.tensorboard import EventWriter
 METHODS = ("es", "grpo")
 TIMING_KEYS = ("time_generate", "time_reward", "time_update", "tokens_per_s", "wall_time")
 RESUMABLE_KEYS = ("es_iterations", "grpo_steps", "checkpoint_every", "eval_every", "logger", "decode_steps_per_loop",
-                  "decode_cache_block", "decode_compaction", "decode_attention")
+                  "decode_cache_block", "decode_compaction", "decode_attention", "remat")
 OTHER_METHOD_KEYS = {"es": ("grpo", "grpo_steps"), "grpo": ("es", "es_batch", "es_iterations")}
 FINITE_KEYS = ("update_norm", "update_norm_from_base", "loss", "grad_norm")  # a non-finite one stops the run
 

@@ -206,7 +206,8 @@ def grpo_learner_flops(mcfg, rows: int, prompt_len: int, new: int) -> float:
 class Bench:
     def __init__(self, args):
         self.args, self.t_start, self.rows, self.results = args, time.perf_counter(), [], {}
-        self.mcfg = shape_config(args.shapes, args.compute_dtype).replace(decode_attention=args.decode_attention)
+        self.mcfg = shape_config(args.shapes, args.compute_dtype).replace(decode_attention=args.decode_attention,
+                                                                            remat=args.remat)
         self.kind, self.peaks = device_peaks()
         key = jax.random.key(0)
         self.master = init_params(self.mcfg.replace(param_dtype="float32"), key)  # fp32 master weights
@@ -393,7 +394,8 @@ class Bench:
             first, t = first_and_best(lambda: step(state, batch)[0].params)
             del state, batch
             mfu = grpo_learner_flops(m, B, P, M) / t / self.peaks[0] if self.peaks else None
-            self.add(f"GRPO learner {B} seqs x {P + M} tokens, micro-batch {micro}",
+            remat = "" if m.remat == "none" else f", remat {m.remat}"  # model FLOPs: the recompute is not counted
+            self.add(f"GRPO learner {B} seqs x {P + M} tokens, micro-batch {micro}{remat}",
                      f"{t:.2f} s (first call {first:.0f} s)", "bf16 peak" if self.peaks else "no peak figures",
                      mfu, ">= 0.50x of peak", mfu=mfu)
 
@@ -504,6 +506,8 @@ def parse(argv=None):
     p.add_argument("--paper2-noise", default="lowrank,full", help="noise schemes of the paper2 section")
     p.add_argument("--decode-attention", default="xla", choices=("xla", "pallas"),
                    help="every section's decode attention (the attention section measures both)")
+    p.add_argument("--remat", default="none", choices=("none", "dots", "full"),
+                   help="the grpo section's learner: what each block keeps for the backward pass (ModelConfig.remat)")
     p.add_argument("--n1024-prompts", type=int, default=1, help="prompts per member of the n1024 section")
     p.add_argument("--noise", default="lowrank,full", help="noise schemes of the es16/es200 sections")
     p.add_argument("--steps-per-loop", type=int, default=4, help="the loop section's tokens per loop iteration")

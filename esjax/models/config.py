@@ -18,6 +18,7 @@ import jax.numpy as jnp
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DECODE_ATTENTION = ("xla", "pallas")  # implementations of a decode step's attention (ModelConfig.decode_attention)
+REMAT = ("none", "dots", "full")  # what a differentiated forward keeps per block for its backward (ModelConfig.remat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,11 @@ class ModelConfig:
     # the decode step's attention: "xla" (einsums, every backend) or "pallas" (one fused kernel per layer
     # that reads only the filled cache slots: esjax.models.decode_attention; GPU, interpret mode on CPU)
     decode_attention: str = "xla"
+    # what a differentiated forward (the GRPO learner's) keeps per transformer block for the backward pass
+    # (esjax.models.decoder.REMAT_POLICIES): "none" every activation; "dots" the outputs of the weight
+    # matmuls only (the rest recomputed: no extra GEMM); "full" the block's input only (its forward runs
+    # again in the backward: +1 forward of FLOPs). The same gradients; memory for longer / larger micro-batches
+    remat: str = "none"
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -76,6 +82,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be an integer >= {least}, got {v!r}")
         if self.decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"ModelConfig.decode_attention={self.decode_attention!r}; choose one of {DECODE_ATTENTION}")
+        if self.remat not in REMAT:
+            raise ValueError(f"ModelConfig.remat={self.remat!r}; choose one of {REMAT}")
         if self.decode_attention == "pallas":  # the kernel's tiles; Pallas is imported only when chosen
             from esjax.models.decode_attention import check_head_dim
             check_head_dim(self.head_dim)

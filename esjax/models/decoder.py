@@ -267,6 +267,28 @@ def _block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None, d
     return x, (k, v)
 
 
+# ModelConfig.remat → the jax.checkpoint policy of each block in a differentiated forward (None: no checkpoint;
+# nothing_saveable: only the block's inputs are kept and its forward runs again in the backward pass)
+REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+                  "full": jax.checkpoint_policies.nothing_saveable}
+
+
+def _run_block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=None, decode: bool = False):
+    """:func:`_block`, under ``jax.checkpoint`` with ``cfg.remat``'s policy (:data:`REMAT_POLICIES`) unless
+    "none" or a decode step. Without differentiation it computes what ``_block`` computes; differentiated,
+    the backward pass keeps what the policy saves of the block and recomputes the rest from its inputs:
+    the same gradients for less memory (per token and layer, Qwen2.5-1.5B in bf16: ≈ 3 KB of inputs for
+    "full" against ≈ 150 KB of activations for "none")."""
+    policy = REMAT_POLICIES[cfg.remat]
+    if policy is None or decode:
+        return _block(cfg, inv_freq, x, positions, lp, ld, mask, cache, decode)
+    if cache is None:
+        return jax.checkpoint(lambda *a: _block(cfg, inv_freq, *a), policy=policy)(x, positions, lp, ld, mask)
+    k_c, v_c, at, fresh = cache  # ``fresh`` is static: closed over
+    return jax.checkpoint(lambda x, p, lp, ld, m, k_c, v_c, at: _block(cfg, inv_freq, x, p, lp, ld, m, (k_c, v_c, at, fresh)),
+                          policy=policy)(x, positions, lp, ld, mask, k_c, v_c, at)
+
+
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             cache: Optional[KVCache] = None, delta: Optional[dict] = None, fresh_cache: bool = False,
             last_only: bool = False, logits_from: int = 0, decode: bool = False):
@@ -293,7 +315,7 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
     layer_deltas = delta.get("layers") or [{}] * cfg.num_layers
     if cache is None:
         for lp, ld in zip(params["layers"], layer_deltas):
-            x, _ = _block(cfg, inv_freq, x, positions, lp, ld, mask)
+            x, _ = _run_block(cfg, inv_freq, x, positions, lp, ld, mask)
     else:
         at = cache.length
         valid = jax.lax.dynamic_update_slice(cache.valid, token_mask, (0, at))
@@ -302,7 +324,7 @@ def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
             mask = valid[:, None, :] & (slots[None, None, :] <= at + jnp.arange(T)[None, :, None])
         ks, vs = [], []
         for lp, ld, kc, vc in zip(params["layers"], layer_deltas, cache.k, cache.v):
-            x, (k, v) = _block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, at, fresh_cache), decode)
+            x, (k, v) = _run_block(cfg, inv_freq, x, positions, lp, ld, mask, (kc, vc, at, fresh_cache), decode)
             ks.append(k)
             vs.append(v)
         cache = KVCache(tuple(ks), tuple(vs), valid, at + T)
