@@ -18,14 +18,23 @@ import os
 from typing import Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from esjax.es.step import ESConfig, es_update, init_state
 
 
-def replay(base_params, cfg: ESConfig, rows: Sequence[dict], until: Optional[int] = None, where: str = "rows"):
+def replay(base_params, cfg: ESConfig, rows: Sequence[dict], until: Optional[int] = None, where: str = "rows",
+           anchor=None):
     """θ after the ES iterations logged in ``rows`` (metrics rows; iteration 0, the base evaluation, is
-    skipped), starting from ``base_params``; ``until``: stop after that iteration."""
+    skipped), starting from ``base_params``; ``until``: stop after that iteration.
+
+    Rows log the noise iteration each update drew (``es_noise_iteration``): a task of a sequence after the
+    first continues the previous task's ES state, so its iteration 1 draws noise iteration T₁ (the first
+    task's length), and its replay starts from the params the previous task ended at (``base_params``) at
+    that iteration. Such a replay needs ``optimizer="sgd"`` (Adam's moments carried from the earlier task
+    are not in the log) and, with anchored decay, ``anchor``: what the run decays toward, the model the
+    sequence started from (default ``base_params``). Rows without the field (older logs) start at 0."""
     rows = [r for r in rows if r.get("iteration", 0) > 0 and (until is None or r["iteration"] <= until)]
     its = [r["iteration"] for r in rows]
     if its != list(range(1, len(rows) + 1)):
@@ -36,9 +45,18 @@ def replay(base_params, cfg: ESConfig, rows: Sequence[dict], until: Optional[int
                          f"records replayable updates); they cannot be replayed")
     if not rows:
         return base_params
+    start = rows[0].get("es_noise_iteration", 0)
+    noise_its = [r.get("es_noise_iteration", start + i) for i, r in enumerate(rows)]
+    if noise_its != list(range(start, start + len(rows))):
+        raise ValueError(f"{where}: noise iterations must run on from {start} without gaps, got {noise_its[:20]}")
+    if start and cfg.optimizer != "sgd":
+        raise ValueError(f"{where}: the updates continue an ES state at noise iteration {start} (a later task of a "
+                         f"sequence); optimizer={cfg.optimizer!r} carried moments the log does not hold, so only "
+                         f"optimizer='sgd' replays from the task's starting params")
     key = jax.random.wrap_key_data(np.asarray(rows[0]["es_key"], np.uint32))
     state = init_state(base_params, key, cfg)
-    anchor = state.params if cfg.awd_lambda else None
+    state = state.replace(iteration=jnp.full_like(state.iteration, start))
+    anchor = (state.params if anchor is None else init_state(anchor, key, cfg).params) if cfg.awd_lambda else None
     for r in rows:
         if r["es_key"] != rows[0]["es_key"]:
             raise ValueError(f"{where}: iteration {r['iteration']} logs another noise key than iteration 1")
@@ -59,9 +77,9 @@ def es_config_of_run(run_dir: str) -> ESConfig:
     return ESConfig(**es)
 
 
-def replay_run(run_dir: str, base_params, until: Optional[int] = None):
+def replay_run(run_dir: str, base_params, until: Optional[int] = None, anchor=None):
     """:func:`replay` of the ES run folder ``run_dir`` (its ``config.json`` and ``metrics.jsonl``)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    return replay(base_params, es_config_of_run(run_dir), rows, until, where=path)
+    return replay(base_params, es_config_of_run(run_dir), rows, until, where=path, anchor=anchor)

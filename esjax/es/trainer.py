@@ -95,7 +95,9 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         t3 = time.perf_counter()
         metrics.update({k: float(v) for k, v in m.items()})
         # what rebuilds this update exactly from the previous params (es.replay): the base noise key and fitness
-        metrics.update(es_key=np.asarray(jax.random.key_data(state.key)).tolist(), es_fitness=np.asarray(fitness).tolist())
+        # and the noise iteration it drew (a sequence's later stages continue the previous stage's state)
+        metrics.update(es_key=np.asarray(jax.random.key_data(state.key)).tolist(), es_fitness=np.asarray(fitness).tolist(),
+                       es_noise_iteration=int(state.iteration) - 1)
         metrics.update(rollout_metrics(rewards, correct, gen.lengths, t0, t1, t2, t3),
                        fitness_std=float(fitness.std()), fitness_max=float(fitness.max()),
                        fitness_min=float(fitness.min()), zero_variance=float(fitness.std() == 0),
