@@ -25,8 +25,7 @@ touched, the folder's ``config.json`` is compared with the new resolved config: 
 eval cadences and the logger do not change what is learned; the decode loop's ``decode_*`` settings
 change how fast tokens are decoded, not which, up to float-rounding ties), and the other method's settings are ignored (``es.*``,
 ``es_batch``, ``es_iterations`` for GRPO; ``grpo.*``, ``grpo_steps`` for ES), as are GRPO's schedule length
-``grpo.total_steps`` and ``grpo.warmup_steps`` while both configs keep a constant learning rate (no schedule
-reads them), and ``grpo.track_kl`` while both have β = 0 (the KL is then logged, never learned from). Any other difference, or a
+``grpo.total_steps`` while both configs keep a constant learning rate (no schedule reads it), and ``grpo.track_kl`` while both have β = 0 (the KL is then logged, never learned from). Any other difference, or a
 checkpoint past the new iteration count, raises :class:`RunConfigMismatch` naming the keys (old -> new):
 use another ``--out`` folder or delete the old one. An iteration whose update, loss or params turn
 non-finite stops the run with :class:`RunFailed`; its checkpoints (all from earlier iterations) are kept.
@@ -125,7 +124,7 @@ def config_changes(old: dict, new: dict, method: str) -> list:
     unread = []
     if method == "grpo":
         if a.get("grpo.lr_schedule", "constant") == b.get("grpo.lr_schedule", "constant") == "constant":
-            unread += ["grpo.total_steps", "grpo.warmup_steps"]  # only a linear schedule reads them (make_optimizer)
+            unread += ["grpo.total_steps"]  # only a linear schedule reads it (make_optimizer); warmup both do
         if a.get("grpo.beta", 0.0) == b.get("grpo.beta", 0.0) == 0:
             unread += ["grpo.track_kl"]  # with no KL penalty the reference model is scored for the log only
     out = []

@@ -220,6 +220,30 @@ def test_bad_config_values_are_named():
         GRPOConfig(lr_schedule="linear", total_steps=5, warmup_steps=10)
 
 
+def test_a_warmup_ramps_a_constant_learning_rate_too_and_a_kl_penalty_needs_its_reference():
+    """``warmup_steps`` with the constant schedule: 0 → lr over the warmup, then lr (it used to be read by
+    the linear schedule only, and a constant run took full steps from the first update). β > 0 without a
+    reference model is an error (its KL term would silently be 0: the β = 0 update)."""
+    from esjax.grpo.step import make_optimizer
+    from esjax.grpo.trainer import make_grpo_iteration
+
+    p = {"w": jnp.ones(3)}
+    g = {"w": jnp.ones(3)}
+    for warmup, want in ((0, [1e-3, 1e-3, 1e-3]), (2, [0.0, 5e-4, 1e-3])):
+        tx = make_optimizer(GRPOConfig(learning_rate=1e-3, warmup_steps=warmup, max_grad_norm=1e9))
+        s, steps = tx.init(p), []
+        for _ in range(3):
+            u, s = tx.update(g, s, p)
+            steps.append(-float(u["w"][0]))
+        np.testing.assert_allclose(steps, want, rtol=1e-4, atol=1e-12)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, beta=0.5)
+    params = init_params(TINY, jax.random.key(0), 0.3)
+    with pytest.raises(ValueError, match=r"GRPOConfig.beta=0.5 penalises the KL to a reference model, but no ref_params"):
+        grpo_step(init_state(params, jax.random.key(0), cfg), _batch(), None, TINY, cfg)
+    with pytest.raises(ValueError, match=r"GRPOConfig.beta=0.5 .* but ref_params is None"):
+        make_grpo_iteration(TINY, None, None, cfg, 4)
+
+
 def test_no_reference_model_logs_no_kl_and_a_short_linear_schedule_is_announced(tmp_path):
     """Without a reference model the step reports no ``kl`` (not a 0 that reads as "no drift"); a run whose
     linear schedule ends before its last update says so before it starts."""

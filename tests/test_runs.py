@@ -360,14 +360,16 @@ def test_a_run_written_before_a_setting_existed_resumes_with_its_default(tmp_pat
 
 
 def test_grpo_settings_no_update_reads_may_change_on_resume():
-    """grpo.total_steps / warmup_steps are read by the linear schedule only: with a constant learning rate on
-    both sides a run may be extended (grpo_steps and total_steps raised together); with a linear one, or a
-    changed schedule, it is the learning-rate curve that changed, and resuming is refused. Likewise
-    grpo.track_kl while β = 0 on both sides."""
+    """grpo.total_steps is read by the linear schedule only: with a constant learning rate on both sides a
+    run may be extended (grpo_steps and total_steps raised together); with a linear one, or a changed
+    schedule, it is the learning-rate curve that changed, and resuming is refused. A warmup is read by both
+    schedules. Likewise grpo.track_kl while β = 0 on both sides."""
     from esjax.runs import config_changes
 
     old = tiny("grpo_steps=4", "grpo.total_steps=4").to_dict()
-    assert config_changes(old, tiny("grpo_steps=9", "grpo.total_steps=9", "grpo.warmup_steps=2").to_dict(), "grpo") == []
+    assert config_changes(old, tiny("grpo_steps=9", "grpo.total_steps=9").to_dict(), "grpo") == []
+    assert config_changes(old, tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.warmup_steps=2").to_dict(),
+                          "grpo") == ["grpo.warmup_steps: 0 -> 2"]
     lin = tiny("grpo_steps=4", "grpo.total_steps=4", "grpo.lr_schedule=linear").to_dict()
     assert config_changes(lin, tiny("grpo_steps=9", "grpo.total_steps=9", "grpo.lr_schedule=linear").to_dict(),
                           "grpo") == ["grpo.total_steps: 4 -> 9"]

@@ -145,6 +145,9 @@ def make_optimizer(cfg: GRPOConfig):
         if cfg.warmup_steps:
             lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), lr],
                                       [cfg.warmup_steps])
+    elif cfg.warmup_steps:  # constant after a linear warmup (the setting used to be read by "linear" only)
+        lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps),
+                                   optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
     else:
         lr = cfg.learning_rate
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm),
@@ -228,6 +231,9 @@ def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOCon
     per run. Pure: jit with static model_cfg, cfg, prefix_len and group. Memory is bounded by the
     micro-batch: the policy's forward and backward and the reference model's scoring (the KL term, tracked
     by default) each run one micro-batch at a time."""
+    if cfg.beta > 0 and ref_params is None:  # the KL penalty would silently be 0
+        raise ValueError(f"GRPOConfig.beta={cfg.beta} penalises the KL to a reference model, but no ref_params "
+                         f"were given (pass the reference, e.g. the base model, or set beta=0)")
     weights = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
     B = batch["tokens"].shape[0]
     mb = cfg.micro_batch_size or B

@@ -55,6 +55,9 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     the params and both moments at the update's peak (SmolLM2-135M fp32: 0.8 GB by XLA's memory
     analysis). Off by default, so that ``iterate`` stays a function a notebook can call twice on one state;
     :func:`esjax.runs.run_method`, which owns its state, turns it on."""
+    if cfg.beta > 0 and ref_params is None:
+        raise ValueError(f"GRPOConfig.beta={cfg.beta} penalises the KL to a reference model, but ref_params is None "
+                         f"(pass the reference, e.g. the base model's params, or set beta=0)")
     sampling = SamplingConfig(cfg.temperature, 0, cfg.top_p)
     step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg),
                    static_argnames=("prefix_len", "group"), donate_argnames=("state",) if donate_state else ())
