@@ -146,12 +146,15 @@ def test_the_learner_holds_one_micro_batch_of_logits_the_reference_scoring_and_o
                                whole(params, batch["tokens"], batch["attn_mask"]), rtol=1e-5, atol=1e-6)
 
 
-def test_scoring_only_the_completion_gives_the_same_update():
-    """A loss mask over the last L predictions skips the prompt's vocabulary projection, same step."""
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_scoring_only_the_completion_gives_the_same_update(aggregation):
+    """A loss mask over the last L predictions skips the prompt's vocabulary projection, same step, for
+    every loss aggregation (Dr. GRPO's normaliser is the completion budget, not the mask's width)."""
     params = init_params(TINY, jax.random.key(0), 0.3)
     full = _batch()
     short = dict(full, loss_mask=full["loss_mask"][:, 5:])  # the prompt ends at position 5
-    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2, beta=0.05, adam_eps=1.0,
+                     loss_aggregation=aggregation)
     step = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg))
     (a, ma), (b, mb) = (step(init_state(params, jax.random.key(0), cfg), x, params) for x in (full, short))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):

@@ -26,7 +26,7 @@ KL estimators with δ = logp_ref − logp:  k1 = −δ;  k3 = e^δ − δ − 1 
 
     seq_mean_token_mean  (paper 1, TRL "grpo"):  w = m / (n_b · B)
     token_mean           (DAPO, TRL "dapo"):     w = m / Σ m   (Σ over the whole optimizer (mini-)batch)
-    seq_mean_token_sum_norm (Dr. GRPO):          w = m / (B · L_max)
+    seq_mean_token_sum_norm (Dr. GRPO):          w = m / (B · L_max), L_max the completion budget (either layout)
 
 ``token_mean`` normalises by the tokens of the whole (mini-)batch however it is split into micro-batches
 for gradient accumulation: TRL's ``dapo`` (``num_items_in_batch``). TRL's ``bnpo`` averages each
@@ -88,7 +88,12 @@ def weights_token_mean(mask):
 
 
 def weights_seq_mean_token_sum_norm(mask):
-    return mask / (mask.shape[0] * mask.shape[1])
+    """Dr. GRPO: mask / (B · M), M the completion budget: the mask's columns after its leading all-zero ones,
+    which are prompt positions (a batch scoring every position, L = T − 1, has P − 1 of them; the
+    completion-only layout none, M = L). Dividing by the mask's whole width scaled the loss by M / (P + M − 1)
+    in the first layout, a factor that changed with each batch's padded prompt width."""
+    lead = jnp.argmax(mask.any(0))  # first column any row scores (0 when none does: the mask is all zero)
+    return mask / (mask.shape[0] * (mask.shape[1] - lead))
 
 
 LOSS_AGGREGATION = {"seq_mean_token_mean": weights_seq_mean_token_mean, "token_mean": weights_token_mean,
