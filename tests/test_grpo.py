@@ -243,7 +243,7 @@ def test_a_warmup_ramps_a_constant_learning_rate_too_and_a_kl_penalty_needs_its_
     params = init_params(TINY, jax.random.key(0), 0.3)
     with pytest.raises(ValueError, match=r"GRPOConfig.beta=0.5 penalises the KL to a reference model, but no ref_params"):
         grpo_step(init_state(params, jax.random.key(0), cfg), _batch(), None, TINY, cfg)
-    with pytest.raises(ValueError, match=r"GRPOConfig.beta=0.5 .* but ref_params is None"):
+    with pytest.raises(ValueError, match=r"GRPOConfig.beta=0.5 penalises the KL to a reference model, but no ref_params"):
         make_grpo_iteration(TINY, None, None, cfg, 4)
 
 

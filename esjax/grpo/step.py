@@ -221,6 +221,13 @@ def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig
     return (loss_t * weights).sum(), aux
 
 
+def check_reference(cfg: GRPOConfig, ref_params) -> None:
+    """β > 0 needs the reference model: without it the KL penalty would silently be 0 (the β = 0 update)."""
+    if cfg.beta > 0 and ref_params is None:
+        raise ValueError(f"GRPOConfig.beta={cfg.beta} penalises the KL to a reference model, but no ref_params "
+                         f"were given (pass the reference, e.g. the base model's params, or set beta=0)")
+
+
 @jax.named_scope("learner")  # profile name of the GRPO update
 def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOConfig, prefix_len: int = 0,
               group: int = 1):
@@ -231,9 +238,7 @@ def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOCon
     per run. Pure: jit with static model_cfg, cfg, prefix_len and group. Memory is bounded by the
     micro-batch: the policy's forward and backward and the reference model's scoring (the KL term, tracked
     by default) each run one micro-batch at a time."""
-    if cfg.beta > 0 and ref_params is None:  # the KL penalty would silently be 0
-        raise ValueError(f"GRPOConfig.beta={cfg.beta} penalises the KL to a reference model, but no ref_params "
-                         f"were given (pass the reference, e.g. the base model, or set beta=0)")
+    check_reference(cfg, ref_params)
     weights = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
     B = batch["tokens"].shape[0]
     mb = cfg.micro_batch_size or B

@@ -14,7 +14,7 @@ import numpy as np
 from esjax.compaction import compaction_choice
 from esjax.cost import pass_counts
 from esjax.grpo.losses import group_advantages
-from esjax.grpo.step import GRPOConfig, grpo_step, make_completion_logprobs, scored_from
+from esjax.grpo.step import GRPOConfig, check_reference, grpo_step, make_completion_logprobs, scored_from
 from esjax.parallel import batch_sharding, put_global, replicated, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
 from esjax.sampling import SamplingConfig, make_generate
@@ -55,9 +55,7 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     the params and both moments at the update's peak (SmolLM2-135M fp32: 0.8 GB by XLA's memory
     analysis). Off by default, so that ``iterate`` stays a function a notebook can call twice on one state;
     :func:`esjax.runs.run_method`, which owns its state, turns it on."""
-    if cfg.beta > 0 and ref_params is None:
-        raise ValueError(f"GRPOConfig.beta={cfg.beta} penalises the KL to a reference model, but ref_params is None "
-                         f"(pass the reference, e.g. the base model's params, or set beta=0)")
+    check_reference(cfg, ref_params)  # before any rollout
     sampling = SamplingConfig(cfg.temperature, 0, cfg.top_p)
     step = jax.jit(functools.partial(grpo_step, model_cfg=model_cfg, cfg=cfg),
                    static_argnames=("prefix_len", "group"), donate_argnames=("state",) if donate_state else ())
