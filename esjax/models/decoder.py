@@ -282,11 +282,9 @@ def _run_block(cfg: ModelConfig, inv_freq, x, positions, lp, ld, mask, cache=Non
     policy = REMAT_POLICIES[cfg.remat]
     if policy is None or decode:
         return _block(cfg, inv_freq, x, positions, lp, ld, mask, cache, decode)
-    if cache is None:
-        return jax.checkpoint(lambda *a: _block(cfg, inv_freq, *a), policy=policy)(x, positions, lp, ld, mask)
-    k_c, v_c, at, fresh = cache  # ``fresh`` is static: closed over
-    return jax.checkpoint(lambda x, p, lp, ld, m, k_c, v_c, at: _block(cfg, inv_freq, x, p, lp, ld, m, (k_c, v_c, at, fresh)),
-                          policy=policy)(x, positions, lp, ld, mask, k_c, v_c, at)
+    arrays, fresh = (None, None) if cache is None else (cache[:3], cache[3])  # ``fresh`` is static: closed over
+    block = lambda x, p, lp, ld, m, c: _block(cfg, inv_freq, x, p, lp, ld, m, c and (*c, fresh))  # noqa: E731
+    return jax.checkpoint(block, policy=policy)(x, positions, lp, ld, mask, arrays)
 
 
 def forward(params: dict, cfg: ModelConfig, tokens, positions, token_mask,
