@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from esjax.grpo.losses import LOSS_AGGREGATION, group_advantages, kl_k3, per_token_loss
+from esjax.grpo.losses import LOSS_AGGREGATION, group_advantages, kl_k3, kl_low_var, per_token_loss
 from esjax.grpo.step import GRPOConfig, grpo_loss, grpo_step, init_state, make_completion_logprobs, scored_from
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import init_params
@@ -93,6 +93,71 @@ def test_gradient_matches_finite_differences_and_masked_tokens_do_not_count():
     # changing tokens' advantages/old logps where loss_mask = 0 changes nothing
     b2 = dict(batch, old_logp=old.at[:, :5].set(0.0))
     assert float(grpo_loss(params, TINY, b2, w, ref, cfg)[0]) == pytest.approx(float(f(params)), rel=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["k3", "low_var_kl"])
+def test_padding_whose_log_probs_overflow_exp_changes_no_loss_or_gradient(estimator):
+    """Weight-0 positions with log-probs far apart (ρ = e^200, δ = 200): the loss, its gradient and the KL
+    metric are those of ordinary padding, all finite (0 · inf made them NaN)."""
+    cfg = GRPOConfig(beta=0.1, kl_estimator=estimator, loss_aggregation="token_mean")
+    params = init_params(TINY, jax.random.key(0), 0.3)
+    batch = _batch()
+    off = batch["loss_mask"] == 0
+    old = jnp.asarray(np.random.default_rng(1).normal(-3.5, 0.2, (8, 9)).astype(np.float32))
+    ref = jnp.asarray(np.random.default_rng(2).normal(-3.5, 0.2, (8, 9)).astype(np.float32))
+    w = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
+    f = jax.value_and_grad(lambda p, o, r: grpo_loss(p, TINY, dict(batch, old_logp=o), w, r, cfg), has_aux=True)
+    (l0, aux0), g0 = f(params, old, ref)
+    (l1, aux1), g1 = f(params, jnp.where(off, -200.0, old), jnp.where(off, 200.0, ref))
+    assert np.isfinite(float(l1)) and float(l1) == pytest.approx(float(l0), rel=1e-6)
+    assert float(aux1["kl_sum"]) == pytest.approx(float(aux0["kl_sum"]), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_low_var_kl_is_verls_with_both_clamps_and_its_gradient_stays_finite():
+    """verl ``kl_penalty("low_var_kl")``: δ = ref − logp clamped to ±20, e^δ − δ − 1 clamped to ±10."""
+    logp = jnp.array([-1.0, -1.0, -1.0, -30.0, -150.0, -1.0])
+    ref = jnp.array([-1.2, -0.5, -25.0, -1.0, -1.0, -3.0])
+    d = np.clip(np.asarray(ref - logp), -20, 20)
+    np.testing.assert_allclose(kl_low_var(logp, ref), np.clip(np.exp(d) - d - 1, -10, 10), rtol=1e-6)
+    g = jax.grad(lambda lp: kl_low_var(lp, ref).sum())(logp)  # δ = 149 overflowed exp: its 0-gradient was NaN
+    assert np.all(np.isfinite(g)) and float(g[4]) == 0.0 and float(g[2]) == 0.0
+    np.testing.assert_allclose(g[0], -(np.exp(-0.2) - 1), rtol=1e-5)
+
+
+def test_dual_clip_caps_a_negative_advantages_loss_at_c_times_its_size():
+    """verl's dual clip (clip_ratio_c = 3): for A < 0 the loss is min(−min(ρA, clip(ρ)A), −3A); A > 0 and
+    ratios below c are untouched; past c the token gives no gradient."""
+    lp = jnp.array([[2.0, 0.5, 2.0]])  # ρ = e², e^0.5, e² against old = 0
+    adv = jnp.array([-1.0])
+    loss = lambda lp, a, c: per_token_loss(lp, jnp.zeros((1, 3)), None, a, 0.2, 0.2, 0.0, "k3",  # noqa: E731
+                                           clip_ratio_c=c)[0]
+    np.testing.assert_allclose(loss(lp, adv, None), [[np.exp(2), np.exp(0.5), np.exp(2)]], rtol=1e-6)
+    np.testing.assert_allclose(loss(lp, adv, 3.0), [[3.0, np.exp(0.5), 3.0]], rtol=1e-6)
+    np.testing.assert_allclose(loss(lp, -adv, 3.0), loss(lp, -adv, None))  # A > 0: no change
+    g = jax.grad(lambda x: loss(x, adv, 3.0).sum())(lp)
+    np.testing.assert_allclose(g, [[0.0, np.exp(0.5), 0.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
+        GRPOConfig(clip_ratio_c=1.0)
+
+
+def test_a_non_finite_gradient_is_not_applied_and_is_logged():
+    params = init_params(TINY, jax.random.key(0), 0.3)
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, learning_rate=1e-2)
+    st = init_state(params, jax.random.key(0), cfg)
+    step = jax.jit(functools.partial(grpo_step, model_cfg=TINY, cfg=cfg))
+    batch = _batch()
+    ok, m_ok = step(st, batch, None)
+    assert float(m_ok["skipped_nonfinite"]) == 0 and float(m_ok["update_norm"]) > 0
+    bad, m = step(st, dict(batch, advantages=batch["advantages"].at[3].set(jnp.nan)), None)
+    assert float(m["skipped_nonfinite"]) == 1 and not np.isfinite(float(m["grad_norm"]))
+    assert int(bad.step) == 1 and float(m["update_norm"]) == 0
+    for a, b in zip(jax.tree.leaves((bad.params, bad.opt_state)), jax.tree.leaves((st.params, st.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    again, _ = step(bad, batch, None)  # the next finite step is the one the skipped step would have preceded
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(ok.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_micro_batching_gives_the_same_update():

@@ -5,9 +5,14 @@ Advantages (rewards r: (P, G) for P prompts × G samples)::
     A = (r − mean_g r) / (std_g r + eps)     scale_rewards="group" (std with ``std_ddof``: 1 in paper 1/TRL)
     A = (r − mean_g r) / (std_batch r + eps) "batch";   A = r − mean_g r   "none" (Dr. GRPO)
 
-Per-token loss with ρ = exp(logp − logp_old) over completion tokens::
+Per-token loss with ρ = exp(clip(logp − logp_old, ±20)) over completion tokens::
 
     ℓ_t = −min(ρ A, clip(ρ, 1 − ε, 1 + ε_high) A) + β · KL_t(π_θ ‖ π_ref)
+    ℓ_t = min(ℓ_t, c · |A|)  where A < 0, with ``clip_ratio_c`` = c (verl's dual clip; off by default)
+
+The ±20 clamp of the log-ratio before ``exp`` is verl's (``compute_policy_loss_vanilla``): it changes ρ only
+past e^20, where the clipped term decides for A > 0 anyway, and keeps ``exp`` from overflowing (0 · inf in
+the backward pass is NaN).
 
 Two log-probs of each sampled token y_t enter it (z_t: the model's logits, T: the sampling temperature):
 
@@ -21,8 +26,9 @@ Two log-probs of each sampled token y_t enter it (z_t: the model's logits, T: th
                       tokens are drawn at temperature T, so at T ≠ 1 the estimators below are evaluated on
                       samples of π_θ^T (an estimate of the penalty, not of KL(π_θ ‖ π_ref) itself).
 
-KL estimators with δ = logp_ref − logp:  k1 = −δ;  k3 = e^δ − δ − 1 (Schulman);  low_var_kl = clip(k3, ±10)
-(verl). Aggregation → per-token weights w so that the loss is Σ_t w_t ℓ_t (exact under micro-batching):
+KL estimators with δ = logp_ref − logp:  k1 = −δ;  k3 = e^δ − δ − 1 (Schulman);  low_var_kl = clip(k3 of
+clip(δ, ±20), ±10) (verl's ``kl_penalty``, both clamps: without the first, δ > 88 overflowed and its zero
+gradient became NaN). Aggregation → per-token weights w so that the loss is Σ_t w_t ℓ_t (exact under micro-batching):
 
     seq_mean_token_mean  (paper 1, TRL "grpo"):  w = m / (n_b · B)
     token_mean           (DAPO, TRL "dapo"):     w = m / Σ m   (Σ over the whole optimizer (mini-)batch)
@@ -72,7 +78,8 @@ def kl_k3(logp, ref_logp):
 
 
 def kl_low_var(logp, ref_logp):
-    return jnp.clip(kl_k3(logp, ref_logp), -10.0, 10.0)
+    d = jnp.clip(ref_logp - logp, -20.0, 20.0)  # verl clamps δ before exp, then k3 to ±10
+    return jnp.clip(jnp.exp(d) - d - 1.0, -10.0, 10.0)
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3, "low_var_kl": kl_low_var}
@@ -100,21 +107,37 @@ LOSS_AGGREGATION = {"seq_mean_token_mean": weights_seq_mean_token_mean, "token_m
                     "seq_mean_token_sum_norm": weights_seq_mean_token_sum_norm}
 
 
-def clipped_surrogate(logp, old_logp, advantages, eps_low: float, eps_high: float):
-    """Per-token −min(ρA, clip(ρ)A) and whether clipping was active. logp, old_logp: (B, T); A: (B,)."""
-    ratio = jnp.exp(logp - old_logp)
+LOG_RATIO_CLAMP = 20.0  # verl's clamp of logp − logp_old before exp
+
+
+def clipped_surrogate(logp, old_logp, advantages, eps_low: float, eps_high: float, clip_ratio_c=None):
+    """Per-token −min(ρA, clip(ρ)A) and whether clipping was active. logp, old_logp: (B, T); A: (B,).
+    ``clip_ratio_c`` (c > 1, verl's dual clip): where A < 0 the loss is at most −c·A, so a ratio that ran
+    far past the clip range of a negative-advantage token stops pushing (zero gradient beyond c)."""
+    ratio = jnp.exp(jnp.clip(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     a = advantages[:, None]
     unclipped, clipped = ratio * a, jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * a
-    return -jnp.minimum(unclipped, clipped), (clipped < unclipped)
+    loss = -jnp.minimum(unclipped, clipped)
+    if clip_ratio_c is not None:
+        loss = jnp.where(a < 0, jnp.minimum(loss, -a * clip_ratio_c), loss)
+    return loss, (clipped < unclipped)
 
 
 def per_token_loss(logp, old_logp, ref_logp, advantages, clip_eps: float, clip_eps_high: float, beta: float,
-                   kl_estimator: str, kl_logp=None):
+                   kl_estimator: str, kl_logp=None, mask=None, clip_ratio_c=None):
     """(loss (B, T), kl (B, T) or zeros, clipped (B, T)). logp, old_logp: tempered log-probs of the sampled
     tokens (ratio and policy gradient); ref_logp and ``kl_logp``: the reference's and the policy's
-    untempered log-probs (the KL term); ``kl_logp`` None = ``logp`` (sampling at T = 1)."""
-    loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high)
+    untempered log-probs (the KL term); ``kl_logp`` None = ``logp`` (sampling at T = 1). ``mask`` (B, T),
+    optional: positions where it is 0 (prompt, padding) are scored as ρ = 1 and δ = 0 — finite, KL 0, no
+    gradient — whatever the log-probs of padding are (their loss weight is 0, but an overflowed ``exp``
+    there made the weighted loss and every gradient NaN: 0 · inf)."""
     kl_logp = logp if kl_logp is None else kl_logp
+    if mask is not None:  # substitute the inputs, not the outputs: where() after exp still back-propagates NaN
+        on = mask > 0
+        logp, old_logp = jnp.where(on, logp, jnp.zeros_like(logp)), jnp.where(on, old_logp, jnp.zeros_like(old_logp))
+        if ref_logp is not None:
+            kl_logp = jnp.where(on, kl_logp, ref_logp)
+    loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high, clip_ratio_c)
     kl = jnp.zeros_like(logp) if ref_logp is None else KL_ESTIMATORS[kl_estimator](kl_logp, ref_logp)
     # β = 0 (static): the KL is only logged, so it stays out of the loss (0 × an overflowed k3 would be NaN)
     return (loss + beta * kl if beta else loss), kl, clipped

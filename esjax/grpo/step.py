@@ -55,6 +55,7 @@ class GRPOConfig:
     track_kl: bool = True  # beta = 0: still score the reference model to log the KL (paper 1 tracks k3)
     clip_eps: float = 0.2
     clip_eps_high: Optional[float] = None  # None = clip_eps (DAPO suggests 0.28)
+    clip_ratio_c: Optional[float] = None  # dual clip for A < 0 (verl's clip_ratio_c, 3.0 there); None = off
     loss_aggregation: str = "seq_mean_token_mean"
     scale_rewards: str = "group"
     std_ddof: int = 1
@@ -91,6 +92,8 @@ class GRPOConfig:
             raise ValueError(f"GRPOConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.clip_eps_high is not None and not self.clip_eps_high > 0:
             raise ValueError(f"GRPOConfig.clip_eps_high must be > 0 (or None), got {self.clip_eps_high}")
+        if self.clip_ratio_c is not None and not self.clip_ratio_c > 1:
+            raise ValueError(f"GRPOConfig.clip_ratio_c must be > 1 (or None: no dual clip), got {self.clip_ratio_c}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"unknown kl_estimator {self.kl_estimator!r}; choose from {sorted(KL_ESTIMATORS)}")
         if self.loss_aggregation not in LOSS_AGGREGATION:
@@ -214,9 +217,10 @@ def grpo_loss(params, model_cfg, batch: dict, weights, ref_logp, cfg: GRPOConfig
     old = batch.get("old_logp")
     old = jax.lax.stop_gradient(logp) if old is None else old
     eps_high = cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
-    loss_t, kl_t, clipped = per_token_loss(logp, old, ref_logp, batch["advantages"], cfg.clip_eps, eps_high,
-                                           cfg.beta, cfg.kl_estimator, kl_logp=logp_model)
     m = batch["loss_mask"]
+    loss_t, kl_t, clipped = per_token_loss(logp, old, ref_logp, batch["advantages"], cfg.clip_eps, eps_high,
+                                           cfg.beta, cfg.kl_estimator, kl_logp=logp_model, mask=m,
+                                           clip_ratio_c=cfg.clip_ratio_c)
     aux = {"kl_sum": (kl_t * m).sum(), "clip_sum": (clipped * m).sum(), "tokens": m.sum()}
     return (loss_t * weights).sum(), aux
 
@@ -263,9 +267,16 @@ def grpo_step(state: GRPOState, batch: dict, ref_params, model_cfg, cfg: GRPOCon
     tx = make_optimizer(cfg)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # a non-finite gradient (an overflow in one token's loss) is not applied: params and moments stay, the
+    # step counts and logs skipped_nonfinite = 1 (verl skips such a step too: dp_actor, "grad_norm is not finite")
+    finite = jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+                                     (state.params, state.opt_state))
     tokens = jnp.maximum(aux["tokens"], 1)
-    metrics = {"loss": loss, "clip_frac": aux["clip_sum"] / tokens,
-               "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates)}
+    metrics = {"loss": loss, "clip_frac": aux["clip_sum"] / tokens, "grad_norm": grad_norm,
+               "update_norm": jnp.where(finite, optax.tree.norm(updates), 0.0),
+               "skipped_nonfinite": 1.0 - finite.astype(jnp.float32)}
     if ref_params is not None:  # no reference model, no KL: the column is absent, not a zero
         metrics["kl"] = aux["kl_sum"] / tokens
     return GRPOState(params, opt_state, state.step + 1, state.key), metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -45,7 +46,8 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
     the same draws either way), logged as ``decode_compaction``.
 
     Metrics beside the rollout's: the learner's (``loss``, ``clip_frac``, ``grad_norm``, ``update_norm``,
-    ``kl`` only with a reference model), ``reward_std`` / ``_max`` / ``_min`` over the step's single
+    ``skipped_nonfinite`` the fraction of the step's updates not applied for a non-finite gradient (also
+    warned), ``kl`` only with a reference model), ``reward_std`` / ``_max`` / ``_min`` over the step's single
     completions (ES logs its members' ``fitness_*``), ``zero_variance`` the fraction of groups whose
     completions all scored the same (no advantage, no gradient).
 
@@ -99,6 +101,10 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
         t3 = time.perf_counter()
         metrics = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
         metrics["optimizer_updates"] = len(ms)
+        skipped = sum(float(m["skipped_nonfinite"]) for m in ms)
+        if skipped:
+            warnings.warn(f"GRPO step {int(state.step)}: {skipped:.0f} of {len(ms)} optimizer updates had a "
+                          f"non-finite gradient and were not applied (metrics: skipped_nonfinite)", RuntimeWarning)
         metrics["decode_compaction"] = compaction
         metrics.update(rollout_metrics(rewards, correct, out.lengths, t0, t1, t2, t3),
                        reward_std=float(rewards.std()), reward_max=float(rewards.max()),

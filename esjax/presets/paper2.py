@@ -41,6 +41,15 @@ PRESET = dict(
               prompts_per_step=200, mini_batch_prompts=32,  # train_batch 200, ppo_mini_batch 32 → 7 updates
               learning_rate=1e-6, lr_schedule="constant", total_steps=500,
               beta=0.001, kl_estimator="low_var_kl",  # use_kl_loss, kl_loss_coef 0.001, low_var_kl
-              clip_eps=0.2, loss_aggregation="token_mean",  # verl defaults (clip 0.2, token-mean)
-              std_ddof=1, adv_eps=1e-6, weight_decay=0.0, max_grad_norm=1.0, temperature=1.0, top_p=1.0),
+              clip_eps=0.2, clip_ratio_c=3.0,  # verl defaults: clip 0.2, dual clip 3.0 (actor.yaml)
+              loss_aggregation="token_mean",  # verl's token-mean (see below)
+              std_ddof=1, adv_eps=1e-6,  # torch.std (unbiased) + 1e-6 (core_algos)
+              weight_decay=0.01,  # verl's AdamW default (optim/fsdp.yaml), not overridden by the scripts
+              max_grad_norm=1.0, temperature=1.0, top_p=1.0),
 )
+# verl v0.6.1 (the release of the seed's date; its README says only "install VeRL") read for each value above.
+# Known differences that remain, all in how verl slices the batch rather than in the loss:
+# - verl's token-mean is per micro-batch of 4 sequences (length-balanced and length-sorted across its two
+#   GPUs), scaled by 1/accumulation steps; esjax weighs every token of a mini-batch alike (token_mean).
+# - verl's 7th mini-batch (8 of 200 prompts) keeps the full mini-batch's 1/accumulation scale, so it
+#   moves about a quarter as far; esjax normalises it as a full one.
