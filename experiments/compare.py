@@ -11,7 +11,7 @@ import contextlib
 import time
 
 from experiments.cli import dry_run, parser, setup
-from esjax.analysis.report import analyze, write_report
+from esjax.analysis.report import analyze, format_number, write_report
 from esjax.memory import live_array_gb, peak_gb, release, resident_gb, reset_peak
 from esjax.runs import METHODS, evaluate_all, load_run_model, preflight, run_method
 
@@ -66,7 +66,7 @@ def main(argv=None):
     print("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()))
     print(f"done in {time.perf_counter() - t0:.0f}s — {cfg.task} accuracy ES {acc['es'][0]:.3f}→{acc['es'][1]:.3f}, "
           f"GRPO {acc['grpo'][0]:.3f}→{acc['grpo'][1]:.3f}; ‖Δ‖ ES {n['es']['once']:.3g} vs GRPO {n['grpo']['once']:.3g} "
-          f"({n['ratio_es_over_grpo']:.3g}×), cos {res['cosine']['global']:.2g}; report: {path}")
+          f"({format_number(n['ratio_es_over_grpo'], '.3g', '×')}), cos {format_number(res['cosine']['global'], '.2g')}; report: {path}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,35 @@ def test_sparsity_in_fp32_and_after_bf16_cast():
     # bf16 spacing at 0.02 is ≈1.2e-4: the 5e-5 change rounds away, the 2e-3 change survives
     assert t32["bfloat16"]["1e-06"]["layers"]["0"]["Q"] == pytest.approx(0.75)
     assert t32["float32"]["1e-06"]["global"] == pytest.approx(6 / 8)
+    assert t32["float32"]["1e-06"]["average"] == pytest.approx(0.5)  # the layers' tensors only (paper 2)
+
+
+def test_paper2s_layer_average_leaves_out_what_es_never_moved_and_weighs_tensors_alike():
+    """A layer-only update: every layer entry moved, the big embedding did not. Paper 2's Average (per layer
+    the unweighted tensor mean, then over layers) is 0; the size-weighted fraction is 0.8 (the embedding)."""
+    base = {"embed": jnp.zeros((8, 4)), "layers": [{"wq": jnp.zeros((2, 2)), "norm": jnp.zeros((4,))},
+                                                    {"wq": jnp.zeros((2, 2)), "norm": jnp.zeros((4,))}]}
+    ft = jax.tree.map(lambda x: x + 0.5, base)
+    ft["embed"] = base["embed"]
+    ft["layers"][1]["norm"] = base["layers"][1]["norm"]  # layer 1: Q moved (4 entries), its norm not (4)
+    t = geo.sparsity_table(ft, base, (1e-6,), ("float32",))["float32"]["1e-06"]
+    assert t["average"] == pytest.approx((0.0 + 0.5) / 2) and t["global"] == pytest.approx((32 + 4) / 48)
+
+
+def test_a_zero_update_has_no_cosine_ratio_or_density_finding():
+    """GRPO never moved (every group tied): cosine and ratio are undefined, and the three geometric
+    findings are inconclusive, not "orthogonal", "≫" and "denser"."""
+    from esjax.analysis import verdicts as v
+
+    zero = {"x": jnp.zeros(3)}
+    assert geo.cosine({"x": jnp.ones(3)}, zero) is None
+    res = {"theory": {"cosine_bound_95": 1e-3}, "cosine": {"global": None},
+           "norms": {"es": {"once": 5.0}, "grpo": {"once": 0.0}, "ratio_es_over_grpo": None},
+           "sparsity": {m: {"bfloat16": {"1e-06": {"average": s, "global": s}}} for m, s in (("es", 0.1), ("grpo", 1.0))}}
+    got = {x["finding"]: x for x in v.seed_verdicts(res, {})}
+    for f in ("ES norm ≫ GRPO", "ES denser", "near-orthogonal"):
+        assert got[f]["verdict"] == "inconclusive", got[f]
+    assert "GRPO's update is zero" in got["ES denser"]["evidence"]
 
 
 def test_buckets_layers_rank_and_cosine():
@@ -172,6 +201,10 @@ def test_sequential_report_transfer_metrics_and_stage_theory(tmp_path):
     assert a["stage_norms"] == pytest.approx(walk[1::2].tolist())
     assert a["theory"]["stage_end_predicted"] == pytest.approx(walk[1::2].tolist())  # cumulative clock Σf
     assert a["accuracy_ci"][0][1] == pytest.approx(list(wilson_interval(6, 8)))
+    from esjax.analysis.theory import awd_norm_prediction  # a sequence with anchored decay (anchor θ₀ throughout)
+    awd = sr.analyze_sequence(res, 8, dirs, d, {**es_cfg, "awd_lambda": 20.0})
+    assert awd["theory"]["awd"]["lambda"] == 20.0
+    assert awd["theory"]["stage_end_predicted"] == pytest.approx(awd_norm_prediction(alpha, 20.0, f, d, N)[1::2].tolist())
     path = sr.write_sequential_report(str(tmp_path), {"es": a, "grpo": {**a, "method": "grpo", "theory": None}})
     md = open(path).read()
     assert "0.750 [" in md and "BWT -0.375, FWT +0.188" in md and "| 3 (c) |" in md

@@ -106,7 +106,8 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     res: Dict = {"config": cfg.to_dict(), "seed_figures": SEED_FIGURES, "n_eval": n_eval}
     norms = {m: {"once": geo.global_norm(d), "tied_twice": geo.global_norm(d, True, tied),
                  "relative": geo.relative_norm(d, base)} for m, d in (("es", d_es), ("grpo", d_grpo))}
-    norms["ratio_es_over_grpo"] = norms["es"]["once"] / max(norms["grpo"]["once"], 1e-30)
+    # None when GRPO never moved (e.g. every group tied): no ratio, and the verdict says why
+    norms["ratio_es_over_grpo"] = norms["es"]["once"] / norms["grpo"]["once"] if norms["grpo"]["once"] > 0 else None
     res["norms"] = norms
     res["sparsity"] = {m: geo.sparsity_table(p, base, (1e-6, 1e-5, 1e-4), ("float32", "bfloat16", "float16"))
                        for m, p in (("es", es), ("grpo", grpo))}
@@ -181,6 +182,11 @@ def analyze(out_dir: str, cfg: RunConfig, model, n_interp: int = 11, n_eval: int
     return res
 
 
+def format_number(x, fmt: str, unit: str = "") -> str:
+    """``x`` formatted, or "undefined" for None (a cosine or ratio with a zero update)."""
+    return "undefined" if x is None else f"{x:{fmt}}{unit}"
+
+
 def _write_csv(path, header, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -241,11 +247,15 @@ def write_report(out_dir: str, res: Dict) -> str:
     lines += ["", "## Update geometry", "", "| metric | ES | GRPO | seeds |", "|---|---|---|---|",
               f"| ‖Δθ‖₂ (tied once) | {n['es']['once']:.4g} | {n['grpo']['once']:.4g} | {SEED_FIGURES['ES update norm']} |",
               f"| ‖Δθ‖/‖θ‖ | {n['es']['relative']:.3g} | {n['grpo']['relative']:.3g} | |",
-              f"| ES/GRPO norm ratio | {n['ratio_es_over_grpo']:.3g}× | | {SEED_FIGURES['ES/GRPO update-norm ratio']} |"]
+              f"| ES/GRPO norm ratio | {format_number(n['ratio_es_over_grpo'], '.3g', '×')} | | {SEED_FIGURES['ES/GRPO update-norm ratio']} |"]
     for dt in ("float32", "bfloat16", "float16"):
-        lines.append(f"| sparsity τ=1e-6, {dt} | {sp['es'][dt]['1e-06']['global']:.3f} | {sp['grpo'][dt]['1e-06']['global']:.3f} | "
-                     f"{SEED_FIGURES['sparsity τ=1e-6 (16-bit)'] if dt != 'float32' else ''} |")
-    lines += [f"| cosine(Δ_ES, Δ_GRPO) | {res['cosine']['global']:.3g} | | {SEED_FIGURES['cosine(Δ_ES, Δ_GRPO)']} |",
+        aggs = [a for a in (("average", "layer average (paper 2)"), ("global", "all entries"))
+                if a[0] in sp["es"][dt]["1e-06"]]  # results written before the layer average lack it
+        for agg, what in aggs:
+            seeds = SEED_FIGURES["sparsity τ=1e-6 (16-bit)"] if dt != "float32" and agg == aggs[0][0] else ""
+            lines.append(f"| sparsity τ=1e-6, {dt}, {what} | {format_number(sp['es'][dt]['1e-06'][agg], '.3f')} | "
+                         f"{format_number(sp['grpo'][dt]['1e-06'][agg], '.3f')} | {seeds} |")
+    lines += [f"| cosine(Δ_ES, Δ_GRPO) | {format_number(res['cosine']['global'], '.3g')} | | {SEED_FIGURES['cosine(Δ_ES, Δ_GRPO)']} |",
               f"| mean top-8 subspace overlap | {np.mean(list(res['subspace_overlap_top8'].values())):.3g} | | |", "",
               "## KL drift from the base model (nats)", "",
               "| probe | ES k1 (sampled, per token) | GRPO k1 | ES exact per token | GRPO exact | ES greedy seq-sum | GRPO greedy seq-sum |",

@@ -67,7 +67,8 @@ def stage_theory(stage_dirs: Sequence[str], d: int, es_cfg: Dict) -> Dict:
     """:func:`theory.drift_vs_theory` over the stages of one ES sequence, with the norms at each stage end."""
     rows = stage_rows(stage_dirs)
     t = th.drift_vs_theory(rows, es_cfg["alpha"], d, es_cfg["population_size"], es_cfg["antithetic"],
-                           es_cfg.get("optimizer", "sgd"), where=", ".join(stage_dirs))
+                           es_cfg.get("optimizer", "sgd"), where=", ".join(stage_dirs),
+                           awd_lambda=es_cfg.get("awd_lambda", 0.0), awd_norm=es_cfg.get("awd_norm", "l2"))  # anchor θ₀ in every stage
     ends = [max(i for i, r in enumerate(rows) if r["stage"] == s + 1) for s in range(len(stage_dirs))
             if any(r["stage"] == s + 1 for r in rows)]
     return {**t, "stage_end_measured": [t["measured_norm"][i] for i in ends],
