@@ -64,6 +64,9 @@ def test_preset_values_follow_the_seeds_brief():
     assert build_config("paper1", ["task=math"]).task_kwargs["stratify_per_level"] == 40
     assert (p2.es.sigma, p2.es.alpha, p2.es.member_temperature, p2.es_iterations) == (1e-3, 5e-4, 0.0, 500)
     assert p2.grpo.updates_per_step == 7 and p2.grpo.kl_estimator == "low_var_kl" and p2.grpo.beta == 1e-3
+    # verl v0.6.1 defaults the scripts leave alone: AdamW decay 0.01, dual clip 3.0, grad clip 1.0
+    assert (p2.grpo.weight_decay, p2.grpo.clip_ratio_c, p2.grpo.max_grad_norm) == (0.01, 3.0, 1.0)
+    assert p1.grpo.clip_ratio_c is None  # paper 1 is TRL's loss: no dual clip
     assert qiu.task_kwargs["style"] == "qiu" and qiu.task_kwargs["splits"]["test"] == "countdown.json[-2000:]"
     assert set(PRESETS) == {"cpu-quick", "study", "tiny", "paper1", "paper2", "qiu"}
     # the seeds' 1,024-token presets compact rows that stopped (chosen per call from the last lengths)
