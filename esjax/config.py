@@ -193,7 +193,9 @@ def build_config(preset: Optional[str] = None, overrides=(), base: Optional[dict
     hints = {"": typing.get_type_hints(RunConfig), "es": typing.get_type_hints(ESConfig),
              "grpo": typing.get_type_hints(GRPOConfig)}
     new_task = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "task"]
-    if new_task:  # the preset's task kwargs belong to the preset's task; a sequence preset knows the others
+    if new_task and new_task[-1] != d.get("task", RunConfig.task):
+        # the preset's task kwargs belong to the preset's task (restating it keeps them); a sequence preset
+        # knows the others
         d["task_kwargs"] = dict(d.get("eval_task_kwargs", {}).get(new_task[-1], {}))
     for item in overrides:
         if "=" not in item:

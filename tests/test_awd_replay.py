@@ -121,3 +121,5 @@ def test_replay_of_a_later_task_continues_the_noise_iterations():
         replay(first_end, cfg, [rows[0], dict(rows[1], es_noise_iteration=9)], anchor=base)
     with pytest.raises(ValueError, match="only optimizer='sgd' replays"):
         replay(first_end, ESConfig(population_size=6, optimizer="adam"), rows)
+    with pytest.raises(ValueError, match="pass anchor="):  # its default, the starting params, is not the run's anchor
+        replay(first_end, cfg, rows)

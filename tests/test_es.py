@@ -40,6 +40,24 @@ def test_tied_fitness_gives_no_update(shaping, value):
         np.testing.assert_array_equal(a, b)
 
 
+def test_members_with_the_same_rewards_in_another_order_tie_and_take_no_step():
+    """200 of paper 2's {0, 0.1, 1.1} rewards, one member's in another order: a float32 mean differs in the
+    last bit (0.40499997 vs 0.405), which z-scoring made a step of about half the usual size; the exact
+    mean gives every member the same fitness, so the tie guard holds θ still."""
+    from esjax.es.trainer import member_fitness
+
+    rng = np.random.default_rng(5)
+    r = rng.choice(np.array([0, 0.1, 1.1], np.float32), 200)
+    rewards = np.stack([r] * 29 + [rng.permutation(r)])
+    assert rewards.mean(1)[0] != rewards.mean(1)[-1]  # the float32 pairwise mean: not a tie
+    f = member_fitness(rewards)
+    assert f.dtype == np.float32 and np.all(f == f[0]) and f[0] == np.float32(np.float64(r).sum() / 200)
+    cfg = ESConfig(population_size=30)
+    state = init_state(quad_params(), jax.random.key(0), cfg)
+    assert float(es_update(state, f, cfg)[1]["update_norm"]) == 0.0
+    assert float(es_update(state, rewards.mean(1), cfg)[1]["update_norm"]) > 0  # what the float32 mean did
+
+
 def test_gradient_estimate_matches_true_gradient():
     """Linear fitness f = wᵀθ: (1/N) Σ (f_n − f̄) ε_n / σ → w, error ~ √(d/N)."""
     params = {"x": jnp.zeros((50,))}

@@ -62,6 +62,9 @@ def test_preset_values_follow_the_seeds_brief():
     assert p1.grpo.batch_size == 504 and p1.grpo.learning_rate == 3e-6 and p1.grpo.std_ddof == 1
     assert p1.sequence == ("countdown", "math", "chemistry", "boolq") and p1.task_kwargs["style"] == "boxed"
     assert build_config("paper1", ["task=math"]).task_kwargs["stratify_per_level"] == 40
+    # restating a preset's own task keeps its kwargs (style, data, splits: the prompt and reward)
+    assert build_config("qiu", ["task=countdown"]).task_kwargs == qiu.task_kwargs
+    assert build_config("cpu-quick", ["task=arithmetic"]).task_kwargs == build_config("cpu-quick").task_kwargs
     assert (p2.es.sigma, p2.es.alpha, p2.es.member_temperature, p2.es_iterations) == (1e-3, 5e-4, 0.0, 500)
     assert p2.grpo.updates_per_step == 7 and p2.grpo.kl_estimator == "low_var_kl" and p2.grpo.beta == 1e-3
     # verl v0.6.1 defaults the scripts leave alone: AdamW decay 0.01, dual clip 3.0, grad clip 1.0

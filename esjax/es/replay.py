@@ -53,6 +53,10 @@ def replay(base_params, cfg: ESConfig, rows: Sequence[dict], until: Optional[int
         raise ValueError(f"{where}: the updates continue an ES state at noise iteration {start} (a later task of a "
                          f"sequence); optimizer={cfg.optimizer!r} carried moments the log does not hold, so only "
                          f"optimizer='sgd' replays from the task's starting params")
+    if start and cfg.awd_lambda and anchor is None:
+        raise ValueError(f"{where}: the updates continue an ES state at noise iteration {start} (a later task of a "
+                         f"sequence) with anchored weight decay; the run decayed toward its base model, not "
+                         f"toward these starting params: pass anchor= (the run's base params)")
     key = jax.random.wrap_key_data(np.asarray(rows[0]["es_key"], np.uint32))
     state = init_state(base_params, key, cfg)
     state = state.replace(iteration=jnp.full_like(state.iteration, start))

@@ -7,6 +7,7 @@ token ids come back from the devices; rewards are computed on the host from deco
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import jax
@@ -21,6 +22,16 @@ from esjax.es.step import ESConfig, es_update
 from esjax.models.decoder import first_scored, make_token_logprobs
 from esjax.parallel import POP, to_host
 from esjax.rollout import decode, prompt_batch, rollout_metrics, score, sequence_batch
+
+
+def member_fitness(rewards) -> np.ndarray:
+    """(N, B) rewards → (N,) float32 mean reward per member, computed exactly (``math.fsum``, one rounding):
+    members whose rewards are the same values in another order get the same fitness. A float32 pairwise
+    mean differs in the last bit between such members (0.4675 vs 0.46749997 over 200 of paper 2's
+    {0, 0.1, 1.1} rewards), which z-scoring turns into O(1) scores: a random step the seeds' float64 means
+    do not take (and the tied-fitness guard of :mod:`esjax.es.shaping` cannot see)."""
+    rewards = np.asarray(rewards, np.float64)
+    return (np.array([math.fsum(r) for r in rewards]) / rewards.shape[1]).astype(np.float32)
 
 
 def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens: int, batch_size: int,
@@ -74,7 +85,7 @@ def make_es_iteration(model_cfg, tokenizer, task, cfg: ESConfig, max_new_tokens:
         texts = decode(tokenizer, gen.tokens, gen.lengths)
         rewards, correct = score(task, texts, pb.examples)
         rewards, correct = rewards.reshape(N, -1), correct.reshape(N, -1)
-        fitness = rewards.mean(1)
+        fitness = member_fitness(rewards)
         metrics = {"decode_compaction": compaction}
         if cfg.kl_penalty:
             # prompt-major rows (each prompt's N completions consecutive): the prompt runs once per group
