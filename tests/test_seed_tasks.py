@@ -37,7 +37,11 @@ def test_countdown_prompt_styles(tokenizer):
     p2 = get_task("countdown", style="paper2")
     msgs = p2.messages(ex)
     assert [m["role"] for m in msgs] == ["user"] and msgs[0]["content"].endswith(".Let me solve this step by step.\n<think>")
-    assert "answer.Using the numbers [" + " ".join(map(str, ex.meta["nums"])) + "]" in msgs[0]["content"]
+    assert "answer.Using the numbers " + str(np.array(ex.meta["nums"])) + "," in msgs[0]["content"]
+    from esjax.tasks.countdown import numpy_list  # the seeds' context text prints the numbers as numpy does
+    for nums in ([2, 54, 17], [83, 78, 1, 39], [44, 19, 35], [5, 100, 7, 61]):
+        assert numpy_list(nums) == str(np.array(nums))
+    assert numpy_list([83, 78, 1, 39]) == "[83 78  1 39]"
     # paper 2 scores "<think>" + completion: the completion closes the tag the prompt opened
     assert p2.reward(" 1+1 </think>\n<answer>0</answer>", CD).parts["format"] == 1.0
     qiu = get_task("countdown", style="qiu")
@@ -80,6 +84,20 @@ def test_split_specs_and_loader_errors(tmp_path):
     assert len(lenient.examples("train", 5)) == 1 and "row 1" in lenient.skipped[0]
     with pytest.raises(ValueError, match="need path="):
         get_task("countdown", order="file")
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "math", "olympiadbench"])
+def test_a_verl_rows_prompt_is_sent_verbatim_whatever_suffix_it_carries(task):
+    """Paper 2's MATH test parquet ends "…have?Let's think…" (no space): its prompt used to get the suffix
+    a second time. The seeds send each verl row's prompt as it is, with, without or lacking the space."""
+    from esjax.tasks.hashmark import SUFFIX
+
+    kw = {"prompt": "hashmark", "reward": "string_match"} if task == "math" else {}
+    t = get_task(task, path=os.path.join(FIX, "gsm8k_verl"), **kw)
+    for content in ("How many?" + SUFFIX, "How many?" + SUFFIX.lstrip(), "How many?"):
+        row = {"prompt": [{"role": "user", "content": content}], "reward_model": {"ground_truth": "7"}}
+        ex = t.to_example(row, "r0")
+        assert t.user_message(ex) == content and ex.question == "How many?"
 
 
 def test_hashmark_string_match_paper2():

@@ -53,7 +53,7 @@ PROMPT = ("Using the numbers {nums}, create an equation that equals {target}. Yo
           "</answer>. Let me solve this step by step.")
 SYSTEM = ("You are a helpful assistant. You first think about the reasoning process in your mind and then "
           "provide the user with the answer.")
-QIU_TEXT = SYSTEM + PROMPT.replace(". Let me", ".Let me") + "\n<think>"  # nums formatted as "[44 19 35]"
+QIU_TEXT = SYSTEM + PROMPT.replace(". Let me", ".Let me") + "\n<think>"  # nums as numpy prints them: "[ 2 54 17]"
 BOXED_SYSTEM = ("You are a math assistant. Using the given numbers, create an arithmetic expression that equals the "
                 "target.\n\nRules:\n- Use each number exactly once\n- Use +, -, *, / operations\n\nPlease reason step "
                 "by step, and put your final answer within \\boxed{}.")
@@ -87,6 +87,13 @@ def reachable(nums: List[int], use_all: bool = True) -> dict:
             for v, e in _combos([(Fraction(nums[i]), str(nums[i])) for i in idx]):
                 out.setdefault(v, e)
     return out
+
+
+def numpy_list(nums) -> str:
+    """The numbers as ``str(np.array(nums))`` prints them — the form of the seeds' ``context`` text (Qiu's
+    countdown.json, paper 2's parquet): one width for all, right-aligned, "[ 2 54 17]", "[83 78  1 39]"."""
+    w = max(len(str(n)) for n in nums)
+    return "[" + " ".join(str(n).rjust(w) for n in nums) + "]"
 
 
 def _row_numbers_target(row: dict):
@@ -143,7 +150,7 @@ class Countdown(DataTask):
             return BOXED_USER.format(nums=list(nums), target=target)
         if self.style == "esjax":
             return PROMPT.format(nums=list(nums), target=target)
-        return QIU_TEXT.format(nums="[" + " ".join(map(str, nums)) + "]", target=target)
+        return QIU_TEXT.format(nums=numpy_list(nums), target=target)
 
     def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
         if self.from_data:

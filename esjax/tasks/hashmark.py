@@ -45,4 +45,20 @@ def verl_question_answer(row: dict) -> Tuple[str, str]:
     if truth is None:
         raise ValueError("verl row: reward_model has no ground_truth")
     question = msgs[-1]["content"]
-    return (question[:-len(SUFFIX)] if question.endswith(SUFFIX) else question), str(truth)
+    return question[:len(question) - len(verl_suffix(row))], str(truth)
+
+
+def verl_suffix(row: dict) -> str:
+    """The "####" instruction exactly as a verl row's prompt ends with it: ``SUFFIX``, ``SUFFIX`` without its
+    leading space (paper 2's MATH test parquet: "…have?Let's think…"), or "" when absent. The seeds feed
+    the prompt verbatim, so question + verl_suffix(row) is the row's own text (:func:`user_message`)."""
+    content = row["prompt"][-1]["content"]
+    for suffix in (SUFFIX, SUFFIX.lstrip()):
+        if content.endswith(suffix):
+            return suffix
+    return ""
+
+
+def user_message(example, suffix: str = SUFFIX) -> str:
+    """The question + the suffix the example's verl row carried (``meta["suffix"]``), else ``suffix``."""
+    return example.question + example.meta.get("suffix", suffix)

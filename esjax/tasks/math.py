@@ -23,7 +23,7 @@ import re
 from typing import List, Optional
 
 from esjax.tasks.base import Example, Reward, register
-from esjax.tasks.hashmark import SUFFIX, is_verl_row, string_match, verl_question_answer
+from esjax.tasks.hashmark import is_verl_row, string_match, user_message, verl_question_answer, verl_suffix
 from esjax.tasks.safe_arith import evaluate
 from esjax.tasks.scan import closing_brace, unwrap
 from esjax.tasks.sources import DataTask
@@ -202,7 +202,8 @@ class MATH(DataTask):
 
     def to_example(self, row: dict, uid: str) -> Example:
         problem, answer, level = question_answer(row)
-        return Example(uid, problem, answer, {"level": level, "type": row.get("type") or row.get("subject")})
+        meta = {"level": level, "type": row.get("type") or row.get("subject")}
+        return Example(uid, problem, answer, {**meta, "suffix": verl_suffix(row)} if is_verl_row(row) else meta)
 
     def select(self, rows, split: str, n: int, seed: int) -> List[int]:
         keep = [i for i, r in enumerate(rows) if not self.levels or question_answer(r)[2] in self.levels]
@@ -214,7 +215,7 @@ class MATH(DataTask):
         return [keep[j] for j in super().select(keep, split, n, seed)]
 
     def user_message(self, example: Example) -> str:
-        return example.question + (SUFFIX if self.prompt == "hashmark" else "")
+        return user_message(example) if self.prompt == "hashmark" else example.question  # a verl row verbatim
 
     def reward(self, completion: str, example: Example) -> Reward:
         if self.reward_mode == "string_match":
