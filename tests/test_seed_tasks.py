@@ -172,6 +172,11 @@ def test_hellaswag_probe_paper2():
     assert exs[0].question == "Baking cookies: A woman mixes batch 0 of dough. She"
     assert task.reward(f" {exs[0].answer}.", exs[0]).correct and not task.reward("none", exs[0]).correct
     assert task.user_message(exs[0]).endswith("\n\nAnswer: ")
+    assert [e.uid for e in task.examples("test", 2)] == [e.uid for e in exs[:2]]  # a run's eval_size caps it
+    assert len(get_task("hellaswag", path=os.path.join(FIX, "hellaswag"), every_item=True).examples("test", 2)) == 3
+    # paper 2's preprocess, pattern "[[.*?]]" as written there: "[step]" tags stay, "?]" / ".]" go
+    from esjax.tasks.hellaswag import preprocess
+    assert preprocess(" How to bake [title] Preheat. [step] Mix it?]  now") == "How to bake. Preheat. [step] Mix it now"
 
 
 def test_mmlu_five_shot_and_letter_logprob_scoring(tokenizer):

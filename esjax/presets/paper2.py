@@ -18,8 +18,8 @@ TASK_KWARGS = {
     "gsm8k": {"path": "gsm8k", **HASHMARK},
     "math": {"path": "math", "prompt": "hashmark", **HASHMARK},
     "olympiadbench": {"path": "olympiadbench", "order": "file"},
-    # §C.7: every 10th validation item (1,005), endings shuffled with seed 42, greedy 10 tokens
-    "hellaswag": {"path": "hellaswag", "stride": 10, "shuffle_seed": 42},
+    # §C.7: every 10th validation item (all 1,005, whatever eval_size), endings shuffled with seed 42, greedy 10 tokens
+    "hellaswag": {"path": "hellaswag", "stride": 10, "shuffle_seed": 42, "every_item": True},
     # §C.7: 500 random test items, 5-shot from the subject's dev set, argmax over letter log-probs
     "mmlu": {"path": "mmlu", "shots": 5, "order": "shuffle"},
 }

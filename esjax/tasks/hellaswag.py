@@ -3,9 +3,12 @@
 Rows of ``hellaswag`` (split ``validation``): ``activity_label``, ``ctx_a``, ``ctx_b``, ``endings`` (4),
 ``label``. Every ``stride``-th item (paper 2: 10, i.e. 1,005 items) in file order; each item's endings are
 shuffled by one ``random.Random(seed)`` (42) walked over the items in order. Context =
-``activity_label + ": " + ctx_a + " " + ctx_b.capitalize()``, preprocessed as in the HellaSwag reference
-(`` [title]`` → ``". "``, other ``[...]`` removed, double spaces collapsed). The reply (greedy, 10 tokens)
-is correct when its first digit in 1–4 is the position of the gold ending.
+``activity_label + ": " + ctx_a + " " + ctx_b.capitalize()``, preprocessed as paper 2's script does:
+`` [title]`` → ``". "``, then ``re.sub("[[.*?]]", "", t)`` — in the lm-eval reference a pattern that removes
+``[step]``-like tags, there a character class that removes only "[]", ".]", "*]", "?]" ("[step]" stays, as
+in the seed's prompts) — then double spaces collapsed once. The reply (greedy, 10 tokens) is correct when
+its first digit in 1–4 is the position of the gold ending. ``every_item``: score all of them (paper 2's
+1,005), not the first ``n`` a run's ``eval_size`` asks for.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ INSTRUCTION = ("You are given a situation followed by four possible endings. Cho
 
 def preprocess(text: str) -> str:
     text = text.strip().replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
+    # paper 2's re.sub("[[.*?]]", "", t), written without the nested-set ambiguity Python warns about: one
+    # of "[", ".", "*", "?" followed by "]" (lm-eval's tag removal it was meant to be would drop "[step]")
+    text = re.sub(r"[\[.*?]\]", "", text)
     return text.replace("  ", " ")
 
 
@@ -32,12 +37,13 @@ class HellaSwag(DataTask):
     max_new_tokens = 10
     default_splits = {"train": "train", "test": "validation"}
 
-    def __init__(self, path: Optional[str] = None, stride: int = 10, shuffle_seed: int = 42, **source):
+    def __init__(self, path: Optional[str] = None, stride: int = 10, shuffle_seed: int = 42, every_item: bool = False,
+                 **source):
         source.setdefault("order", "file")
         super().__init__(path, **source)
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        self.stride, self.shuffle_seed = stride, shuffle_seed
+        self.stride, self.shuffle_seed, self.every_item = stride, shuffle_seed, every_item
 
     def validate(self, row: dict) -> None:
         for key in ("activity_label", "ctx_a", "ctx_b"):
@@ -58,7 +64,7 @@ class HellaSwag(DataTask):
             context = preprocess(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
             endings = [preprocess(r["endings"][j]) for j in order]
             out.append(Example(f"hellaswag/{split}/{i}", context, order.index(int(r["label"])) + 1, {"endings": endings}))
-        return out[:n]
+        return out if self.every_item else out[:n]
 
     def user_message(self, example: Example) -> str:
         options = "\n".join(f"{k}. {e}" for k, e in enumerate(example.meta["endings"], 1))
