@@ -200,6 +200,23 @@ def test_sampling_filters_and_determinism():
     np.testing.assert_array_equal(a, b)
 
 
+def test_generation_stops_at_the_generation_configs_eos_ids_too(tmp_path):
+    """Qwen2.5-Instruct: config.json names <|im_end|> only, generation_config.json adds <|endoftext|>;
+    transformers' generate and vLLM stop at both, so esjax does; the pad id stays config.json's EOS."""
+    from esjax.models.hf import read_hf_config
+
+    path = tmp_path / "qwen"
+    path.mkdir()
+    cfg = {"model_type": "qwen2", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "eos_token_id": 61}
+    json.dump(cfg, open(path / "config.json", "w"))
+    assert read_hf_config(str(path)).eos_token_ids == (61,)
+    json.dump({"eos_token_id": [61, 59], "pad_token_id": 59}, open(path / "generation_config.json", "w"))
+    got = read_hf_config(str(path))
+    assert got.eos_token_ids == (61, 59) and got.pad_token_id == 61
+    assert read_hf_config(str(path), eos_token_ids=(5,)).eos_token_ids == (5,)  # an explicit setting wins
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     _, path = _save_random_hf(tmp_path, "llama")
     cfg_file = os.path.join(path, "config.json")

@@ -69,8 +69,7 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides) -> ModelC
                               float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
     elif rope_type not in ("default", None):
         raise ValueError(f"{source}: unsupported rope type {rope_type!r} (supported: default, llama3)")
-    eos = hf.get("eos_token_id")
-    eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (int(eos),))
+    eos = _eos_ids(hf.get("eos_token_id"))
     heads = int(need("num_attention_heads"))
     hidden = int(need("hidden_size"))
     if model_type == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
@@ -170,18 +169,37 @@ def params_from_hf_tensors(tensors: Dict[str, np.ndarray], cfg: ModelConfig, sou
     return params
 
 
+def _read_json(file: str) -> dict:
+    with open(file) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file}: invalid JSON ({e})") from e
+
+
+def _eos_ids(value) -> tuple:
+    return tuple(int(x) for x in value) if isinstance(value, (list, tuple)) else (() if value is None else (int(value),))
+
+
 def read_hf_config(path: str, **config_overrides) -> ModelConfig:
-    """The ModelConfig of a local HF directory, from its config.json alone (no weights read)."""
+    """The ModelConfig of a local HF directory, from its config.json (no weights read). Generation stops at
+    config.json's EOS ids and at those of ``generation_config.json`` too, as transformers' ``generate`` and
+    vLLM do: Qwen2.5-Instruct's config.json names only <|im_end|> (151645), its generation config also
+    <|endoftext|> (151643), and a completion decoded past that token had its trailing text scored."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     cfg_file = os.path.join(path, "config.json")
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"{path}: missing config.json")
-    with open(cfg_file) as f:
-        try:
-            hf = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file}: invalid JSON ({e})") from e
+    hf = _read_json(cfg_file)
+    gen_file = os.path.join(path, "generation_config.json")
+    if os.path.exists(gen_file) and "eos_token_ids" not in config_overrides:
+        own = _eos_ids(hf.get("eos_token_id"))
+        more = [i for i in _eos_ids(_read_json(gen_file).get("eos_token_id")) if i not in own]
+        if more:
+            hf = {**hf, "eos_token_id": [*own, *more]}
+            if "pad_token_id" not in hf and own:  # the pad id stays config.json's first EOS, as before
+                hf["pad_token_id"] = own[0]
     return config_from_hf(hf, cfg_file, **config_overrides)
 
 
