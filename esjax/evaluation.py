@@ -27,12 +27,19 @@ def letter_token_ids(tokenizer, letters: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def make_choice_scorer(model_cfg):
-    """jit ``(params, tokens (B, P), mask (B, P), letter_ids (L, 2)) -> (B,) index of the best letter``."""
+def make_choice_scorer(model_cfg, top_k: int = 0):
+    """jit ``(params, tokens (B, P), mask (B, P), letter_ids (L, 2)) -> (B,) index of the best letter``.
+    ``top_k`` > 0: a letter counts only if one of its tokens is among the position's ``top_k`` most likely
+    (paper 2 reads vLLM's top-20 log-probs), and a row where none is gets −1 (no answer, scored wrong)."""
     def best(params, tokens, mask, letter_ids):
         logits, _ = forward(params, model_cfg, tokens, positions_from_mask(mask), mask, last_only=True)
         logp = jax.nn.log_softmax(logits[:, 0], -1)  # (B, V)
-        return jnp.argmax(logp[:, letter_ids].max(-1), -1)
+        lp = logp[:, letter_ids]  # (B, L, 2)
+        if top_k:
+            kth = jax.lax.top_k(logp, top_k)[0][:, -1]
+            lp = jnp.where(lp >= kth[:, None, None], lp, -jnp.inf)
+        lp = lp.max(-1)
+        return jnp.where(jnp.isfinite(lp).any(-1), jnp.argmax(lp, -1), -1)
     return jax.jit(best)
 
 
@@ -48,14 +55,15 @@ def evaluate(params, model_cfg, tokenizer, task, examples, max_new_tokens: int, 
     call's batch i − 1 (none for a first batch: no compaction)."""
     choices = task.choice_letters
     if choices:
-        pick, letter_ids = make_choice_scorer(model_cfg), letter_token_ids(tokenizer, choices)
+        pick = make_choice_scorer(model_cfg, task.choice_top_k)
+        letter_ids = letter_token_ids(tokenizer, choices)
     previous = list(previous_lengths or [])
     rewards, correct, lengths = [], [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         pb = prompt_batch(tokenizer, task, chunk, model_cfg.pad_token_id)
         if choices:
-            texts = [choices[j] for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
+            texts = [choices[j] if j >= 0 else "" for j in np.asarray(pick(params, pb.tokens, pb.mask, letter_ids))]
             n_tokens = np.ones(len(chunk))
         else:
             before = previous[len(lengths)] if len(lengths) < len(previous) else (lengths[-1] if lengths else None)

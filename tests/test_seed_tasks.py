@@ -185,7 +185,7 @@ def test_mmlu_five_shot_and_letter_logprob_scoring(tokenizer):
     task = get_task("mmlu", path=os.path.join(FIX, "mmlu"), order="file")
     exs = task.examples("test", 6)
     assert exs[0].question.count("Answer:") == 6 and exs[0].question.startswith(
-        "The following are multiple choice questions (with answers) about high school chemistry.")
+        "The following are multiple choice questions (with answers) about  high school chemistry.")  # sic (paper 2)
     assert exs[0].answer == "B" and exs[0].question.endswith("D. z\nAnswer:")
     with pytest.raises(ValueError, match="3 dev questions, 5 shots"):
         get_task("mmlu", path=os.path.join(FIX, "mmlu"), splits={"dev": "dev[0:3]"}, order="file").examples("test", 1)
@@ -193,14 +193,18 @@ def test_mmlu_five_shot_and_letter_logprob_scoring(tokenizer):
     res = evaluate(model.params, model.cfg, model.tokenizer, task, exs, 1)
     # reference: the same argmax computed directly from the forward pass, one prompt at a time
     ids = letter_token_ids(model.tokenizer, "ABCD")
-    hits = []
+    hits, whole = [], []
     for ex, prompt in zip(exs, encode_prompts(model.tokenizer, task, exs)):
         tok = np.asarray([prompt], np.int32)
         mask = np.ones_like(tok, bool)
         logits, _ = forward(model.params, model.cfg, tok, positions_from_mask(mask), mask)
         logp = np.asarray(jax.nn.log_softmax(logits[0, -1]))
-        hits.append("ABCD"[int(np.argmax(logp[ids].max(-1)))] == ex.answer)
+        lp = np.where(logp[ids] >= np.sort(logp)[-20], logp[ids], -np.inf).max(-1)  # vLLM's top-20 (paper 2)
+        hits.append(bool(np.isfinite(lp).any()) and "ABCD"[int(np.argmax(lp))] == ex.answer)
+        whole.append("ABCD"[int(np.argmax(logp[ids].max(-1)))] == ex.answer)
     assert res["accuracy"] == pytest.approx(np.mean(hits)) and res["completion_length"] == 1
+    every = get_task("mmlu", path=os.path.join(FIX, "mmlu"), order="file", top_k=0)  # the whole vocabulary
+    assert evaluate(model.params, model.cfg, model.tokenizer, every, exs, 1)["accuracy"] == pytest.approx(np.mean(whole))
 
 
 def test_ifeval_rows_and_checker_glue(monkeypatch):

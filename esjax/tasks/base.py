@@ -55,6 +55,7 @@ class Task:
     chat_template: bool = True  # False: the prompt is raw text (Qiu et al.'s Countdown), no template
     max_new_tokens: int = 64  # a sensible default generation budget for this task
     choice_letters: Optional[str] = None  # e.g. "ABCD": evaluate by next-token log-probs, not generation
+    choice_top_k: int = 0  # a letter counts only among the position's top-k tokens (0 = the whole vocabulary)
 
     def examples(self, split: str, n: int, seed: int = 0) -> List[Example]:
         raise NotImplementedError

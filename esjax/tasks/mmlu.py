@@ -4,7 +4,10 @@ Rows of ``cais/mmlu`` ("all"): ``question``, ``subject``, ``choices`` (4), ``ans
 Each test question is preceded by ``shots`` solved questions of the same subject from the ``dev`` split, in
 the standard MMLU layout, inside the chat template. Scoring is not generation: the prediction is the
 argmax over A–D of max(log p("A"), log p(" A")) at the first reply position (``choice_letters``; see
-:func:`esjax.evaluation.evaluate`). Paper 2 samples 500 random test items (``order="shuffle"``).
+:func:`esjax.evaluation.evaluate`), among the ``top_k`` most likely tokens only (paper 2 reads vLLM's
+top-20 log-probs: no letter there, no answer; 0 = the whole vocabulary). The layout is paper 2's
+``evaluation_script.py``: "about  high school chemistry." (its ``format_subject`` puts a space before
+each word) and the questions unstripped. Paper 2 samples 500 random test items (``order="shuffle"``).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def _letter(answer) -> str:
 
 
 def format_question(row: dict, with_answer: bool) -> str:
-    lines = [row["question"].strip()] + [f"{LETTERS[k]}. {c}" for k, c in enumerate(row["choices"])]
+    lines = [row["question"]] + [f"{LETTERS[k]}. {c}" for k, c in enumerate(row["choices"])]
     return "\n".join(lines) + "\nAnswer:" + (f" {_letter(row['answer'])}\n\n" if with_answer else "")
 
 
@@ -32,9 +35,11 @@ class MMLU(DataTask):
     choice_letters = LETTERS
     default_splits = {"train": "dev", "test": "test", "dev": "dev"}
 
-    def __init__(self, path: Optional[str] = None, shots: int = 5, **source):
+    def __init__(self, path: Optional[str] = None, shots: int = 5, top_k: int = 20, **source):
         super().__init__(path, **source)
-        self.shots = shots
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = the whole vocabulary), got {top_k}")
+        self.shots, self.choice_top_k = shots, top_k
         self._dev: Optional[Dict[str, List[dict]]] = None
 
     def validate(self, row: dict) -> None:
@@ -53,7 +58,7 @@ class MMLU(DataTask):
         shots = self._dev.get(row["subject"], [])[:self.shots]
         if len(shots) < self.shots:
             raise ValueError(f"subject {row['subject']!r} has {len(shots)} dev questions, {self.shots} shots asked")
-        subject = row["subject"].replace("_", " ")
+        subject = "".join(" " + w for w in row["subject"].split("_"))  # paper 2's format_subject: " high school …"
         text = (f"The following are multiple choice questions (with answers) about {subject}.\n\n"
                 + "".join(format_question(s, True) for s in shots) + format_question(row, False))
         return Example(uid, text, _letter(row["answer"]), {"subject": row["subject"]})
