@@ -27,7 +27,7 @@ import optax
 
 from esjax.es.noise import member_key
 from esjax.es.schemes import get_scheme
-from esjax.es.shaping import SHAPING
+from esjax.es.shaping import SHAPING, shape
 from esjax.trees import leaf_paths, leaf_selection, module_type, shape_groups  # noqa: F401  (module_type: its old home)
 
 
@@ -260,7 +260,7 @@ def lower_es_update(state: ESState, cfg: ESConfig) -> dict:
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _shaped(fitness, cfg: ESConfig):
-    return SHAPING[cfg.shaping](fitness)
+    return shape(cfg.shaping, fitness)
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
@@ -276,7 +276,7 @@ def _apply_gradient(state: ESState, g, fitness, z, anchor, cfg: ESConfig):
 
 @functools.partial(jax.jit, static_argnames="cfg")
 def _inplace_step(state: ESState, fitness, anchor, cfg: ESConfig):
-    z = SHAPING[cfg.shaping](fitness)
+    z = shape(cfg.shaping, fitness)
     params = inplace_update(state.params, state.key, state.iteration, z, cfg)
     if cfg.awd_lambda:
         params = anchored_decay(params, anchor, cfg.alpha * cfg.awd_lambda, cfg.awd_norm)
