@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fresh machine → installed esjax + test dependencies → the test suite (8 forced CPU devices per process).
 # Test files run in parallel worker processes (pytest-xdist, one file per worker at a time, so a file's
-# shared fixtures are built once): 2 workers on 2 cores take about 23 min (354 tests, session 18).
+# shared fixtures are built once): 2 workers on 2 cores take about 21 min (371 tests, session 19).
 # ESJAX_TEST_WORKERS overrides the count (0 = one process, e.g. to debug); extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
