@@ -6,6 +6,13 @@ Countdown with the raw TinyZero string (no chat template, ending ``<think>``), t
 α 5e-4, greedy members, 500 iterations, 0.1·format + 1.0·answer. Qiu reports many models; the preset
 names Qwen2.5-1.5B-Instruct (``--set model=hf:...`` for the others). The RL baselines' (β, lr) were
 grid-searched per model (their Table 3, not recovered): the GRPO block is a group-30 starting point.
+
+Which of Qiu's two scripts: the accelerated one (``es_fine-tuning_countdown_accl.py``: vLLM at temperature
+0, each row's ``context`` as the prompt, the completion alone scored), which paper 2 builds on. The
+original HF script (``countdown/es_fine-tuning_countdown.py``) differs in two ways esjax does not
+reproduce: ``model.generate(do_sample=False)`` applies the checkpoint's generation-config repetition
+penalty (1.1 for Qwen2.5-1.5B-Instruct, prompt tokens included), and it scores the decoded prompt +
+completion, so the prompt's own ``<think> </think>`` / ``<answer>`` tags feed the format reward.
 """
 PRESET = dict(
     model="hf:Qwen2.5-1.5B-Instruct",
