@@ -29,9 +29,10 @@ from esjax.analysis.theory import drift_theory_of_run
 from esjax.analysis.verdicts import offtask_probes
 from esjax.checkpoint import load_params
 from esjax.config import build_config
+from esjax.results import safe_row, write_json
 from esjax.runs import evaluate_all, load_run_model, run_method
 from esjax.tasks.probes import GeneralChat, general_examples
-from experiments.cli import parser, setup
+from experiments.cli import dry_run, parser, setup
 
 # forgetting-aware ES variants (low-rank noise, a parameter mask, a KL penalty, anchored weight decay)
 VARIANTS = {
@@ -110,6 +111,11 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def axis_overrides(n: str, a: str, variant: str) -> list:
+    """The ``--set`` overrides one point of the sweep adds: its N, its α and its variant's settings."""
+    return [f"es.population_size={n}", f"es.alpha={a}"] + VARIANTS[variant]
+
+
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--populations", default="4,8", help="comma-separated ES population sizes N")
@@ -122,25 +128,32 @@ def main(argv=None):
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+    alphas = args.alphas.split(",") if args.alphas else [repr(cfg.es.alpha)]
+    points = [(n, a, v) for n in args.populations.split(",") for a in alphas for v in args.variants.split(",")]
+    axes = {o.split("=", 1)[0] for n, a, v in points for o in axis_overrides(n, a, v)}
+    clash = sorted(axes & {o.split("=", 1)[0] for o in args.overrides})
+    if clash:  # the sweep's own value would silently replace the user's (the later override wins)
+        raise ValueError(f"--set {', '.join(clash)}: the sweep sets these itself (--populations, --alphas, "
+                         f"--variants {args.variants}); choose them there")
+    configs = {f"es-N{n}-a{a}-{v}": build_config(args.preset, args.overrides + axis_overrides(n, a, v))
+               for n, a, v in points}
+    if args.dry_run:
+        return {name: dry_run(c, [c.task], not args.no_probe) for name, c in configs.items()}
     model = load_run_model(cfg)  # compute_dtype as the config says
     base_eval = evaluate_all(model.params, model, cfg, cfg.max_new_tokens)
-    alphas = args.alphas.split(",") if args.alphas else [repr(cfg.es.alpha)]
     rows = []
-    for n in args.populations.split(","):
-        for a in alphas:
-            for v in args.variants.split(","):
-                run_cfg = build_config(args.preset, args.overrides + [f"es.population_size={n}", f"es.alpha={a}"] + VARIANTS[v])
-                rows.append(run_row(out, f"es-N{n}-a{a}-{v}", run_cfg, "es", model, base_eval, args.probe_size))
-                print(json.dumps({k: rows[-1][k] for k in ("run", "accuracy_after", "update_norm", "predicted_norm", "forgetting")}))
+    for name, run_cfg in configs.items():
+        rows.append(run_row(out, name, run_cfg, "es", model, base_eval, args.probe_size))
+        print(json.dumps({k: rows[-1][k] for k in ("run", "accuracy_after", "update_norm", "predicted_norm", "forgetting")}))
     if args.grpo:
         rows.append(run_row(out, "grpo", cfg, "grpo", model, base_eval, args.probe_size))
-    with open(os.path.join(out, "sweep.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_json(os.path.join(out, "sweep.json"), [safe_row(r) for r in rows])  # strict JSON, written atomically
     keys = sorted({k for r in rows for k in r})
-    with open(os.path.join(out, "sweep.csv"), "w", newline="") as f:
+    with open(os.path.join(out, "sweep.csv.tmp"), "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows(rows)
+    os.replace(os.path.join(out, "sweep.csv.tmp"), os.path.join(out, "sweep.csv"))
     plot(rows, os.path.join(out, "sweep.png"))
     print(f"sweep of {len(rows)} runs: {os.path.join(out, 'sweep.csv')}")
     return rows

@@ -129,6 +129,11 @@ def test_sequential_accuracy_and_kl_matrices(tmp_path):
 def test_sweep_reports_theory_beside_each_variant(tmp_path):
     from experiments.sweep import main
 
+    with pytest.raises(ValueError, match=r"--set es.population_size: the sweep sets these itself"):
+        main(["--preset", "tiny", "--out", str(tmp_path / "x"), "--set", "es.population_size=16"])
+    dry = main(["--preset", "tiny", "--out", str(tmp_path / "dry"), "--dry-run", "--no-probe", "--populations", "4",
+                "--variants", "plain,kl"])  # costs per point; nothing trains
+    assert sorted(dry) == ["es-N4-a0.05-kl", "es-N4-a0.05-plain"] and not os.path.exists(tmp_path / "dry" / "sweep.json")
     rows = main(["--preset", "tiny", "--out", str(tmp_path), "--no-progress", "--populations", "4,8",
                  "--variants", "plain,kl", "--set", "es.antithetic=false", "--probe-size", "2"])
     assert [r["run"] for r in rows] == ["es-N4-a0.05-plain", "es-N4-a0.05-kl", "es-N8-a0.05-plain", "es-N8-a0.05-kl"]
