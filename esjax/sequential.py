@@ -18,12 +18,25 @@ import jax
 from esjax.analysis.drift import incremental_kl_matrix
 from esjax.config import RunConfig
 from esjax.grpo.step import restart_schedule
+from esjax.results import safe_row, write_json
 from esjax.runs import evaluate_all, run_method
 from esjax.tasks.probes import probe_sets
 
 
 def run_sequence(cfg: RunConfig, tasks: Sequence[str], method: str, out_dir: str, model, progress: bool = True,
                  reset_optimizer: bool = False) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    settings = {"method": method, "tasks": list(tasks), "reset_optimizer": bool(reset_optimizer)}
+    marker = os.path.join(out_dir, "sequence.json")  # what the stages' checkpoints were trained with
+    if os.path.exists(marker):
+        with open(marker) as f:
+            before = json.load(f)
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            raise ValueError(f"{out_dir}: this sequence was started with other settings ({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
+                             f"its stages' checkpoints would resume under the new ones: use another --out")
+    else:
+        write_json(marker, settings)
     kwargs = {t: cfg.kwargs_for(t) for t in tasks}
     stage_cfgs = [dataclasses.replace(cfg, task=t, task_kwargs=kwargs[t], eval_task_kwargs=kwargs,
                                       eval_tasks=tuple(x for x in tasks if x != t)) for t in tasks]
@@ -42,6 +55,5 @@ def run_sequence(cfg: RunConfig, tasks: Sequence[str], method: str, out_dir: str
     kl = incremental_kl_matrix(stages, model.cfg, model.tokenizer, probes, jax.random.key(cfg.seed))
     result = {"method": method, "tasks": list(tasks), "columns": ["base"] + [f"after {t}" for t in tasks],
               "accuracy": acc, "incremental_kl": kl}
-    with open(os.path.join(out_dir, "sequential.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(os.path.join(out_dir, "sequential.json"), {**safe_row(result), "reset_optimizer": bool(reset_optimizer)})
     return result

@@ -12,7 +12,7 @@ import os
 
 from esjax.analysis.report import perturbed_dimension
 from esjax.analysis.sequential_report import analyze_sequence, write_sequential_report
-from esjax.runs import load_run_model
+from esjax.runs import METHODS, load_run_model
 from esjax.sequential import run_sequence
 from experiments.cli import dry_run, parser, setup
 
@@ -28,6 +28,9 @@ def main(argv=None):
     tasks = args.tasks.split(",") if args.tasks else list(cfg.sequence or ("arithmetic", "arithmetic-word"))
     if args.dry_run:
         return dry_run(cfg, tasks, not args.no_probe)
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:  # before the first method's whole sequence runs
+        raise ValueError(f"--methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
     model = load_run_model(cfg)  # compute_dtype as the config says
     d = perturbed_dimension(model.params, cfg)
     per = {}

@@ -24,6 +24,7 @@ import shutil
 import time
 
 from esjax.presets import study
+from esjax.results import write_json
 
 
 def main(argv=None):
@@ -36,10 +37,15 @@ def main(argv=None):
     est = study.estimate_seconds()["phases"]
     est = {"compare": sum(v for k, v in est.items() if k.startswith("compare")),
            "nsweep": est["sweep_nsweep"], "variants": est["sweep_variants"], "sequential": est["sequential"]}
-    done = {}
+    done, reruns = {}, {}
     path = os.path.join(a.out, "phases.json")
     if os.path.exists(path):  # a resumed study keeps the times of the phases it already ran
-        done = json.load(open(path)).get("seconds", {})
+        try:
+            with open(path) as f:
+                recorded = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); remove it to start the phase times afresh") from e
+        done, reruns = recorded.get("seconds", {}), recorded.get("rerun_seconds", {})
     for phase in filter(None, a.phases.split(",")):
         if phase not in cmds:
             raise ValueError(f"unknown phase {phase!r}; choose from {sorted(cmds)}")
@@ -48,11 +54,15 @@ def main(argv=None):
         print(f"[study/{phase}] {cmds[phase]}  (estimate {est[phase] / 60:.0f} min)", flush=True)
         t0 = time.perf_counter()
         module.main(argv_[1:])
-        done[phase] = time.perf_counter() - t0
-        print(f"[study/{phase}] done in {done[phase]:.0f} s", flush=True)
+        took = time.perf_counter() - t0
+        # the first completed run's time stays the phase's time; a rerun (which mostly restores) is kept apart
+        if phase in done:
+            reruns.setdefault(phase, []).append(took)
+        else:
+            done[phase] = took
+        print(f"[study/{phase}] done in {took:.0f} s", flush=True)
         os.makedirs(a.out, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"seconds": done, "estimate_seconds": est, "commands": cmds}, f, indent=1)
+        write_json(path, {"seconds": done, "rerun_seconds": reruns, "estimate_seconds": est, "commands": cmds})
     print(f"[study] done in {sum(done.values()):.0f} s: {path}", flush=True)
     if a.publish:
         publish(a.out, a.publish)
@@ -89,7 +99,14 @@ def sweeps_markdown(rows_n: list, rows_v: list) -> str:
 
 
 def publish(out: str, dest: str):
-    """Copy the study's readable outputs (no checkpoints) to ``dest`` and write ``dest/sweeps.md``."""
+    """Copy the study's readable outputs (no checkpoints) to ``dest`` and write ``dest/sweeps.md``. Every
+    phase's report must be there (a missing one is an error naming it, not an empty table)."""
+    needed = [os.path.join(out, "report.md"), os.path.join(f"{out}-nsweep", "sweep.json"),
+              os.path.join(f"{out}-variants", "sweep.json"), os.path.join(f"{out}-sequential", "report.md")]
+    missing = [f for f in needed if not os.path.exists(f)]
+    if missing:
+        raise FileNotFoundError(f"study outputs missing (run their phases first: compare, nsweep, variants, "
+                                f"sequential): {', '.join(missing)}")
     os.makedirs(dest, exist_ok=True)
     for name in ("report.md", "results.json", "phases.json"):
         if os.path.exists(os.path.join(out, name)):

@@ -124,6 +124,12 @@ def test_sequential_accuracy_and_kl_matrices(tmp_path):
     s2 = read_metrics(str(tmp_path / "es" / "stage2-arithmetic" / "es"))
     s1 = read_metrics(str(tmp_path / "es" / "stage1-lowercase" / "es"))
     assert s2[1]["update_norm_from_base"] > s1[1]["update_norm_from_base"]
+    # the stages' checkpoints were trained without --reset-optimizer: a rerun with it is refused, not mixed
+    with pytest.raises(ValueError, match=r"reset_optimizer: False -> True"):
+        main(["--preset", "tiny", "--out", str(tmp_path), "--no-progress", "--tasks", "lowercase,arithmetic",
+              "--methods", "es", "--set", "es_iterations=2", "--reset-optimizer"])
+    with pytest.raises(ValueError, match=r"--methods: unknown \['gpro'\]"):
+        main(["--preset", "tiny", "--out", str(tmp_path / "typo"), "--methods", "es,gpro"])
 
 
 def test_sweep_reports_theory_beside_each_variant(tmp_path):

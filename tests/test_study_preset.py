@@ -44,8 +44,12 @@ def test_study_publishes_the_sweeps_with_the_root_n_law(tmp_path):
     import json
     import os
 
+    import pytest
+
     from experiments.study import publish
 
+    with pytest.raises(FileNotFoundError, match=r"study outputs missing .*study-nsweep/sweep.json"):
+        publish(str(tmp_path / "none" / "study"), str(tmp_path / "pub"))
     out = tmp_path / "runs" / "study"
     (out / "plots").mkdir(parents=True)
     (out / "report.md").write_text("# report")
