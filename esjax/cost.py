@@ -111,7 +111,9 @@ def run_cost(cfg, model_cfg, prompt_tokens: int, n_devices: int = 1, longest_pro
                  "backward_passes_per_step": gr_passes["backward_passes"],
                  "forward_passes_per_task": gr_passes["forward_passes"] * cfg.grpo_steps,
                  "backward_passes_per_task": gr_passes["backward_passes"] * cfg.grpo_steps, "steps": cfg.grpo_steps,
-                 "memory_per_device": {"params": d * 4 * (4 + (gr.beta > 0 or cfg.probe_size > 0)),
+                 # fp32 master, two AdamW moments, gradients, and the reference model when the run scores it
+                 # (the condition of esjax.runs and of pass_counts: β > 0 or the KL tracked)
+                 "memory_per_device": {"params": d * 4 * (4 + bool(gr.beta > 0 or gr.track_kl)),
                                        "kv_cache": kv_row * -(-gr_completions // n_devices)}},
     }
 

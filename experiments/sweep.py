@@ -70,8 +70,9 @@ def run_row(out, name, cfg, method, model, base_eval, probe_n):
            "alpha": cfg.es.alpha if method == "es" else cfg.grpo.learning_rate,
            "accuracy_before": s["before"][f"eval/{cfg.task}/accuracy"],
            "accuracy_after": s["after"][f"eval/{cfg.task}/accuracy"],
-           "accuracy_after_ci": list(stats.wilson_interval(stats.count_from_accuracy(
-               s["after"][f"eval/{cfg.task}/accuracy"], cfg.eval_size, f"{name}: eval/{cfg.task}/accuracy"), cfg.eval_size)),
+           # the problems actually scored (a task may hold fewer than eval_size test items)
+           "accuracy_after_ci": list(stats.wilson_interval(int(sum(s["after"][f"eval/{cfg.task}/correct"])),
+                                                           len(s["after"][f"eval/{cfg.task}/correct"]))),
            "forgetting": float(np.mean([s["before"][f"eval/{t}/accuracy"] - s["after"][f"eval/{t}/accuracy"]
                                         for t in offtask] or [0.0])),
            "forgetting_tasks": offtask,

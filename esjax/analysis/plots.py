@@ -10,10 +10,15 @@ from esjax.results import read_metrics
 
 
 def _heatmap(ax, table, title):
-    layers = sorted((k for k in table if k != "None"), key=int)
+    """Layers left to right, then one "emb/out" column for the leaves outside the layers (embedding, final
+    norm, head: ``layer_of`` None), which a layer-only ES leaves alone and GRPO moves."""
+    layers = sorted((k for k in table if k != "None"), key=int) + (["None"] if "None" in table else [])
     data = np.array([[table[l].get(b, np.nan) for b in BUCKETS] for l in layers])
     im = ax.imshow(data.T, aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(BUCKETS)), BUCKETS)
+    step = max(1, len(layers) // 12)
+    ticks = sorted(set(range(0, len(layers), step)) | {len(layers) - 1})
+    ax.set_xticks(ticks, ["emb/out" if layers[i] == "None" else layers[i] for i in ticks])
     ax.set_xlabel("layer")
     ax.set_title(title)
     return im
