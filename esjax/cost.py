@@ -139,8 +139,9 @@ def probe_throughput(model, prompt_tokens: int, new_tokens: int = 16, rows: int 
 
 
 def estimate_wall_time(cost: dict, speed: dict) -> dict:
-    """Seconds per ES iteration / GRPO step and per task (upper bounds): generation at the decode speed,
-    every other forward pass at the scoring speed, a backward pass as two more (learner ≈ 3× scoring)."""
+    """Seconds per ES iteration / GRPO step and per task of training (upper bounds; the evaluations are not
+    in them): generation at the decode speed, every other forward pass at the scoring speed, a backward pass
+    as two more (learner ≈ 3× scoring)."""
     es, gr = cost["es"], cost["grpo"]
     seq = cost["prompt_tokens"] + cost["max_new_tokens"]
     score = lambda fwd, bwd, n: (fwd - n + 2 * bwd) * seq / speed["score_tokens_per_s"]  # noqa: E731
@@ -170,5 +171,6 @@ def format_cost(cost: dict, wall: dict = None) -> str:
     if wall:
         lines.append(f"wall time (upper bound from a measured probe): ES {wall['es_s_per_iteration']:.3g} s/iteration, "
                      f"{wall['es_s_per_task'] / 3600:.3g} h/task; GRPO {wall['grpo_s_per_step']:.3g} s/step, "
-                     f"{wall['grpo_s_per_task'] / 3600:.3g} h/task")
+                     f"{wall['grpo_s_per_task'] / 3600:.3g} h/task — training only: the evaluations (base, every "
+                     f"eval_every, final; each eval task) come on top")
     return "\n".join(lines)
