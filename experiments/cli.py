@@ -53,7 +53,7 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
     import jax
     import numpy as np
 
-    from esjax.cost import estimate_wall_time, format_cost, probe_throughput, run_cost
+    from esjax.cost import context_problem, estimate_wall_time, format_cost, probe_throughput, run_cost
     from esjax.models.registry import model_config
     from esjax.runs import load_run_model
     from esjax.tasks import encode_prompts, get_task
@@ -72,6 +72,14 @@ def dry_run(cfg, tasks, probe: bool = True) -> dict:
             longest = max(len(p) for p in encode_prompts(tok, task, pool))
         c = run_cost(dataclasses.replace(cfg, max_new_tokens=cfg.max_new_tokens or task.max_new_tokens),
                      mcfg, prompt, jax.device_count(), longest_prompt=longest)
+        if tok and not c["context_problem"]:  # the eval tasks' prompts (e.g. HellaSwag's) with their own budgets
+            for other in cfg.eval_tasks:
+                et = get_task(other, **cfg.kwargs_for(other))
+                p_long = max((len(p) for p in encode_prompts(tok, et, et.examples("test", cfg.eval_size, cfg.seed))), default=0)
+                problem = context_problem(mcfg, p_long, cfg.eval_max_new_tokens or et.max_new_tokens)
+                if problem:
+                    c["context_problem"] = f"eval task {other!r}: {problem}"
+                    break
         wall = estimate_wall_time(c, probe_throughput(model, prompt)) if model else None
         note = "" if tok else "\n(prompt lengths not measured with --no-probe: 256 tokens assumed for the context check)"
         print(f"== {name}\n{format_cost(c, wall)}{note}")

@@ -151,3 +151,13 @@ def test_dry_run_flags_a_prompt_beyond_the_model_context():
     assert run_cost(cfg, mcfg, prompt_tokens=100, longest_prompt=408)["context_problem"] is None  # 408 + 100 fits
     alone = run_cost(cfg, mcfg, prompt_tokens=600)["context_problem"]  # the typical prompt, when no longest given
     assert "alone exceeds the model context of 512" in alone
+
+
+def test_dry_run_checks_the_eval_tasks_prompts_with_their_own_budget(capsys):
+    """The training task fits; the eval task's 3,000-token budget does not (tiny model: 2,048 positions)."""
+    from experiments.cli import dry_run
+
+    rep = dry_run(build_config("tiny", ["eval_max_new_tokens=3000"]), ["lowercase"])
+    assert rep["lowercase"]["cost"]["context_problem"].startswith("eval task 'arithmetic': the longest prompt")
+    assert "WARNING: eval task 'arithmetic'" in capsys.readouterr().out
+    assert dry_run(build_config("tiny"), ["lowercase"])["lowercase"]["cost"]["context_problem"] is None
