@@ -132,6 +132,8 @@ def main(argv=None):
     alphas = args.alphas.split(",") if args.alphas else [repr(cfg.es.alpha)]
     points = [(n, a, v) for n in args.populations.split(",") for a in alphas for v in args.variants.split(",")]
     axes = {o.split("=", 1)[0] for n, a, v in points for o in axis_overrides(n, a, v)}
+    if not args.alphas:  # α then comes from the config, a --set es.alpha included: nothing replaces it
+        axes.discard("es.alpha")
     clash = sorted(axes & {o.split("=", 1)[0] for o in args.overrides})
     if clash:  # the sweep's own value would silently replace the user's (the later override wins)
         raise ValueError(f"--set {', '.join(clash)}: the sweep sets these itself (--populations, --alphas, "

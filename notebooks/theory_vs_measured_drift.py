@@ -71,7 +71,7 @@ print("measured / predicted at the end:", t["final_ratio_measured_over_predicted
 # %%
 rho = t["rho_estimate"]
 print(f"rho: {rho:.3g}" if rho is not None else f"rho: {t['rho_status']}")
-print(f"|cos| bound ({t['cosine_bound_rho']}) {t['cosine_bound']:.3g}, measured {abs(stored['cosine_measured']):.3g}")
+print(f"|cos| bound ({t['cosine_bound_rho']}) {t['cosine_bound']:.3g}, measured {'undefined (an update is zero)' if stored['cosine_measured'] is None else format(abs(stored['cosine_measured']), '.3g')}")
 print(f"off-task KL predicted {t['offtask_kl_predicted']:.4g} vs measured {stored['offtask_kl_measured']:.4g} nats/token")
 fig, ax = plt.subplots(figsize=(5, 3.5))
 ax.plot(T, t["offtask_kl_curve"], "--", label="½‖Δθ‖²_walk tr(F)/d (tr F from a random direction)")

@@ -226,3 +226,25 @@ def test_dimension_counts_the_tied_embedding_once_or_not_at_all():
     assert perturbed_dimension(p, every) - perturbed_dimension(p, layers) == n_embed + p["final_norm"].size
     assert dimension_info(p, every, tied)["embedding_in_d"].startswith("once")
     assert dimension_info(p, layers, tied)["embedding_in_d"].startswith("not perturbed")
+
+
+def test_a_report_with_a_zero_update_is_written_with_undefined_cosine(tmp_path):
+    """The committed cpu-quick results with GRPO's update made zero: report.md is still written (the
+    cosine rows read "undefined"), and the three geometric findings are inconclusive."""
+    import json
+    import shutil
+
+    from esjax.analysis.report import write_report
+
+    src = os.path.join(os.path.dirname(__file__), "..", "docs", "cpu-quick")
+    out = tmp_path / "r"
+    shutil.copytree(src, out)
+    res = json.load(open(out / "results.json"))
+    for k in ("intervals", "verdicts"):
+        res.pop(k, None)
+    res["cosine"]["global"] = res["theory"]["cosine_measured"] = None
+    res["norms"]["grpo"]["once"], res["norms"]["ratio_es_over_grpo"] = 0.0, None
+    md = open(write_report(str(out), res)).read()
+    assert "| cosine(Δ_ES, Δ_GRPO) | undefined |" in md and "| ES/GRPO norm ratio | undefined |" in md
+    got = {v["finding"]: v["verdict"] for v in json.load(open(out / "results.json"))["verdicts"]}
+    assert [got[f] for f in ("ES norm ≫ GRPO", "ES denser", "near-orthogonal")] == ["inconclusive"] * 3

@@ -140,6 +140,9 @@ def test_sweep_reports_theory_beside_each_variant(tmp_path):
     dry = main(["--preset", "tiny", "--out", str(tmp_path / "dry"), "--dry-run", "--no-probe", "--populations", "4",
                 "--variants", "plain,kl"])  # costs per point; nothing trains
     assert sorted(dry) == ["es-N4-a0.05-kl", "es-N4-a0.05-plain"] and not os.path.exists(tmp_path / "dry" / "sweep.json")
+    # without --alphas, α is the config's, a --set es.alpha included (no axis replaces it)
+    assert list(main(["--preset", "tiny", "--out", str(tmp_path / "dry"), "--dry-run", "--no-probe", "--populations",
+                      "4", "--variants", "plain", "--set", "es.alpha=0.1"])) == ["es-N4-a0.1-plain"]
     rows = main(["--preset", "tiny", "--out", str(tmp_path), "--no-progress", "--populations", "4,8",
                  "--variants", "plain,kl", "--set", "es.antithetic=false", "--probe-size", "2"])
     assert [r["run"] for r in rows] == ["es-N4-a0.05-plain", "es-N4-a0.05-kl", "es-N8-a0.05-plain", "es-N8-a0.05-kl"]

@@ -108,11 +108,12 @@ def test_padding_whose_log_probs_overflow_exp_changes_no_loss_or_gradient(estima
     w = LOSS_AGGREGATION[cfg.loss_aggregation](batch["loss_mask"])
     f = jax.value_and_grad(lambda p, o, r: grpo_loss(p, TINY, dict(batch, old_logp=o), w, r, cfg), has_aux=True)
     (l0, aux0), g0 = f(params, old, ref)
-    (l1, aux1), g1 = f(params, jnp.where(off, -200.0, old), jnp.where(off, 200.0, ref))
-    assert np.isfinite(float(l1)) and float(l1) == pytest.approx(float(l0), rel=1e-6)
-    assert float(aux1["kl_sum"]) == pytest.approx(float(aux0["kl_sum"]), rel=1e-6)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    for bad_old, bad_ref in ((-200.0, 200.0), (0.0, -jnp.inf)):  # overflowing exp; a reference's −inf padding
+        (l1, aux1), g1 = f(params, jnp.where(off, bad_old, old), jnp.where(off, bad_ref, ref))
+        assert np.isfinite(float(l1)) and float(l1) == pytest.approx(float(l0), rel=1e-6)
+        assert float(aux1["kl_sum"]) == pytest.approx(float(aux0["kl_sum"]), rel=1e-6)
+        for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
 
 
 def test_low_var_kl_is_verls_with_both_clamps_and_its_gradient_stays_finite():
@@ -158,6 +159,11 @@ def test_a_non_finite_gradient_is_not_applied_and_is_logged():
     again, _ = step(bad, batch, None)  # the next finite step is the one the skipped step would have preceded
     for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(ok.params)):
         np.testing.assert_array_equal(a, b)
+    # the run's row: means over the applied updates (finite, so the run goes on), the skipped share logged
+    from esjax.grpo.trainer import learner_metrics
+    row = learner_metrics([m_ok, m, m_ok])
+    assert row["skipped_nonfinite"] == pytest.approx(1 / 3) and row["grad_norm"] == pytest.approx(float(m_ok["grad_norm"]))
+    assert not np.isfinite(learner_metrics([m])["grad_norm"])  # nothing applied: non-finite, the run stops
 
 
 def test_micro_batching_gives_the_same_update():

@@ -98,6 +98,8 @@ def test_a_verl_rows_prompt_is_sent_verbatim_whatever_suffix_it_carries(task):
         row = {"prompt": [{"role": "user", "content": content}], "reward_model": {"ground_truth": "7"}}
         ex = t.to_example(row, "r0")
         assert t.user_message(ex) == content and ex.question == "How many?"
+    if task == "gsm8k":  # a suffix asked for explicitly replaces the row's
+        assert get_task(task, path=os.path.join(FIX, "gsm8k_verl"), suffix=" Go.").user_message(ex) == "How many? Go."
 
 
 def test_hashmark_string_match_paper2():
@@ -173,7 +175,8 @@ def test_hellaswag_probe_paper2():
     assert task.reward(f" {exs[0].answer}.", exs[0]).correct and not task.reward("none", exs[0]).correct
     assert task.user_message(exs[0]).endswith("\n\nAnswer: ")
     assert [e.uid for e in task.examples("test", 2)] == [e.uid for e in exs[:2]]  # a run's eval_size caps it
-    assert len(get_task("hellaswag", path=os.path.join(FIX, "hellaswag"), every_item=True).examples("test", 2)) == 3
+    every = get_task("hellaswag", path=os.path.join(FIX, "hellaswag"), every_item=True)
+    assert len(every.examples("test", 2)) == 3 and len(every.examples("probe", 2)) == 2  # probes still take n
     # paper 2's preprocess, pattern "[[.*?]]" as written there: "[step]" tags stay, "?]" / ".]" go
     from esjax.tasks.hellaswag import preprocess
     assert preprocess(" How to bake [title] Preheat. [step] Mix it?]  now") == "How to bake. Preheat. [step] Mix it now"

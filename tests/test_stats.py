@@ -123,6 +123,10 @@ def test_verdict_rules_on_synthetic_intervals():
         v.barrier_interval([0, 0.5, 1], [0.3, 0.3, 0.5], 64)
     with pytest.raises(ValueError, match="at least one interior"):
         v.barrier_interval([0, 1], [0.5, 0.5], 64)
+    from esjax.analysis.intervals import interval_tests  # compare --interp-points 2: missing, not a crash
+    res = _synthetic_results()
+    two = interval_tests({**res, "n_eval": 64, "interpolation": {"es_to_grpo": {"lambda": [0, 1], "accuracy": [0.5, 0.5]}}})
+    assert "interior one" in two["barrier_missing"] and "barrier_es_to_grpo" not in two
 
 
 def test_a_path_above_its_chord_is_no_barrier_and_the_worst_of_nine_points_keeps_its_error_rate():

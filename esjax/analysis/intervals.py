@@ -100,6 +100,8 @@ def interval_tests(res: Dict, seed: int = BOOTSTRAP_SEED) -> Dict:
     it = res.get("interpolation", {}).get("es_to_grpo")
     if not it:
         out["barrier_missing"] = "no ES → GRPO interpolation recorded"
+    elif len(it["lambda"]) < 3:
+        out["barrier_missing"] = f"{len(it['lambda'])} interpolation points: a barrier needs an interior one (--interp-points ≥ 3)"
     elif "n_eval" not in res:  # compare's --eval-size, not cfg.eval_size (32 vs 64 in cpu-quick)
         out["barrier_missing"] = "problems per interpolation point (n_eval) not recorded in these results"
     else:

@@ -286,7 +286,7 @@ def write_report(out_dir: str, res: Dict) -> str:
         if fit:
             lines.append(f"| ‖Δθ_t‖² linear in {'Σf_t (logged noise energy)' if fit.get('clock') == 'energy' else 't'} | R² → 1, d_eff/d → 1 | R² = {fit['r2']:.4f}, d_eff/d = {fit['d_eff_ratio']:.3f} |")
         rho_txt = f"ρ̂ = {th_['rho_estimate']:.3g}" if th_["rho_estimate"] is not None else "ρ ≤ 1"
-        lines.append(f"| \\|cos(Δ_ES, Δ_GRPO)\\| ≲ ρ√(TN/d)+1/√d ({rho_txt}) | ≤ {th_['cosine_bound']:.3g} | {abs(th_['cosine_measured']):.3g} |")
+        lines.append(f"| \\|cos(Δ_ES, Δ_GRPO)\\| ≲ ρ√(TN/d)+1/√d ({rho_txt}) | ≤ {th_['cosine_bound']:.3g} | {format_number(None if th_['cosine_measured'] is None else abs(th_['cosine_measured']), '.3g')} |")
         lines.append(f"| ρ (reward–noise correlation) from the excess ‖Δθ_T‖² − α²τd/N | ≤ 1 | "
                      f"{format(th_['rho_estimate'], '.3g') if th_['rho_estimate'] is not None else th_['rho_status']} |")
     lines += [f"| off-task KL ≈ ½‖Δ‖² tr(F)/d (tr F from a random direction) | {th_['offtask_kl_predicted']:.4g} | "

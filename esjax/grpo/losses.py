@@ -135,8 +135,8 @@ def per_token_loss(logp, old_logp, ref_logp, advantages, clip_eps: float, clip_e
     if mask is not None:  # substitute the inputs, not the outputs: where() after exp still back-propagates NaN
         on = mask > 0
         logp, old_logp = jnp.where(on, logp, jnp.zeros_like(logp)), jnp.where(on, old_logp, jnp.zeros_like(old_logp))
-        if ref_logp is not None:
-            kl_logp = jnp.where(on, kl_logp, ref_logp)
+        if ref_logp is not None:  # both 0: δ = 0 even where the reference scored padding −inf
+            kl_logp, ref_logp = jnp.where(on, kl_logp, 0.0), jnp.where(on, ref_logp, 0.0)
     loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high, clip_ratio_c)
     kl = jnp.zeros_like(logp) if ref_logp is None else KL_ESTIMATORS[kl_estimator](kl_logp, ref_logp)
     # β = 0 (static): the KL is only logged, so it stays out of the loss (0 × an overflowed k3 would be NaN)

@@ -37,6 +37,17 @@ def learner_batch(params, model_cfg, cfg: GRPOConfig, pb, gen_tokens, lengths, a
     return batch
 
 
+def learner_metrics(ms) -> dict:
+    """The step's learner metrics: each the mean over the optimizer updates that were applied (a skipped,
+    non-finite update's loss and gradient norm would stop the run, whose params it never touched), and
+    ``skipped_nonfinite`` the fraction skipped. Every update skipped: the means of all, non-finite, so the
+    run stops there (esjax.runs: FINITE_KEYS) — a step that cannot move at all is a divergence."""
+    applied = [m for m in ms if not float(m["skipped_nonfinite"])] or ms
+    out = {k: float(np.mean([m[k] for m in applied])) for k in ms[0]}
+    out["skipped_nonfinite"] = float(np.mean([float(m["skipped_nonfinite"]) for m in ms]))
+    return out
+
+
 def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tokens: int, ref_params=None,
                         mesh=None, donate_state: bool = False):
     """``iterate(state, examples) -> (state, metrics)``; ``ref_params`` enables KL (penalty if β > 0,
@@ -99,12 +110,12 @@ def make_grpo_iteration(model_cfg, tokenizer, task, cfg: GRPOConfig, max_new_tok
                 ms.append(m)
         jax.block_until_ready(state.params)
         t3 = time.perf_counter()
-        metrics = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+        metrics = learner_metrics(ms)
         metrics["optimizer_updates"] = len(ms)
-        skipped = sum(float(m["skipped_nonfinite"]) for m in ms)
-        if skipped:
-            warnings.warn(f"GRPO step {int(state.step)}: {skipped:.0f} of {len(ms)} optimizer updates had a "
-                          f"non-finite gradient and were not applied (metrics: skipped_nonfinite)", RuntimeWarning)
+        if metrics["skipped_nonfinite"]:
+            warnings.warn(f"GRPO step {int(state.step)}: {metrics['skipped_nonfinite'] * len(ms):.0f} of {len(ms)} "
+                          f"optimizer updates had a non-finite gradient and were not applied (metrics: "
+                          f"skipped_nonfinite)", RuntimeWarning)
         metrics["decode_compaction"] = compaction
         metrics.update(rollout_metrics(rewards, correct, out.lengths, t0, t1, t2, t3),
                        reward_std=float(rewards.std()), reward_max=float(rewards.max()),

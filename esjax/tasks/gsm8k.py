@@ -76,7 +76,9 @@ class GSM8K(DataTask):
         return Example(uid, *question_answer(row), {"suffix": verl_suffix(row)} if is_verl_row(row) else {})
 
     def user_message(self, example: Example) -> str:
-        return user_message(example, self.suffix)  # a verl row's prompt verbatim
+        if self.suffix != SUFFIX:  # a suffix asked for explicitly replaces whatever the row carried
+            return example.question + self.suffix
+        return user_message(example)  # a verl row's prompt verbatim
 
     def reward(self, completion: str, example: Example) -> Reward:
         if self.reward_mode == "string_match":

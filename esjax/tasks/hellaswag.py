@@ -7,8 +7,9 @@ shuffled by one ``random.Random(seed)`` (42) walked over the items in order. Con
 `` [title]`` → ``". "``, then ``re.sub("[[.*?]]", "", t)`` — in the lm-eval reference a pattern that removes
 ``[step]``-like tags, there a character class that removes only "[]", ".]", "*]", "?]" ("[step]" stays, as
 in the seed's prompts) — then double spaces collapsed once. The reply (greedy, 10 tokens) is correct when
-its first digit in 1–4 is the position of the gold ending. ``every_item``: score all of them (paper 2's
-1,005), not the first ``n`` a run's ``eval_size`` asks for.
+its first digit in 1–4 is the position of the gold ending. ``every_item``: the test split gives all of
+them (paper 2's 1,005), not the first ``n`` a run's ``eval_size`` asks for; probe and training sets
+still take ``n``.
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ class HellaSwag(DataTask):
             context = preprocess(r["activity_label"] + ": " + r["ctx_a"] + " " + r["ctx_b"].capitalize())
             endings = [preprocess(r["endings"][j]) for j in order]
             out.append(Example(f"hellaswag/{split}/{i}", context, order.index(int(r["label"])) + 1, {"endings": endings}))
-        return out if self.every_item else out[:n]
+        return out if self.every_item and split == "test" else out[:n]  # probes and training take n
 
     def user_message(self, example: Example) -> str:
         options = "\n".join(f"{k}. {e}" for k, e in enumerate(example.meta["endings"], 1))
