@@ -134,7 +134,7 @@ def per_token_loss(logp, old_logp, ref_logp, advantages, clip_eps: float, clip_e
     kl_logp = logp if kl_logp is None else kl_logp
     if mask is not None:  # substitute the inputs, not the outputs: where() after exp still back-propagates NaN
         on = mask > 0
-        logp, old_logp = jnp.where(on, logp, jnp.zeros_like(logp)), jnp.where(on, old_logp, jnp.zeros_like(old_logp))
+        logp, old_logp = jnp.where(on, logp, 0.0), jnp.where(on, old_logp, 0.0)
         if ref_logp is not None:  # both 0: δ = 0 even where the reference scored padding −inf
             kl_logp, ref_logp = jnp.where(on, kl_logp, 0.0), jnp.where(on, ref_logp, 0.0)
     loss, clipped = clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps_high, clip_ratio_c)

@@ -196,10 +196,8 @@ def read_hf_config(path: str, **config_overrides) -> ModelConfig:
     if os.path.exists(gen_file) and "eos_token_ids" not in config_overrides:
         own = _eos_ids(hf.get("eos_token_id"))
         more = [i for i in _eos_ids(_read_json(gen_file).get("eos_token_id")) if i not in own]
-        if more:
+        if more:  # appended: the pad-id fallback (the first EOS id) stays config.json's
             hf = {**hf, "eos_token_id": [*own, *more]}
-            if "pad_token_id" not in hf and own:  # the pad id stays config.json's first EOS, as before
-                hf["pad_token_id"] = own[0]
     return config_from_hf(hf, cfg_file, **config_overrides)
 
 

@@ -18,7 +18,7 @@ import re
 from typing import Optional
 
 from esjax.tasks.base import Example, Reward, last_number, parse_number, register
-from esjax.tasks.hashmark import SUFFIX, is_verl_row, string_match, user_message, verl_question_answer, verl_suffix
+from esjax.tasks.hashmark import SUFFIX, is_verl_row, string_match, user_message, verl_meta, verl_question_answer
 from esjax.tasks.scan import last_between
 from esjax.tasks.sources import DataTask
 
@@ -73,7 +73,7 @@ class GSM8K(DataTask):
         question_answer(row)
 
     def to_example(self, row: dict, uid: str) -> Example:
-        return Example(uid, *question_answer(row), {"suffix": verl_suffix(row)} if is_verl_row(row) else {})
+        return Example(uid, *question_answer(row), verl_meta(row))
 
     def user_message(self, example: Example) -> str:
         if self.suffix != SUFFIX:  # a suffix asked for explicitly replaces whatever the row carried

@@ -59,6 +59,11 @@ def verl_suffix(row: dict) -> str:
     return ""
 
 
+def verl_meta(row: dict) -> dict:
+    """An example's meta for the suffix its verl row carried (:func:`user_message`); {} for other rows."""
+    return {"suffix": verl_suffix(row)} if is_verl_row(row) else {}
+
+
 def user_message(example, suffix: str = SUFFIX) -> str:
     """The question + the suffix the example's verl row carried (``meta["suffix"]``), else ``suffix``."""
     return example.question + example.meta.get("suffix", suffix)

@@ -23,7 +23,7 @@ import re
 from typing import List, Optional
 
 from esjax.tasks.base import Example, Reward, register
-from esjax.tasks.hashmark import is_verl_row, string_match, user_message, verl_question_answer, verl_suffix
+from esjax.tasks.hashmark import is_verl_row, string_match, user_message, verl_meta, verl_question_answer
 from esjax.tasks.safe_arith import evaluate
 from esjax.tasks.scan import closing_brace, unwrap
 from esjax.tasks.sources import DataTask
@@ -203,7 +203,7 @@ class MATH(DataTask):
     def to_example(self, row: dict, uid: str) -> Example:
         problem, answer, level = question_answer(row)
         meta = {"level": level, "type": row.get("type") or row.get("subject")}
-        return Example(uid, problem, answer, {**meta, "suffix": verl_suffix(row)} if is_verl_row(row) else meta)
+        return Example(uid, problem, answer, {**meta, **verl_meta(row)})
 
     def select(self, rows, split: str, n: int, seed: int) -> List[int]:
         keep = [i for i, r in enumerate(rows) if not self.levels or question_answer(r)[2] in self.levels]

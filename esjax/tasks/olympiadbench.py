@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from esjax.tasks.base import Example, Reward, register
-from esjax.tasks.hashmark import is_verl_row, string_match, user_message, verl_question_answer, verl_suffix
+from esjax.tasks.hashmark import is_verl_row, string_match, user_message, verl_meta, verl_question_answer
 from esjax.tasks.sources import DataTask
 
 
@@ -32,7 +32,7 @@ class OlympiadBench(DataTask):
         question_answer(row)
 
     def to_example(self, row: dict, uid: str) -> Example:
-        return Example(uid, *question_answer(row), {"suffix": verl_suffix(row)} if is_verl_row(row) else {})
+        return Example(uid, *question_answer(row), verl_meta(row))
 
     def user_message(self, example: Example) -> str:
         return user_message(example)  # a verl row's prompt verbatim
